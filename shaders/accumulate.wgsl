@@ -1,0 +1,39 @@
+// Stage 1: the dot products of the updated averages with the gradients, one partial sum per
+// tile. The averages are not written here (except for ratio_only, whose apply stage never
+// reads them again), so the state stays untouched until the whole step's scalars are known.
+#import bindings
+#import reduce
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn accumulate(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+) {
+    let index = tile_index(wg, num_wg);
+    let header = tiles[0];
+    if index >= header.len {
+        return;
+    }
+    let tile = tiles[index + 1u];
+    var dots = vec4<f32>(0.0);
+    for (var i = lid; i < tile.len; i += WORKGROUP_SIZE) {
+        let gm = g_main[tile.main + i];
+        let ga = g_aux[tile.aux + i];
+        let e = ema_step(main_ema[tile.main_ema + i], gm);
+#ifdef WRITE_EMA_IN_ACCUMULATE
+        main_ema[tile.main_ema + i] = e;
+#endif
+        dots.x += e * ga;
+        dots.y += e * e;
+#ifdef AUX_EMA
+        let a = ema_step(aux_ema[tile.aux_ema + i], ga);
+        dots.z += a * gm;
+        dots.w += a * a;
+#endif
+    }
+    let total = workgroup_sum(lid, dots);
+    if lid == 0u {
+        partials[header.main + index] = total;
+    }
+}

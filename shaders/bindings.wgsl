@@ -1,0 +1,73 @@
+// Bindings and shared types of every stage. The host side is `src/kernels.rs` (layouts) and
+// `src/plan.rs` (tiles); keep the three in step.
+
+// Threads per workgroup. Each workgroup walks one tile of at most TILE_LEN elements.
+const WORKGROUP_SIZE: u32 = 256u;
+
+struct Params {
+    ema: f32,
+    lambda: f32,
+    scale: f32,
+    eps: f32,
+    // Upper bound on the projection ratios (largest f32 when there is none).
+    ratio_cap: f32,
+}
+
+// A run of elements of one leaf. Offsets are element indices into this dispatch's windows.
+// Entry 0 of each dispatch's table is a header: `len` = number of tiles, `main` = index of
+// this dispatch's first partial.
+struct Tile {
+    main: u32,
+    aux: u32,
+    main_ema: u32,
+    aux_ema: u32,
+    out: u32,
+    len: u32,
+    // Pads records to 32 bytes, the host's `TileRecord`.
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// What the finalize stage leaves for the apply stage (and for diagnostics).
+struct Scalars {
+    // Projection ratio against the main EMA (after the cap).
+    ratio_main: f32,
+    // Projection ratio against the aux EMA (PCGrad only, after the cap).
+    ratio_aux: f32,
+    // Sums over all leaves: <e, g_aux>, <e, e>, <a, g_main>, <a, a>.
+    dots: vec4<f32>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> scalars: Scalars;
+// One vec4 of dot products per tile of the whole step.
+@group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
+
+@group(1) @binding(0) var<storage, read> tiles: array<Tile>;
+// Inputs are writable only where the output shares their buffer: wgpu forbids binding one
+// buffer read-only and writable in the same dispatch.
+#ifdef INPUTS_WRITABLE
+@group(1) @binding(1) var<storage, read_write> g_main: array<f32>;
+@group(1) @binding(2) var<storage, read_write> g_aux: array<f32>;
+#else
+@group(1) @binding(1) var<storage, read> g_main: array<f32>;
+@group(1) @binding(2) var<storage, read> g_aux: array<f32>;
+#endif
+#ifdef MAIN_EMA
+@group(1) @binding(3) var<storage, read_write> main_ema: array<f32>;
+#endif
+#ifdef AUX_EMA
+@group(1) @binding(4) var<storage, read_write> aux_ema: array<f32>;
+#endif
+@group(1) @binding(5) var<storage, read_write> out: array<f32>;
+
+// The EMA update of the reference code, `e + b * (g - e)`, in this order.
+fn ema_step(e: f32, g: f32) -> f32 {
+    return e + params.ema * (g - e);
+}
+
+// Index of this workgroup's tile in a dispatch that may be laid out in 2D (more tiles than
+// one dimension allows).
+fn tile_index(wg: vec3<u32>, num_wg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * num_wg.x;
+}

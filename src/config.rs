@@ -1,0 +1,202 @@
+//! What a step computes: the method, its constants, and where the averages start.
+//!
+//! Values are kept in f64 so the CPU reference sees exactly what the user wrote; the GPU gets
+//! them rounded to f32 once, in [`Config::gpu_constants`].
+
+use crate::error::{Error, Result};
+use crate::layout::LeafBuffer;
+
+/// The gradient-combining methods of the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// `g_main + lambda * (g_aux - r * e)` with `r = <e, g_aux> / (<e, e> + eps)`.
+    Bloop,
+    /// As `Bloop`, with `r` clipped from above at `1 / lambda`.
+    DynamicBarrier,
+    /// PCGrad with EMAs of both gradients; each side only projects away conflict (`r <= 0`).
+    PcGrad,
+    /// `g_main + lambda * g_aux`; keeps no averages.
+    Mixed,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Bloop => "bloop",
+            Method::DynamicBarrier => "dynamic_barrier",
+            Method::PcGrad => "pcgrad",
+            Method::Mixed => "mixed",
+        }
+    }
+
+    /// Parses the names used by the golden cases and [`Method::name`].
+    pub fn from_name(name: &str) -> Option<Method> {
+        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+
+    /// Whether the method keeps an EMA of the main gradient.
+    pub fn has_main_ema(self) -> bool {
+        self != Method::Mixed
+    }
+
+    /// Whether the method keeps an EMA of the auxiliary gradient.
+    pub fn has_aux_ema(self) -> bool {
+        self == Method::PcGrad
+    }
+}
+
+/// One step's constants. Build with [`Config::new`] and the setters, then the state validates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    pub method: Method,
+    /// EMA rate `b` in `e <- e + b * (g - e)`, in [0, 1].
+    pub ema: f64,
+    /// Weight of the auxiliary gradient, finite and >= 0.
+    pub lambda: f64,
+    /// Added to `<e, e>` before dividing, finite and > 0.
+    pub eps: f64,
+    /// Scale the direction by `1 / (1 + lambda)`.
+    pub rescale: bool,
+    /// Fold the projection into the main gradient's coefficient (`bloop`, `dynamic_barrier`).
+    pub ratio_only: bool,
+}
+
+impl Config {
+    /// The paper's defaults: ema 0.1, lambda 0.1, eps 1e-7, no rescale, full projection.
+    pub fn new(method: Method) -> Config {
+        Config { method, ema: 0.1, lambda: 0.1, eps: 1e-7, rescale: false, ratio_only: false }
+    }
+
+    pub fn ema(mut self, ema: f64) -> Config {
+        self.ema = ema;
+        self
+    }
+
+    pub fn lambda(mut self, lambda: f64) -> Config {
+        self.lambda = lambda;
+        self
+    }
+
+    pub fn eps(mut self, eps: f64) -> Config {
+        self.eps = eps;
+        self
+    }
+
+    pub fn rescale(mut self, rescale: bool) -> Config {
+        self.rescale = rescale;
+        self
+    }
+
+    pub fn ratio_only(mut self, ratio_only: bool) -> Config {
+        self.ratio_only = ratio_only;
+        self
+    }
+
+    /// Checks every field; the error names the first one out of its domain.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, problem: String| Err(Error::InvalidConfig { field, problem });
+        if !(0.0..=1.0).contains(&self.ema) {
+            return bad("ema", format!("must be in [0, 1], got {}", self.ema));
+        }
+        if !self.lambda.is_finite() || self.lambda < 0.0 {
+            return bad("lambda", format!("must be finite and >= 0, got {}", self.lambda));
+        }
+        if !self.eps.is_finite() || self.eps <= 0.0 {
+            return bad("eps", format!("must be finite and > 0, got {}", self.eps));
+        }
+        if self.ratio_only && !matches!(self.method, Method::Bloop | Method::DynamicBarrier) {
+            return bad(
+                "ratio_only",
+                format!("applies to bloop and dynamic_barrier only, not {}", self.method.name()),
+            );
+        }
+        // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64).
+        let c = self.gpu_constants();
+        if !(c.lambda.is_finite() && c.scale.is_finite() && c.eps > 0.0) {
+            return bad("lambda", format!("{} overflows or underflows f32", self.lambda));
+        }
+        Ok(())
+    }
+
+    /// `1 / (1 + lambda)` with `rescale`, else 1.
+    pub fn scale(&self) -> f64 {
+        if self.rescale {
+            1.0 / (1.0 + self.lambda)
+        } else {
+            1.0
+        }
+    }
+
+    /// Upper bound applied to the projection ratio: none for `bloop`, `1 / lambda` for the
+    /// dynamic barrier, 0 for PCGrad (which only removes conflicting components).
+    pub fn ratio_cap(&self) -> Option<f64> {
+        match self.method {
+            Method::DynamicBarrier if self.lambda > 0.0 => Some(1.0 / self.lambda),
+            Method::PcGrad => Some(0.0),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn gpu_constants(&self) -> GpuConstants {
+        GpuConstants {
+            ema: self.ema as f32,
+            lambda: self.lambda as f32,
+            scale: self.scale() as f32,
+            eps: self.eps as f32,
+            // WGSL may assume no infinities at run time, so "no cap" is the largest finite f32.
+            ratio_cap: self.ratio_cap().map_or(f32::MAX, |c| c.min(f32::MAX as f64) as f32),
+            _pad: [0.0; 3],
+        }
+    }
+}
+
+/// The uniform block every kernel reads (`Params` in `shaders/bindings.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct GpuConstants {
+    pub ema: f32,
+    pub lambda: f32,
+    pub scale: f32,
+    pub eps: f32,
+    pub ratio_cap: f32,
+    pub _pad: [f32; 3],
+}
+
+/// Where an EMA starts.
+#[derive(Clone, Debug)]
+pub enum EmaInit {
+    /// All zeros.
+    Zeros,
+    /// Independent standard normal values from [`crate::rng::normal_leaves`] with this seed:
+    /// the same seed gives the same values on every machine.
+    Normal { seed: u64 },
+    /// Host values, one vector per leaf.
+    Values(Vec<Vec<f32>>),
+    /// Copied on the GPU from the user's buffers (for example the first main gradient).
+    /// The buffers need `COPY_SRC` usage.
+    Buffers(Vec<LeafBuffer>),
+}
+
+/// Initial values of the averages a method keeps. Methods without an aux EMA ignore `aux`.
+#[derive(Clone, Debug)]
+pub struct EmaInits {
+    pub main: EmaInit,
+    pub aux: EmaInit,
+}
+
+impl EmaInits {
+    /// Both averages start from `init`; a `Normal` seed is split so the two differ.
+    pub fn both(init: EmaInit) -> EmaInits {
+        let aux = match &init {
+            EmaInit::Normal { seed } => EmaInit::Normal { seed: crate::rng::derive_seed(*seed, 1) },
+            other => other.clone(),
+        };
+        EmaInits { main: init, aux }
+    }
+
+    pub fn zeros() -> EmaInits {
+        EmaInits::both(EmaInit::Zeros)
+    }
+}

@@ -1,0 +1,151 @@
+//! Compiled pipelines, built once per device and variant and shared by every state on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::context::gpu_scope;
+use crate::error::Result;
+use crate::shaders::{Stage, Variant};
+
+/// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
+pub(crate) mod slot {
+    pub const TILES: u32 = 0;
+    pub const MAIN: u32 = 1;
+    pub const AUX: u32 = 2;
+    pub const MAIN_EMA: u32 = 3;
+    pub const AUX_EMA: u32 = 4;
+    pub const OUT: u32 = 5;
+}
+
+/// The pipelines of one variant.
+pub(crate) struct VariantKernels {
+    pub group0: wgpu::BindGroupLayout,
+    pub group1: wgpu::BindGroupLayout,
+    pub accumulate: Option<wgpu::ComputePipeline>,
+    pub finalize: Option<wgpu::ComputePipeline>,
+    pub apply: wgpu::ComputePipeline,
+}
+
+/// The library's pipelines on one device. Create one per device and share it (it is cheap to
+/// clone the `Arc`); variants are compiled on first use and cached.
+pub struct Kernels {
+    device: wgpu::Device,
+    cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let compiled = self.cache.lock().map(|c| c.len()).unwrap_or(0);
+        f.debug_struct("Kernels").field("compiled_variants", &compiled).finish()
+    }
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+impl Kernels {
+    pub fn new(device: &wgpu::Device) -> Arc<Kernels> {
+        Arc::new(Kernels { device: device.clone(), cache: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// Compiles every variant now instead of on first use (for start-up latency budgets).
+    pub fn compile_all(&self) -> Result<()> {
+        Variant::all().into_iter().try_for_each(|v| self.variant(v).map(drop))
+    }
+
+    pub(crate) fn variant(&self, variant: Variant) -> Result<Arc<VariantKernels>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kernels) = cache.get(&variant) {
+            return Ok(kernels.clone());
+        }
+        let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || {
+            self.build(variant)
+        })?);
+        cache.insert(variant, kernels.clone());
+        Ok(kernels)
+    }
+
+    fn build(&self, variant: Variant) -> VariantKernels {
+        let device = &self.device;
+        let group0 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("bloop state"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
+                storage_entry(1, false),
+                storage_entry(2, false),
+            ],
+        });
+        let inputs_read_only = !variant.inputs_writable;
+        let mut entries = vec![
+            storage_entry(slot::TILES, true),
+            storage_entry(slot::MAIN, inputs_read_only),
+            storage_entry(slot::AUX, inputs_read_only),
+            storage_entry(slot::OUT, false),
+        ];
+        if variant.kind.has_main_ema() {
+            entries.push(storage_entry(slot::MAIN_EMA, false));
+        }
+        if variant.kind.has_aux_ema() {
+            entries.push(storage_entry(slot::AUX_EMA, false));
+        }
+        let group1 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("bloop leaves"),
+            entries: &entries,
+        });
+        let full = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("bloop step"),
+            bind_group_layouts: &[Some(&group0), Some(&group1)],
+            immediate_size: 0,
+        });
+        let state_only = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("bloop finalize"),
+            bind_group_layouts: &[Some(&group0)],
+            immediate_size: 0,
+        });
+        let pipeline = |stage: Stage, layout: &wgpu::PipelineLayout| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(stage.name()),
+                source: wgpu::ShaderSource::Wgsl(variant.source(stage).into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(stage.name()),
+                layout: Some(layout),
+                module: &module,
+                entry_point: Some(stage.name()),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let stages = variant.stages();
+        VariantKernels {
+            accumulate: stages.contains(&Stage::Accumulate).then(|| pipeline(Stage::Accumulate, &full)),
+            finalize: stages.contains(&Stage::Finalize).then(|| pipeline(Stage::Finalize, &state_only)),
+            apply: pipeline(Stage::Apply, &full),
+            group0,
+            group1,
+        }
+    }
+}

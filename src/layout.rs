@@ -1,0 +1,225 @@
+//! A model's parameter leaves, and where each leaf's data lives in GPU buffers.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Byte alignment of every leaf the library places itself (pools, EMA state). 256 is the
+/// largest `min_storage_buffer_offset_alignment` WebGPU allows, so a user's kernel can bind
+/// any pool view on any adapter.
+pub const PLACEMENT_ALIGNMENT: u64 = 256;
+
+/// Size in bytes of one stored element (f32).
+pub(crate) const ELEMENT_SIZE: u64 = 4;
+
+/// One named parameter leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub name: String,
+    pub len: u64,
+    /// Optional tensor shape; when given, its product must equal `len`.
+    pub shape: Option<Vec<u64>>,
+}
+
+/// The ordered leaves of a model. Every per-leaf list in the API follows this order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    leaves: Vec<Leaf>,
+}
+
+impl Layout {
+    /// Leaves from `(name, length)` pairs.
+    pub fn new<S: Into<String>>(leaves: impl IntoIterator<Item = (S, u64)>) -> Result<Layout> {
+        Layout::from_leaves(
+            leaves.into_iter().map(|(name, len)| Leaf { name: name.into(), len, shape: None }),
+        )
+    }
+
+    /// Leaves from `(name, shape)` pairs; each length is the shape's product.
+    pub fn from_shapes<S: Into<String>>(
+        leaves: impl IntoIterator<Item = (S, Vec<u64>)>,
+    ) -> Result<Layout> {
+        Layout::from_leaves(leaves.into_iter().map(|(name, shape)| Leaf {
+            name: name.into(),
+            len: shape.iter().product(),
+            shape: Some(shape),
+        }))
+    }
+
+    /// Unnamed leaves (`leaf0`, `leaf1`, ...) of the given lengths.
+    pub fn from_lengths(lengths: &[u64]) -> Result<Layout> {
+        Layout::new(lengths.iter().enumerate().map(|(i, &len)| (format!("leaf{i}"), len)))
+    }
+
+    pub fn from_leaves(leaves: impl IntoIterator<Item = Leaf>) -> Result<Layout> {
+        let leaves: Vec<Leaf> = leaves.into_iter().collect();
+        if leaves.is_empty() {
+            return Err(Error::InvalidLayout("a layout needs at least one leaf".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for leaf in &leaves {
+            if !names.insert(leaf.name.as_str()) {
+                return Err(Error::InvalidLayout(format!("duplicate leaf name `{}`", leaf.name)));
+            }
+            if leaf.len == 0 {
+                return Err(Error::InvalidLayout(format!("leaf `{}` has no elements", leaf.name)));
+            }
+            if let Some(shape) = &leaf.shape {
+                let product = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+                if product != Some(leaf.len) {
+                    return Err(Error::InvalidLayout(format!(
+                        "leaf `{}`: shape {shape:?} does not hold {} elements",
+                        leaf.name, leaf.len
+                    )));
+                }
+            }
+            // Offsets inside one bound window are u32 element indices.
+            if leaf.len > u32::MAX as u64 / 2 {
+                return Err(Error::InvalidLayout(format!(
+                    "leaf `{}` has {} elements; at most {} are supported",
+                    leaf.name,
+                    leaf.len,
+                    u32::MAX / 2
+                )));
+            }
+        }
+        Ok(Layout { leaves })
+    }
+
+    pub fn leaves(&self) -> &[Leaf] {
+        &self.leaves
+    }
+
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// Total number of elements over all leaves.
+    pub fn total_elements(&self) -> u64 {
+        self.leaves.iter().map(|l| l.len).sum()
+    }
+
+    pub fn lengths(&self) -> Vec<u64> {
+        self.leaves.iter().map(|l| l.len).collect()
+    }
+
+    /// Index of the leaf with this name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.leaves.iter().position(|l| l.name == name)
+    }
+}
+
+/// The part a buffer plays in a step; errors use it to say which buffer is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    MainGrad,
+    AuxGrad,
+    Output,
+    MainEma,
+    AuxEma,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::MainGrad => "main gradient",
+            Role::AuxGrad => "aux gradient",
+            Role::Output => "output",
+            Role::MainEma => "main EMA",
+            Role::AuxEma => "aux EMA",
+        })
+    }
+}
+
+/// One leaf's data: `len` f32 elements starting `offset` bytes into `buffer`.
+#[derive(Clone, Debug)]
+pub struct LeafBuffer {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl LeafBuffer {
+    pub fn new(buffer: &wgpu::Buffer, offset: u64, len: u64) -> LeafBuffer {
+        LeafBuffer { buffer: buffer.clone(), offset, len }
+    }
+
+    /// The byte range this leaf occupies.
+    pub fn byte_range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + self.len * ELEMENT_SIZE
+    }
+}
+
+/// Where each leaf goes when the library packs a layout into buffers of its own: leaves in
+/// order, each at an aligned offset, starting a new buffer when the next leaf would not fit.
+#[derive(Clone, Debug)]
+pub(crate) struct Packing {
+    pub buffer_sizes: Vec<u64>,
+    /// Per leaf: (buffer index, byte offset).
+    pub places: Vec<(usize, u64)>,
+}
+
+impl Packing {
+    pub fn new(layout: &Layout, max_buffer_size: u64, what: &str) -> Result<Packing> {
+        let mut buffer_sizes = vec![0u64];
+        let mut places = Vec::with_capacity(layout.len());
+        for leaf in layout.leaves() {
+            let bytes = leaf.len * ELEMENT_SIZE;
+            if bytes > max_buffer_size {
+                return Err(Error::ExceedsLimit {
+                    what: format!("{what} of leaf `{}`", leaf.name),
+                    needed: bytes,
+                    limit: max_buffer_size,
+                    limit_name: "max_buffer_size",
+                });
+            }
+            let mut offset = buffer_sizes.last().unwrap().next_multiple_of(PLACEMENT_ALIGNMENT);
+            if offset + bytes > max_buffer_size {
+                buffer_sizes.push(0);
+                offset = 0;
+            }
+            *buffer_sizes.last_mut().unwrap() = offset + bytes;
+            places.push((buffer_sizes.len() - 1, offset));
+        }
+        // Round up so copies of whole buffers stay 4-byte multiples.
+        for size in &mut buffer_sizes {
+            *size = size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        }
+        Ok(Packing { buffer_sizes, places })
+    }
+
+    /// Allocates the buffers and returns one [`LeafBuffer`] per leaf.
+    pub fn allocate(
+        &self,
+        device: &wgpu::Device,
+        layout: &Layout,
+        usage: wgpu::BufferUsages,
+        label: &str,
+    ) -> Result<(Vec<wgpu::Buffer>, Vec<LeafBuffer>)> {
+        let buffers: Vec<wgpu::Buffer> = crate::context::gpu_scope(device, "allocating buffers", || {
+            self.buffer_sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(&format!("{label} {i}")),
+                        size,
+                        usage,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect()
+        })?;
+        let leaves = layout
+            .leaves()
+            .iter()
+            .zip(&self.places)
+            .map(|(leaf, &(b, offset))| LeafBuffer::new(&buffers[b], offset, leaf.len))
+            .collect();
+        Ok((buffers, leaves))
+    }
+}

@@ -1,0 +1,56 @@
+//! BLOOP gradient surgery on the GPU with wgpu.
+//!
+//! A training step has a main loss and an auxiliary loss. BLOOP (Hsieh et al., "Careful with
+//! that Scalpel: Improving Gradient Surgery with an EMA", ICML 2024) follows
+//! `g_main + lambda * (g_aux - r * e)`, where `e` is an exponential moving average of
+//! `g_main` and `r = <e, g_aux> / (<e, e> + eps)`: the auxiliary gradient acts only
+//! orthogonally to where the main loss is heading. The dynamic barrier, PCGrad with EMAs and
+//! plain mixing come along for comparison.
+//!
+//! The work runs as WGSL compute shaders over device-resident buffers, with one global
+//! projection over all of a model's parameter leaves. Steps are recorded into the caller's
+//! `wgpu::CommandEncoder`; the library never submits or waits on the hot path.
+//!
+//! ```no_run
+//! use bloop::{BloopState, Config, EmaInits, GpuContext, GradientPool, Kernels, Layout, Method};
+//! # fn main() -> bloop::Result<()> {
+//! let gpu = GpuContext::from_env()?;
+//! let kernels = Kernels::new(&gpu.device);
+//! let layout = Layout::new([("weight", 300u64), ("bias", 10)])?;
+//! let config = Config::new(Method::Bloop).ema(0.01).lambda(0.5);
+//! let mut state = BloopState::new(&kernels, &gpu.queue, &layout, config, EmaInits::zeros())?;
+//! let pool = GradientPool::new(&gpu.device, &layout, false)?;
+//! let bindings = state.bind_pool(&pool)?;
+//! let mut encoder = gpu.device.create_command_encoder(&Default::default());
+//! // ... record the kernels that write pool.main(i) and pool.aux(i) ...
+//! state.record_step(&mut encoder, &bindings)?;
+//! // ... record the optimizer reading pool.output(i) ...
+//! gpu.queue.submit([encoder.finish()]);
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod conformance;
+pub mod context;
+pub mod error;
+pub mod kernels;
+pub mod layout;
+mod plan;
+pub mod pool;
+pub mod readback;
+pub mod reference;
+pub mod rng;
+pub mod shaders;
+pub mod state;
+mod validate;
+
+pub use config::{Config, EmaInit, EmaInits, Method};
+pub use context::GpuContext;
+pub use error::{Error, Result};
+pub use kernels::Kernels;
+pub use layout::{Layout, Leaf, LeafBuffer, Role};
+pub use plan::TILE_LEN;
+pub use pool::GradientPool;
+pub use readback::read_leaves;
+pub use reference::ReferenceState;
+pub use state::{BloopState, EmaRole, ExternalGradients, Output, StepBindings};

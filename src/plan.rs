@@ -1,0 +1,248 @@
+//! How a step's elements are cut into dispatches and tiles.
+//!
+//! Leaves may live in any mix of buffers. Leaves whose roles share buffers go into one
+//! dispatch; each dispatch binds, per role, one window of at most
+//! `max_storage_buffer_binding_size` bytes that starts at an aligned offset, so a pool or leaf
+//! larger than the binding limit is split over several dispatches without the caller noticing.
+//! Within a dispatch, each workgroup walks one tile: a run of at most [`TILE_LEN`] elements of
+//! one leaf, described by element offsets relative to the windows.
+
+use std::num::NonZeroU64;
+
+use crate::context::gpu_scope;
+use crate::error::{Error, Result};
+use crate::kernels::slot;
+use crate::layout::{LeafBuffer, ELEMENT_SIZE};
+
+/// Elements per tile: 16 per invocation of a 256-invocation workgroup, enough to amortise the
+/// workgroup reduction while keeping thousands of workgroups in flight on large steps.
+pub const TILE_LEN: u64 = 4096;
+
+/// Size of one tile record (`Tile` in `shaders/bindings.wgsl`, padded to 8 words).
+const TILE_BYTES: u64 = 32;
+
+/// Size of one tile's partial dot products (a vec4 of f32).
+pub(crate) const PARTIAL_BYTES: u64 = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct TileRecord {
+    // Indexed by binding slot - 1 (main, aux, main_ema, aux_ema, out).
+    offsets: [u32; 5],
+    len: u32,
+    _pad: [u32; 2],
+}
+
+/// The per-leaf buffers of one role, with the binding slot they go to.
+pub(crate) struct RoleLeaves<'a> {
+    pub slot: u32,
+    pub leaves: &'a [LeafBuffer],
+}
+
+/// A part of a leaf that lies inside one dispatch's windows.
+struct Piece {
+    leaf: usize,
+    start: u64,
+    len: u64,
+}
+
+/// Leaves (or parts of leaves) that share bound windows.
+struct Group {
+    /// Per role: the buffer and the window's first byte.
+    windows: Vec<(wgpu::Buffer, u64)>,
+    /// Per role: one past the last byte any piece touches.
+    ends: Vec<u64>,
+    pieces: Vec<Piece>,
+}
+
+/// One recorded dispatch of the accumulate and apply stages.
+pub(crate) struct Dispatch {
+    pub bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 2],
+}
+
+/// The dispatches of one set of bindings, and the buffers they need.
+pub(crate) struct Plan {
+    pub dispatches: Vec<Dispatch>,
+    pub tile_count: u64,
+    /// Holds every dispatch's tile table; kept alive with the bind groups.
+    pub _tiles: wgpu::Buffer,
+}
+
+struct Limits {
+    window: u64,
+    alignment: u64,
+    max_per_dimension: u64,
+}
+
+fn byte_at(leaf: &LeafBuffer, element: u64) -> u64 {
+    leaf.offset + element * ELEMENT_SIZE
+}
+
+fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
+    let leaf_count = roles[0].leaves.len();
+    // Sorting by buffers then offset puts leaves that can share windows next to each other.
+    let mut order: Vec<usize> = (0..leaf_count).collect();
+    order.sort_by(|&a, &b| {
+        roles
+            .iter()
+            .map(|r| r.leaves[a].buffer.cmp(&r.leaves[b].buffer))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(roles[0].leaves[a].offset.cmp(&roles[0].leaves[b].offset))
+    });
+
+    let mut groups: Vec<Group> = Vec::new();
+    for leaf in order {
+        let len = roles[0].leaves[leaf].len;
+        let mut pos = 0;
+        while pos < len {
+            let fits = groups.last().is_some_and(|g| {
+                roles.iter().zip(&g.windows).all(|(r, (buffer, start))| {
+                    let l = &r.leaves[leaf];
+                    let at = byte_at(l, pos);
+                    l.buffer == *buffer && at >= *start && at + ELEMENT_SIZE <= start + limits.window
+                })
+            });
+            if !fits {
+                let windows: Vec<(wgpu::Buffer, u64)> = roles
+                    .iter()
+                    .map(|r| {
+                        let l = &r.leaves[leaf];
+                        let at = byte_at(l, pos);
+                        (l.buffer.clone(), at - at % limits.alignment)
+                    })
+                    .collect();
+                let ends = windows.iter().map(|w| w.1).collect();
+                groups.push(Group { windows, ends, pieces: Vec::new() });
+            }
+            let group = groups.last_mut().unwrap();
+            let room = roles
+                .iter()
+                .zip(&group.windows)
+                .map(|(r, (_, start))| (start + limits.window - byte_at(&r.leaves[leaf], pos)) / ELEMENT_SIZE)
+                .min()
+                .unwrap();
+            let take = room.min(len - pos);
+            for (r, end) in roles.iter().zip(&mut group.ends) {
+                *end = (*end).max(byte_at(&r.leaves[leaf], pos + take));
+            }
+            group.pieces.push(Piece { leaf, start: pos, len: take });
+            pos += take;
+        }
+    }
+    groups
+}
+
+impl Plan {
+    /// Builds the dispatches for `roles` (all with one entry per leaf, validated by the caller).
+    pub fn new(
+        device: &wgpu::Device,
+        layout: &wgpu::BindGroupLayout,
+        roles: &[RoleLeaves],
+    ) -> Result<Plan> {
+        let device_limits = device.limits();
+        let alignment = device_limits.min_storage_buffer_offset_alignment as u64;
+        let window = device_limits.max_storage_buffer_binding_size as u64;
+        let window = window - window % alignment;
+        if window < 2 * alignment + TILE_BYTES * 2 {
+            return Err(Error::ExceedsLimit {
+                what: "a window of at least two alignment units".into(),
+                needed: 2 * alignment + TILE_BYTES * 2,
+                limit: window,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        let limits = Limits {
+            window,
+            alignment,
+            max_per_dimension: device_limits.max_compute_workgroups_per_dimension as u64,
+        };
+        let groups = group_pieces(roles, &limits);
+
+        // Tile tables, one region per dispatch, each region at an aligned offset.
+        let max_tiles_per_dispatch =
+            (window / TILE_BYTES - 1).min(limits.max_per_dimension * limits.max_per_dimension);
+        let mut table: Vec<TileRecord> = Vec::new();
+        // Per dispatch: group index, first record (the header) and tile count.
+        let mut regions: Vec<(usize, usize, u64)> = Vec::new();
+        let mut tile_count = 0u64;
+        for (g, group) in groups.iter().enumerate() {
+            let mut tiles = Vec::new();
+            for piece in &group.pieces {
+                let mut start = piece.start;
+                while start < piece.start + piece.len {
+                    let len = TILE_LEN.min(piece.start + piece.len - start);
+                    let mut record = TileRecord { len: len as u32, ..Default::default() };
+                    for (r, (_, window_start)) in roles.iter().zip(&group.windows) {
+                        let at = byte_at(&r.leaves[piece.leaf], start);
+                        record.offsets[r.slot as usize - 1] = ((at - window_start) / ELEMENT_SIZE) as u32;
+                    }
+                    tiles.push(record);
+                    start += len;
+                }
+            }
+            for chunk in tiles.chunks(max_tiles_per_dispatch as usize) {
+                let records_per_alignment = (alignment / TILE_BYTES).max(1) as usize;
+                table.resize(table.len().next_multiple_of(records_per_alignment), TileRecord::default());
+                let mut header = TileRecord { len: chunk.len() as u32, ..Default::default() };
+                header.offsets[0] = tile_count as u32;
+                regions.push((g, table.len(), chunk.len() as u64));
+                table.push(header);
+                table.extend_from_slice(chunk);
+                tile_count += chunk.len() as u64;
+            }
+        }
+        if tile_count * PARTIAL_BYTES > window {
+            return Err(Error::ExceedsLimit {
+                what: format!("the partial sums of {tile_count} tiles"),
+                needed: tile_count * PARTIAL_BYTES,
+                limit: window,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+
+        gpu_scope(device, "building the step's bind groups", || {
+            use wgpu::util::DeviceExt;
+            let tiles = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bloop tiles"),
+                contents: bytemuck::cast_slice(&table),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let dispatches = regions
+                .iter()
+                .map(|&(g, first, count)| {
+                    let group = &groups[g];
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: slot::TILES,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &tiles,
+                            offset: first as u64 * TILE_BYTES,
+                            size: NonZeroU64::new((count + 1) * TILE_BYTES),
+                        }),
+                    }];
+                    for ((r, (buffer, start)), end) in roles.iter().zip(&group.windows).zip(&group.ends) {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: r.slot,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer,
+                                offset: *start,
+                                size: NonZeroU64::new(end - start),
+                            }),
+                        });
+                    }
+                    let x = count.min(limits.max_per_dimension);
+                    Dispatch {
+                        bind_group: device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("bloop leaves"),
+                            layout,
+                            entries: &entries,
+                        }),
+                        workgroups: [x as u32, count.div_ceil(x) as u32],
+                    }
+                })
+                .collect();
+            Plan { dispatches, tile_count, _tiles: tiles }
+        })
+    }
+}

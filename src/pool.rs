@@ -1,0 +1,79 @@
+//! Gradient buffers the library allocates: one packed buffer per role, each leaf at an
+//! aligned offset, handed out as per-leaf views that the user's kernels write into.
+
+use crate::error::Result;
+use crate::layout::{Layout, LeafBuffer, Packing};
+
+/// Usage of every pool buffer: kernels write gradients in, copies move data in and out.
+pub const POOL_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Main and aux gradient buffers (and an output buffer unless the step works in place).
+#[derive(Debug)]
+pub struct GradientPool {
+    layout: Layout,
+    main: Vec<LeafBuffer>,
+    aux: Vec<LeafBuffer>,
+    output: Option<Vec<LeafBuffer>>,
+    buffers: Vec<wgpu::Buffer>,
+}
+
+impl GradientPool {
+    /// Allocates the pool. With `in_place`, the direction overwrites the main gradient and
+    /// no output buffer is allocated. A role larger than `max_buffer_size` is spread over
+    /// several buffers, never splitting a leaf.
+    pub fn new(device: &wgpu::Device, layout: &Layout, in_place: bool) -> Result<GradientPool> {
+        let packing = Packing::new(layout, device.limits().max_buffer_size, "pool")?;
+        let mut buffers = Vec::new();
+        let mut role = |label: &str| -> Result<Vec<LeafBuffer>> {
+            let (b, leaves) = packing.allocate(device, layout, POOL_USAGE, label)?;
+            buffers.extend(b);
+            Ok(leaves)
+        };
+        let main = role("bloop pool main")?;
+        let aux = role("bloop pool aux")?;
+        let output = if in_place { None } else { Some(role("bloop pool output")?) };
+        Ok(GradientPool { layout: layout.clone(), main, aux, output, buffers })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn in_place(&self) -> bool {
+        self.output.is_none()
+    }
+
+    /// Where leaf `i`'s main gradient goes.
+    pub fn main(&self, i: usize) -> &LeafBuffer {
+        &self.main[i]
+    }
+
+    /// Where leaf `i`'s auxiliary gradient goes.
+    pub fn aux(&self, i: usize) -> &LeafBuffer {
+        &self.aux[i]
+    }
+
+    /// Where leaf `i`'s combined direction lands (the main gradient's place when in place).
+    pub fn output(&self, i: usize) -> &LeafBuffer {
+        self.output.as_ref().map_or(&self.main[i], |o| &o[i])
+    }
+
+    pub fn main_leaves(&self) -> &[LeafBuffer] {
+        &self.main
+    }
+
+    pub fn aux_leaves(&self) -> &[LeafBuffer] {
+        &self.aux
+    }
+
+    pub fn output_leaves(&self) -> &[LeafBuffer] {
+        self.output.as_deref().unwrap_or(&self.main)
+    }
+
+    /// Every buffer the pool owns (for users who bind whole buffers).
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.buffers
+    }
+}

@@ -1,0 +1,422 @@
+//! The per-model state: EMA buffers, constants, and recording of steps.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Config, EmaInit, EmaInits};
+use crate::context::gpu_scope;
+use crate::error::{Error, Result};
+use crate::kernels::{slot, Kernels, VariantKernels};
+use crate::layout::{Layout, LeafBuffer, Packing, Role};
+use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
+use crate::pool::GradientPool;
+use crate::readback;
+use crate::shaders::{Kind, Variant};
+use crate::validate;
+
+/// Usage of the EMA buffers: read and written by the kernels, copied for checkpoints.
+const EMA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Size of the `Scalars` block in `shaders/bindings.wgsl`.
+const SCALARS_BYTES: u64 = 32;
+
+static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which average of a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EmaRole {
+    /// The EMA of the main gradient (every method but `mixed`).
+    Main,
+    /// The EMA of the auxiliary gradient (`pcgrad` only).
+    Aux,
+}
+
+impl EmaRole {
+    fn role(self) -> Role {
+        match self {
+            EmaRole::Main => Role::MainEma,
+            EmaRole::Aux => Role::AuxEma,
+        }
+    }
+}
+
+/// Where the output of a step over external buffers goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Output<'a> {
+    /// Overwrite the main gradient with the direction.
+    InPlace,
+    /// One leaf buffer per leaf, disjoint from every input.
+    Buffers(&'a [LeafBuffer]),
+}
+
+/// Gradients in buffers the user owns: per leaf a buffer, a byte offset and a length, in any
+/// mix (one flat buffer with offsets, a buffer per leaf, ...). Buffers need `STORAGE` usage.
+#[derive(Clone, Copy, Debug)]
+pub struct ExternalGradients<'a> {
+    pub main: &'a [LeafBuffer],
+    pub aux: &'a [LeafBuffer],
+    pub output: Output<'a>,
+}
+
+/// Everything a step over one set of gradient buffers needs, prepared once: validated
+/// leaves, tile tables and bind groups. Made by [`BloopState::bind_pool`] or
+/// [`BloopState::bind_external`] and usable only with the state that made it.
+pub struct StepBindings {
+    state_id: u64,
+    kernels: Arc<VariantKernels>,
+    state_group: wgpu::BindGroup,
+    plan: Plan,
+    output: Vec<LeafBuffer>,
+}
+
+impl std::fmt::Debug for StepBindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepBindings")
+            .field("dispatches", &self.plan.dispatches.len())
+            .field("tiles", &self.plan.tile_count)
+            .finish()
+    }
+}
+
+impl StepBindings {
+    /// How many dispatches each of the accumulate and apply stages records.
+    pub fn dispatch_count(&self) -> usize {
+        self.plan.dispatches.len()
+    }
+
+    /// Where each leaf's direction lands.
+    pub fn output_leaves(&self) -> &[LeafBuffer] {
+        &self.output
+    }
+}
+
+struct EmaStore {
+    _buffers: Vec<wgpu::Buffer>,
+    leaves: Vec<LeafBuffer>,
+}
+
+/// The state of one combined optimisation problem: its configuration, its averages on the
+/// GPU, and the step count. Steps are recorded into the caller's encoder; nothing here
+/// submits work or waits on the GPU except the explicit `read_*` / `write_*` calls.
+pub struct BloopState {
+    id: u64,
+    kernels: Arc<Kernels>,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    layout: Layout,
+    config: Config,
+    params: wgpu::Buffer,
+    scalars: wgpu::Buffer,
+    main_ema: Option<EmaStore>,
+    aux_ema: Option<EmaStore>,
+    steps: u64,
+}
+
+impl std::fmt::Debug for BloopState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BloopState")
+            .field("config", &self.config)
+            .field("leaves", &self.layout.len())
+            .field("elements", &self.layout.total_elements())
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl BloopState {
+    /// Validates everything, allocates the averages and sets their initial values. `Values`
+    /// and `Normal` inits are uploaded through `queue`; `Buffers` inits are copied in a
+    /// command buffer submitted here (creation is not on the hot path).
+    pub fn new(
+        kernels: &Arc<Kernels>,
+        queue: &wgpu::Queue,
+        layout: &Layout,
+        config: Config,
+        init: EmaInits,
+    ) -> Result<BloopState> {
+        config.validate()?;
+        let device = kernels.device().clone();
+        let inits = [(config.method.has_main_ema(), EmaRole::Main, &init.main), (config.method.has_aux_ema(), EmaRole::Aux, &init.aux)];
+        for &(kept, role, init) in &inits {
+            if kept {
+                check_init(layout, role.role(), init)?;
+            }
+        }
+        // Compile before allocating so a failure leaves nothing behind.
+        kernels.variant(Variant { kind: Kind::of(&config), inputs_writable: false })?;
+        let max_buffer = device.limits().max_buffer_size;
+        let packing = Packing::new(layout, max_buffer, "EMA")?;
+        let mut stores = [None, None];
+        for (store, &(kept, role, _)) in stores.iter_mut().zip(&inits) {
+            if kept {
+                let label = format!("bloop {role:?} EMA");
+                let (buffers, leaves) = packing.allocate(&device, layout, EMA_USAGE, &label)?;
+                *store = Some(EmaStore { _buffers: buffers, leaves });
+            }
+        }
+        let [main_ema, aux_ema] = stores;
+        let (params, scalars) = gpu_scope(&device, "allocating the state", || {
+            use wgpu::util::DeviceExt;
+            let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bloop params"),
+                contents: bytemuck::bytes_of(&config.gpu_constants()),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+            let scalars = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bloop scalars"),
+                size: SCALARS_BYTES,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            (params, scalars)
+        })?;
+        let state = BloopState {
+            id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
+            kernels: kernels.clone(),
+            device,
+            queue: queue.clone(),
+            layout: layout.clone(),
+            config,
+            params,
+            scalars,
+            main_ema,
+            aux_ema,
+            steps: 0,
+        };
+        let mut encoder = None;
+        for &(kept, role, init) in &inits {
+            if !kept {
+                continue;
+            }
+            let store = state.store(role)?;
+            match init {
+                EmaInit::Zeros => {} // wgpu zero-initialises new buffers
+                EmaInit::Normal { seed } => {
+                    let values = crate::rng::normal_leaves(*seed, &layout.lengths());
+                    readback::write_leaves(queue, &store.leaves, &values);
+                }
+                EmaInit::Values(values) => readback::write_leaves(queue, &store.leaves, values),
+                EmaInit::Buffers(sources) => {
+                    let encoder = encoder.get_or_insert_with(|| state.device.create_command_encoder(&Default::default()));
+                    copy_leaves(encoder, sources, &store.leaves);
+                }
+            }
+        }
+        if let Some(encoder) = encoder {
+            queue.submit([encoder.finish()]);
+        }
+        Ok(state)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Steps recorded so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    pub fn kernels(&self) -> &Arc<Kernels> {
+        &self.kernels
+    }
+
+    /// Changes the constants (ema, lambda, eps, rescale) for steps submitted from now on: the
+    /// new values are written through the queue, so they apply to every command buffer
+    /// submitted after this call, including ones recorded before it. The method and
+    /// `ratio_only` select kernels and cannot change.
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        config.validate()?;
+        if Kind::of(&config) != Kind::of(&self.config) || config.method != self.config.method {
+            return Err(Error::Mismatch(format!(
+                "a state made for {:?} (ratio_only {}) cannot switch to {:?} (ratio_only {})",
+                self.config.method, self.config.ratio_only, config.method, config.ratio_only
+            )));
+        }
+        self.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&config.gpu_constants()));
+        self.config = config;
+        Ok(())
+    }
+
+    fn store(&self, role: EmaRole) -> Result<&EmaStore> {
+        let store = match role {
+            EmaRole::Main => self.main_ema.as_ref(),
+            EmaRole::Aux => self.aux_ema.as_ref(),
+        };
+        store.ok_or(Error::NoSuchEma {
+            method: self.config.method.name(),
+            role: if role == EmaRole::Main { "main" } else { "aux" },
+        })
+    }
+
+    /// The EMA's per-leaf buffers (for users who want to read or copy them themselves).
+    pub fn ema_leaves(&self, role: EmaRole) -> Result<&[LeafBuffer]> {
+        Ok(&self.store(role)?.leaves)
+    }
+
+    /// Reads an EMA back to the host, one vector per leaf. Blocks until the GPU is idle.
+    pub fn read_ema(&self, role: EmaRole) -> Result<Vec<Vec<f32>>> {
+        readback::read_leaves(&self.device, &self.queue, &self.store(role)?.leaves)
+    }
+
+    /// Overwrites an EMA from host values, one vector per leaf (through the queue).
+    pub fn write_ema(&mut self, role: EmaRole, values: &[Vec<f32>]) -> Result<()> {
+        let store = self.store(role)?;
+        check_init(&self.layout, role.role(), &EmaInit::Values(values.to_vec()))?;
+        readback::write_leaves(&self.queue, &store.leaves, values);
+        Ok(())
+    }
+
+    /// Records copies of the given leaves into an EMA, for example to start the average from
+    /// the first main gradient inside the training loop. Sources need `COPY_SRC`.
+    pub fn record_ema_copy(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        role: EmaRole,
+        sources: &[LeafBuffer],
+    ) -> Result<()> {
+        let store = self.store(role)?;
+        check_init(&self.layout, role.role(), &EmaInit::Buffers(sources.to_vec()))?;
+        copy_leaves(encoder, sources, &store.leaves);
+        Ok(())
+    }
+
+    /// Prepares steps over a pool made for this state's layout.
+    pub fn bind_pool(&self, pool: &GradientPool) -> Result<StepBindings> {
+        if pool.layout() != &self.layout {
+            return Err(Error::Mismatch("the pool was made for another layout".into()));
+        }
+        let output = if pool.in_place() { Output::InPlace } else { Output::Buffers(pool.output_leaves()) };
+        self.bind_external(&ExternalGradients { main: pool.main_leaves(), aux: pool.aux_leaves(), output })
+    }
+
+    /// Validates the user's buffers and prepares steps over them.
+    pub fn bind_external(&self, gradients: &ExternalGradients) -> Result<StepBindings> {
+        let layout = &self.layout;
+        let storage = wgpu::BufferUsages::STORAGE;
+        validate::leaves(layout, Role::MainGrad, gradients.main, storage)?;
+        validate::leaves(layout, Role::AuxGrad, gradients.aux, storage)?;
+        let output = match gradients.output {
+            Output::InPlace => gradients.main,
+            Output::Buffers(out) => {
+                validate::leaves(layout, Role::Output, out, storage)?;
+                out
+            }
+        };
+        validate::outputs(layout, gradients.main, gradients.aux, output)?;
+
+        let inputs: Vec<&wgpu::Buffer> =
+            gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
+        let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
+        let kernels = self.kernels.variant(Variant { kind: Kind::of(&self.config), inputs_writable })?;
+
+        let mut roles = vec![
+            RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
+            RoleLeaves { slot: slot::AUX, leaves: gradients.aux },
+            RoleLeaves { slot: slot::OUT, leaves: output },
+        ];
+        for (store, slot) in [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)] {
+            if let Some(store) = store {
+                roles.push(RoleLeaves { slot, leaves: &store.leaves });
+            }
+        }
+        let plan = Plan::new(&self.device, &kernels.group1, &roles)?;
+        let state_group = gpu_scope(&self.device, "building the state's bind group", || {
+            let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bloop partials"),
+                size: plan.tile_count * PARTIAL_BYTES,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("bloop state"),
+                layout: &kernels.group0,
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: self.params.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: self.scalars.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: partials.as_entire_binding() },
+                ],
+            })
+        })?;
+        Ok(StepBindings { state_id: self.id, kernels, state_group, plan, output: output.to_vec() })
+    }
+
+    /// Records one step into `encoder`: the averages advance and the direction is written to
+    /// the bindings' output. Nothing is submitted; the caller orders this after the commands
+    /// that write the gradients and before those that read the direction.
+    pub fn record_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &StepBindings,
+    ) -> Result<()> {
+        if bindings.state_id != self.id {
+            return Err(Error::Mismatch("these bindings were made by another state".into()));
+        }
+        let kernels = &bindings.kernels;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("bloop step"),
+            timestamp_writes: None,
+        });
+        pass.set_bind_group(0, &bindings.state_group, &[]);
+        let over_tiles = |pass: &mut wgpu::ComputePass, pipeline: &wgpu::ComputePipeline| {
+            pass.set_pipeline(pipeline);
+            for dispatch in &bindings.plan.dispatches {
+                pass.set_bind_group(1, &dispatch.bind_group, &[]);
+                pass.dispatch_workgroups(dispatch.workgroups[0], dispatch.workgroups[1], 1);
+            }
+        };
+        if let (Some(accumulate), Some(finalize)) = (&kernels.accumulate, &kernels.finalize) {
+            over_tiles(&mut pass, accumulate);
+            pass.set_pipeline(finalize);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        over_tiles(&mut pass, &kernels.apply);
+        drop(pass);
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// The scalars of the last executed step: (ratio against the main EMA, ratio against the
+    /// aux EMA, [<e, g_aux>, <e, e>, <a, g_main>, <a, a>]). Blocks; for tests and debugging.
+    pub fn read_scalars(&self) -> Result<(f32, f32, [f32; 4])> {
+        let leaf = LeafBuffer::new(&self.scalars, 0, SCALARS_BYTES / 4);
+        let v = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
+        Ok((v[0], v[1], [v[4], v[5], v[6], v[7]]))
+    }
+}
+
+/// Checks an initial value against the layout without touching any state.
+fn check_init(layout: &Layout, role: Role, init: &EmaInit) -> Result<()> {
+    match init {
+        EmaInit::Zeros | EmaInit::Normal { .. } => Ok(()),
+        EmaInit::Values(values) => {
+            if values.len() != layout.len() {
+                return Err(Error::LeafCount { role, expected: layout.len(), got: values.len() });
+            }
+            for (leaf, v) in layout.leaves().iter().zip(values) {
+                if v.len() as u64 != leaf.len {
+                    return Err(Error::LeafLength {
+                        leaf: leaf.name.clone(),
+                        role,
+                        expected: leaf.len,
+                        got: v.len() as u64,
+                    });
+                }
+            }
+            Ok(())
+        }
+        EmaInit::Buffers(sources) => validate::leaves(layout, role, sources, wgpu::BufferUsages::COPY_SRC),
+    }
+}
+
+fn copy_leaves(encoder: &mut wgpu::CommandEncoder, sources: &[LeafBuffer], targets: &[LeafBuffer]) {
+    for (src, dst) in sources.iter().zip(targets) {
+        encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.len * 4);
+    }
+}

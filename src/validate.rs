@@ -1,0 +1,94 @@
+//! Checks of user-provided leaf buffers, before anything is recorded or changed.
+
+use crate::error::{Error, Result};
+use crate::layout::{Layout, LeafBuffer, Role, ELEMENT_SIZE};
+
+/// One entry per leaf, matching lengths, needed usage, element-aligned offsets, in range.
+///
+/// Offsets need only element alignment, not `min_storage_buffer_offset_alignment`: the
+/// library binds aligned windows around the leaves itself, so tightly packed flat gradient
+/// buffers work as they are.
+pub(crate) fn leaves(
+    layout: &Layout,
+    role: Role,
+    leaves: &[LeafBuffer],
+    usage: wgpu::BufferUsages,
+) -> Result<()> {
+    if leaves.len() != layout.len() {
+        return Err(Error::LeafCount { role, expected: layout.len(), got: leaves.len() });
+    }
+    for (spec, leaf) in layout.leaves().iter().zip(leaves) {
+        let name = || spec.name.clone();
+        if leaf.len != spec.len {
+            return Err(Error::LeafLength { leaf: name(), role, expected: spec.len, got: leaf.len });
+        }
+        let actual = leaf.buffer.usage();
+        if !actual.contains(usage) {
+            return Err(Error::MissingUsage { leaf: name(), role, actual, missing: usage - actual });
+        }
+        if leaf.offset % ELEMENT_SIZE != 0 {
+            return Err(Error::MisalignedOffset {
+                leaf: name(),
+                role,
+                offset: leaf.offset,
+                alignment: ELEMENT_SIZE,
+            });
+        }
+        let end = leaf.offset.checked_add(leaf.len * ELEMENT_SIZE);
+        if end.is_none_or(|end| end > leaf.buffer.size()) {
+            return Err(Error::OutOfRange {
+                leaf: name(),
+                role,
+                start: leaf.offset,
+                end: end.unwrap_or(u64::MAX),
+                buffer_size: leaf.buffer.size(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// No output range may overlap another range of the step, except that leaf `i`'s output may
+/// be exactly leaf `i`'s main gradient (in place). Inputs may overlap each other: they are
+/// only read.
+pub(crate) fn outputs(
+    layout: &Layout,
+    main: &[LeafBuffer],
+    aux: &[LeafBuffer],
+    out: &[LeafBuffer],
+) -> Result<()> {
+    struct Range<'a> {
+        buffer: &'a wgpu::Buffer,
+        bytes: std::ops::Range<u64>,
+        leaf: usize,
+        role: Role,
+    }
+    let mut ranges: Vec<Range> = [(Role::MainGrad, main), (Role::AuxGrad, aux), (Role::Output, out)]
+        .into_iter()
+        .flat_map(|(role, leaves)| {
+            leaves.iter().enumerate().map(move |(leaf, l)| Range {
+                buffer: &l.buffer,
+                bytes: l.byte_range(),
+                leaf,
+                role,
+            })
+        })
+        .collect();
+    ranges.sort_by(|a, b| a.buffer.cmp(b.buffer).then(a.bytes.start.cmp(&b.bytes.start)));
+    for (i, a) in ranges.iter().enumerate() {
+        for b in ranges[i + 1..].iter().take_while(|b| b.buffer == a.buffer && b.bytes.start < a.bytes.end) {
+            let in_place = a.leaf == b.leaf
+                && a.bytes == b.bytes
+                && matches!((a.role, b.role), (Role::MainGrad, Role::Output) | (Role::Output, Role::MainGrad));
+            if (a.role == Role::Output || b.role == Role::Output) && !in_place {
+                let (o, other) = if a.role == Role::Output { (a, b) } else { (b, a) };
+                return Err(Error::OverlappingOutput {
+                    leaf: layout.leaves()[o.leaf].name.clone(),
+                    other: layout.leaves()[other.leaf].name.clone(),
+                    other_role: other.role,
+                });
+            }
+        }
+    }
+    Ok(())
+}
