@@ -1,0 +1,263 @@
+//! Helpers shared by the integration tests: one device per test binary, random data, and
+//! scenarios that lay gradients out the ways users do.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use bloop::reference::{relative_error, widen, ReferenceState};
+use bloop::rng::SplitMix64;
+use bloop::{
+    read_leaves, BloopState, Config, EmaInit, EmaInits, EmaRole, ExternalGradients, GpuContext,
+    GradientPool, Kernels, Layout, LeafBuffer, Method, Output, StepBindings,
+};
+
+pub fn gpu() -> &'static GpuContext {
+    static GPU: OnceLock<GpuContext> = OnceLock::new();
+    GPU.get_or_init(|| GpuContext::from_env().expect("a GPU adapter (lavapipe is enough)"))
+}
+
+pub fn kernels() -> Arc<Kernels> {
+    static KERNELS: OnceLock<Arc<Kernels>> = OnceLock::new();
+    KERNELS.get_or_init(|| Kernels::new(&gpu().device)).clone()
+}
+
+/// Written around leaves in user buffers; any change to it is a write outside the leaves.
+pub const GUARD: f32 = -7.25e13;
+
+pub fn normal_leaves(rng: &mut SplitMix64, lengths: &[u64], scale: f64) -> Vec<Vec<f32>> {
+    lengths.iter().map(|&n| (0..n).map(|_| (rng.next_normal() * scale) as f32).collect()).collect()
+}
+
+pub fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    rng.next_u64() % n
+}
+
+/// How a scenario hands its gradients to the library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrangement {
+    Pool { in_place: bool },
+    /// Main, aux (and output unless in place) leaves packed into one flat buffer at random
+    /// element offsets, guards between them.
+    Flat { in_place: bool },
+    /// Main and aux in one flat buffer, outputs in a second one.
+    FlatSeparateOutput,
+    /// Every leaf of every role in a buffer of its own, at a random offset.
+    PerLeaf,
+}
+
+/// A user buffer with the leaf ranges it holds; everything else must keep the guard value.
+pub struct GuardedBuffer {
+    pub buffer: wgpu::Buffer,
+    pub len: u64,
+    pub owned: Vec<(u64, u64)>,
+}
+
+impl GuardedBuffer {
+    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, len: u64) -> GuardedBuffer {
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("test leaves"),
+            size: len * 4,
+            usage: bloop::pool::POOL_USAGE,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&vec![GUARD; len as usize]));
+        GuardedBuffer { buffer, len, owned: Vec::new() }
+    }
+
+    pub fn leaf(&mut self, offset: u64, len: u64) -> LeafBuffer {
+        self.owned.push((offset, len));
+        LeafBuffer::new(&self.buffer, offset * 4, len)
+    }
+
+    /// Elements outside the leaves that no longer hold the guard value.
+    pub fn corrupted(&self) -> usize {
+        let gpu = gpu();
+        let all = &read_leaves(&gpu.device, &gpu.queue, &[LeafBuffer::new(&self.buffer, 0, self.len)]).unwrap()[0];
+        let mut inside = vec![false; all.len()];
+        for &(o, n) in &self.owned {
+            inside[o as usize..(o + n) as usize].fill(true);
+        }
+        all.iter().zip(inside).filter(|(v, inside)| !inside && v.to_bits() != GUARD.to_bits()).count()
+    }
+}
+
+pub struct Leaves {
+    pub main: Vec<LeafBuffer>,
+    pub aux: Vec<LeafBuffer>,
+    pub output: Option<Vec<LeafBuffer>>,
+    pub guarded: Vec<GuardedBuffer>,
+    pub pool: Option<GradientPool>,
+}
+
+impl Leaves {
+    pub fn new(rng: &mut SplitMix64, gpu: &GpuContext, layout: &Layout, arrangement: Arrangement) -> Leaves {
+        let (device, queue) = (&gpu.device, &gpu.queue);
+        let lengths = layout.lengths();
+        let gap = |rng: &mut SplitMix64| below(rng, 10);
+        match arrangement {
+            Arrangement::Pool { in_place } => {
+                let pool = GradientPool::new(device, layout, in_place).unwrap();
+                Leaves {
+                    main: pool.main_leaves().to_vec(),
+                    aux: pool.aux_leaves().to_vec(),
+                    output: (!in_place).then(|| pool.output_leaves().to_vec()),
+                    guarded: vec![],
+                    pool: Some(pool),
+                }
+            }
+            Arrangement::Flat { .. } | Arrangement::FlatSeparateOutput => {
+                let roles = if arrangement == (Arrangement::Flat { in_place: false }) { 3 } else { 2 };
+                let total: u64 = lengths.iter().sum::<u64>() * roles + 10 * lengths.len() as u64 * roles + 16;
+                let mut flat = GuardedBuffer::new(device, queue, total);
+                let mut at = gap(rng);
+                let mut per_role = vec![Vec::new(); roles as usize];
+                for &n in &lengths {
+                    for role in per_role.iter_mut() {
+                        role.push(flat.leaf(at, n));
+                        at += n + gap(rng);
+                    }
+                }
+                let mut guarded = vec![];
+                let output = match arrangement {
+                    Arrangement::Flat { in_place: false } => per_role.pop(),
+                    Arrangement::FlatSeparateOutput => {
+                        let total: u64 = lengths.iter().sum::<u64>() + 10 * lengths.len() as u64 + 16;
+                        let mut out = GuardedBuffer::new(device, queue, total);
+                        let mut at = gap(rng);
+                        let leaves = lengths
+                            .iter()
+                            .map(|&n| {
+                                let leaf = out.leaf(at, n);
+                                at += n + gap(rng);
+                                leaf
+                            })
+                            .collect();
+                        guarded.push(out);
+                        Some(leaves)
+                    }
+                    _ => None,
+                };
+                let aux = per_role.pop().unwrap();
+                let main = per_role.pop().unwrap();
+                guarded.insert(0, flat);
+                Leaves { main, aux, output, guarded, pool: None }
+            }
+            Arrangement::PerLeaf => {
+                let mut guarded = vec![];
+                let mut role = |rng: &mut SplitMix64| -> Vec<LeafBuffer> {
+                    lengths
+                        .iter()
+                        .map(|&n| {
+                            let at = gap(rng);
+                            let mut b = GuardedBuffer::new(device, queue, at + n + gap(rng));
+                            let leaf = b.leaf(at, n);
+                            guarded.push(b);
+                            leaf
+                        })
+                        .collect()
+                };
+                let main = role(rng);
+                let aux = role(rng);
+                let output = Some(role(rng));
+                Leaves { main, aux, output, guarded, pool: None }
+            }
+        }
+    }
+
+    pub fn gradients(&self) -> ExternalGradients<'_> {
+        ExternalGradients {
+            main: &self.main,
+            aux: &self.aux,
+            output: self.output.as_deref().map_or(Output::InPlace, Output::Buffers),
+        }
+    }
+
+    pub fn bind(&self, state: &BloopState) -> StepBindings {
+        match &self.pool {
+            Some(pool) => state.bind_pool(pool).unwrap(),
+            None => state.bind_external(&self.gradients()).unwrap(),
+        }
+    }
+
+    pub fn output_leaves(&self) -> &[LeafBuffer] {
+        self.output.as_deref().unwrap_or(&self.main)
+    }
+
+    pub fn corrupted_guards(&self) -> usize {
+        self.guarded.iter().map(|g| g.corrupted()).sum()
+    }
+}
+
+/// Writes one step's gradients, poisons the outputs with NaN, records and submits the step.
+pub fn run_step(state: &mut BloopState, leaves: &Leaves, bindings: &StepBindings, g_main: &[Vec<f32>], g_aux: &[Vec<f32>]) {
+    let gpu = gpu();
+    for (leaf, v) in leaves.main.iter().zip(g_main).chain(leaves.aux.iter().zip(g_aux)) {
+        gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
+    }
+    if let Some(out) = &leaves.output {
+        for leaf in out {
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&vec![f32::NAN; leaf.len as usize]));
+        }
+    }
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    state.record_step(&mut encoder, bindings).unwrap();
+    gpu.queue.submit([encoder.finish()]);
+}
+
+/// Worst relative errors (direction, main EMA, aux EMA) of one GPU step against the reference.
+pub fn compare_step(state: &BloopState, reference: &ReferenceState, direction: &[Vec<f64>], outputs: &[LeafBuffer]) -> [f64; 3] {
+    let gpu = gpu();
+    let out = widen(&read_leaves(&gpu.device, &gpu.queue, outputs).unwrap());
+    let method = state.config().method;
+    let main = if method.has_main_ema() {
+        relative_error(&widen(&state.read_ema(EmaRole::Main).unwrap()), &reference.main_ema)
+    } else {
+        0.0
+    };
+    let aux = if method.has_aux_ema() {
+        relative_error(&widen(&state.read_ema(EmaRole::Aux).unwrap()), &reference.aux_ema)
+    } else {
+        0.0
+    };
+    [relative_error(&out, direction), main, aux]
+}
+
+/// A random valid config for `method`.
+pub fn random_config(rng: &mut SplitMix64, method: Method) -> Config {
+    let ema = match below(rng, 5) {
+        0 => 0.0,
+        1 => 1.0,
+        _ => rng.next_f64(),
+    };
+    let lambda = if below(rng, 6) == 0 { 0.0 } else { 10f64.powf(rng.next_f64() * 4.0 - 3.0) };
+    let ratio_only = matches!(method, Method::Bloop | Method::DynamicBarrier) && below(rng, 3) == 0;
+    Config::new(method)
+        .ema(ema)
+        .lambda(lambda)
+        .eps(if below(rng, 2) == 0 { 1e-7 } else { 10f64.powf(-rng.next_f64() * 6.0 - 2.0) })
+        .rescale(below(rng, 2) == 0)
+        .ratio_only(ratio_only)
+}
+
+/// Initial EMA values a state and its reference can share.
+pub fn random_init(rng: &mut SplitMix64, lengths: &[u64]) -> Vec<Vec<f32>> {
+    match below(rng, 3) {
+        0 => lengths.iter().map(|&n| vec![0.0; n as usize]).collect(),
+        _ => {
+            let scale = 0.5 + rng.next_f64();
+            normal_leaves(rng, lengths, scale)
+        }
+    }
+}
+
+pub fn state_with(layout: &Layout, config: Config, main: Vec<Vec<f32>>, aux: Vec<Vec<f32>>) -> (BloopState, ReferenceState) {
+    let gpu = gpu();
+    let reference = ReferenceState::new(
+        config,
+        if config.method.has_main_ema() { widen(&main) } else { vec![] },
+        if config.method.has_aux_ema() { widen(&aux) } else { vec![] },
+    );
+    let inits = EmaInits { main: EmaInit::Values(main), aux: EmaInit::Values(aux) };
+    let state = BloopState::new(&kernels(), &gpu.queue, layout, config, inits).unwrap();
+    (state, reference)
+}

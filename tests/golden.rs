@@ -1,0 +1,53 @@
+//! Every golden case (computed by the paper authors' reference implementation) replayed on the
+//! GPU over both gradient paths and on the CPU reference.
+
+mod common;
+
+use std::path::PathBuf;
+
+use bloop::conformance::{load_cases, run_gpu, run_reference, GradientPath, F32_BOUND};
+
+fn cases() -> Vec<(PathBuf, bloop::conformance::Case)> {
+    let cases = load_cases(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")]).unwrap();
+    assert_eq!(cases.len(), 24, "the shipped golden cases");
+    cases
+}
+
+#[test]
+fn cpu_reference_matches_every_golden_case() {
+    for (path, case) in cases() {
+        let report = run_reference(&case).unwrap();
+        // The expected values carry 12 significant digits; f64 on exact f32 inputs is far closer.
+        assert!(report.worst() < 1e-8, "{}: {report:?}", path.display());
+    }
+}
+
+#[test]
+fn gpu_matches_every_golden_case_through_the_pool() {
+    for (path, case) in cases() {
+        let report = run_gpu(&common::kernels(), &common::gpu().queue, &case, GradientPath::Pool).unwrap();
+        assert!(report.passes(F32_BOUND), "{}: {report:?}", path.display());
+        assert_eq!(report.main_ema.is_some(), case.method != "mixed");
+        assert_eq!(report.aux_ema.is_some(), case.method == "pcgrad");
+    }
+}
+
+#[test]
+fn gpu_matches_every_golden_case_through_external_buffers() {
+    for (path, case) in cases() {
+        let report = run_gpu(&common::kernels(), &common::gpu().queue, &case, GradientPath::External).unwrap();
+        assert!(report.passes(F32_BOUND), "{}: {report:?}", path.display());
+    }
+}
+
+#[test]
+fn a_wrong_expectation_fails_the_bound() {
+    // The runner must be able to fail: perturb one expected direction by 1e-4 relative.
+    let (_, mut case) = cases().into_iter().find(|(_, c)| c.name == "bloop_odd_leaves").unwrap();
+    for x in case.steps[1].direction.iter_mut().flatten() {
+        *x *= 1.0 + 1e-4;
+    }
+    let report = run_gpu(&common::kernels(), &common::gpu().queue, &case, GradientPath::Pool).unwrap();
+    assert!(!report.passes(F32_BOUND), "{report:?}");
+    assert!(!run_reference(&case).unwrap().passes(F32_BOUND));
+}
