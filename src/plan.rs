@@ -143,7 +143,8 @@ impl Plan {
     ) -> Result<Plan> {
         let device_limits = device.limits();
         let alignment = device_limits.min_storage_buffer_offset_alignment as u64;
-        let window = device_limits.max_storage_buffer_binding_size as u64;
+        // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
+        let window = device_limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
         let window = window - window % alignment;
         if window < 2 * alignment + TILE_BYTES * 2 {
             return Err(Error::ExceedsLimit {

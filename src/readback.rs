@@ -20,35 +20,53 @@ pub fn read_leaves(
             });
         }
     }
-    let total: u64 = leaves.iter().map(|l| l.len * ELEMENT_SIZE).sum();
-    let staging = crate::context::gpu_scope(device, "allocating a readback buffer", || {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("bloop readback"),
-            size: total.max(ELEMENT_SIZE),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    })?;
-    let mut encoder = device.create_command_encoder(&Default::default());
-    let mut at = 0;
+    // One staging buffer per batch of leaves that fits the device's buffer size limit.
+    let max = device.limits().max_buffer_size;
+    let mut batches: Vec<(u64, Vec<&LeafBuffer>)> = Vec::new();
     for leaf in leaves {
         let size = leaf.len * ELEMENT_SIZE;
-        encoder.copy_buffer_to_buffer(&leaf.buffer, leaf.offset, &staging, at, size);
-        at += size;
+        match batches.last_mut() {
+            Some((total, batch)) if *total + size <= max => {
+                *total += size;
+                batch.push(leaf);
+            }
+            _ => batches.push((size, vec![leaf])),
+        }
     }
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let staging = crate::context::gpu_scope(device, "allocating readback buffers", || {
+        batches
+            .iter()
+            .map(|(total, batch)| {
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bloop readback"),
+                    size: (*total).max(ELEMENT_SIZE),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut at = 0;
+                for leaf in batch {
+                    let size = leaf.len * ELEMENT_SIZE;
+                    encoder.copy_buffer_to_buffer(&leaf.buffer, leaf.offset, &staging, at, size);
+                    at += size;
+                }
+                staging
+            })
+            .collect::<Vec<_>>()
+    })?;
     queue.submit([encoder.finish()]);
-    let bytes = map_and_read(device, &staging)?;
-    let values: &[f32] = bytemuck::cast_slice(&bytes);
-    let mut start = 0;
-    Ok(leaves
-        .iter()
-        .map(|leaf| {
+    let mut out = Vec::with_capacity(leaves.len());
+    for (staging, (_, batch)) in staging.iter().zip(&batches) {
+        let bytes = map_and_read(device, staging)?;
+        let values: &[f32] = bytemuck::cast_slice(&bytes);
+        let mut start = 0;
+        for leaf in batch {
             let end = start + leaf.len as usize;
-            let v = values[start..end].to_vec();
+            out.push(values[start..end].to_vec());
             start = end;
-            v
-        })
-        .collect())
+        }
+    }
+    Ok(out)
 }
 
 /// Maps a whole `MAP_READ` buffer, blocking until the GPU is done with it, and copies it out.

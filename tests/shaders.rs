@@ -1,0 +1,83 @@
+//! Every shader variant the library can build, translated with naga (the compiler inside
+//! wgpu) to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), so a shader that would break on a
+//! backend this machine lacks fails here.
+
+use bloop::shaders::{Stage, Variant};
+
+fn validated(source: &str, what: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
+    (module, info)
+}
+
+fn each_stage(mut check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInfo)) -> usize {
+    let mut count = 0;
+    for variant in Variant::all() {
+        for &stage in variant.stages() {
+            let what = format!("{variant:?} {stage:?}");
+            let (module, info) = validated(&variant.source(stage), &what);
+            assert_eq!(module.entry_points.len(), 1, "{what}");
+            assert_eq!(module.entry_points[0].name, stage.name(), "{what}");
+            check(&what, &module, &info);
+            count += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn every_variant_translates_to_spirv() {
+    let count = each_stage(|what, module, info| {
+        let words = naga::back::spv::write_vec(module, info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(words[0], 0x0723_0203, "{what}: SPIR-V magic number");
+    });
+    // 3 stages for the 3 reducing kinds, 1 for mixing, each with read-only and writable inputs.
+    assert_eq!(count, 20);
+}
+
+#[test]
+fn every_variant_translates_to_msl() {
+    each_stage(|what, module, info| {
+        let options = naga::back::msl::Options { lang_version: (2, 1), ..Default::default() };
+        let (msl, _) = naga::back::msl::write_string(module, info, &options, &Default::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(msl.contains("kernel void"), "{what}");
+    });
+}
+
+#[test]
+fn every_variant_translates_to_hlsl() {
+    each_stage(|what, module, info| {
+        let options = naga::back::hlsl::Options::default();
+        let mut hlsl = String::new();
+        naga::back::hlsl::Writer::new(&mut hlsl, &options, &Default::default())
+            .write(module, info, None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(hlsl.contains("[numthreads(256, 1, 1)]"), "{what}");
+    });
+}
+
+#[test]
+fn a_broken_shader_is_rejected() {
+    // The checks above must be able to fail: a typo in an otherwise valid stage.
+    let source = Variant::all()[0].source(Stage::Apply);
+    let broken = source.replace("= ema_step(main_ema", "= ema_stepp(main_ema");
+    assert_ne!(source, broken);
+    assert!(naga::front::wgsl::parse_str(&broken).is_err());
+}
+
+#[test]
+fn preprocessor_selects_branches() {
+    let all = Variant::all();
+    let pcgrad = all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && !v.inputs_writable).unwrap();
+    let mixed = all.iter().find(|v| v.kind == bloop::shaders::Kind::Mixed && v.inputs_writable).unwrap();
+    let p = pcgrad.source(Stage::Apply);
+    assert!(p.contains("aux_ema[tile.aux_ema + i] = a;") && !p.contains("read_write> g_main"));
+    let m = mixed.source(Stage::Apply);
+    assert!(!m.contains("read_write> main_ema") && m.contains("read_write> g_main"));
+    assert!(!p.contains('#') && !m.contains('#'), "no directive survives");
+}
