@@ -62,12 +62,16 @@ impl Case {
         Ok(case)
     }
 
-    pub fn config(&self) -> std::result::Result<Config, String> {
-        let method = Method::from_name(&self.method).ok_or(format!("unknown method `{}`", self.method))?;
+    /// The case's config, validated like any other.
+    pub fn config(&self) -> Result<Config> {
+        let method = Method::from_name(&self.method).ok_or_else(|| crate::Error::InvalidConfig {
+            field: "method",
+            problem: format!("`{}` is not bloop, dynamic_barrier, pcgrad or mixed", self.method),
+        })?;
         let c = &self.config;
         let ratio_only = c.ratio_only && matches!(method, Method::Bloop | Method::DynamicBarrier);
         let config = Config { method, ema: c.ema, lambda: c.lambda, eps: c.eps, rescale: c.rescale, ratio_only };
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -137,7 +141,7 @@ fn narrow(leaves: &[Vec<f64>]) -> Vec<Vec<f32>> {
 
 /// Replays a case on the CPU reference.
 pub fn run_reference(case: &Case) -> std::result::Result<CaseReport, String> {
-    let config = case.config()?;
+    let config = case.config().map_err(|e| e.to_string())?;
     let main = if config.method.has_main_ema() { case.init.main_ema.clone() } else { vec![] };
     let aux = if config.method.has_aux_ema() { case.initial_aux().clone() } else { vec![] };
     let mut state = ReferenceState::new(config, main, aux);
@@ -195,7 +199,7 @@ fn flat_leaves(device: &wgpu::Device, sizes: &[u64], copies: usize, label: &str)
 /// Replays a case through the public GPU API and measures every step against the case.
 pub fn run_gpu(kernels: &Arc<Kernels>, queue: &wgpu::Queue, case: &Case, path: GradientPath) -> Result<CaseReport> {
     let device = kernels.device();
-    let config = case.config().map_err(|e| crate::Error::Mismatch(e))?;
+    let config = case.config()?;
     let layout = Layout::from_lengths(&case.leaf_sizes)?;
     let inits = EmaInits {
         main: EmaInit::Values(narrow(&case.init.main_ema)),

@@ -35,8 +35,7 @@ pub struct Kernels {
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let compiled = self.cache.lock().map(|c| c.len()).unwrap_or(0);
-        f.debug_struct("Kernels").field("compiled_variants", &compiled).finish()
+        f.debug_struct("Kernels").field("compiled_variants", &self.compiled_variants()).finish()
     }
 }
 
@@ -60,6 +59,11 @@ impl Kernels {
 
     pub fn device(&self) -> &wgpu::Device {
         &self.device
+    }
+
+    /// How many variants have been compiled so far.
+    pub fn compiled_variants(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
     }
 
     /// Compiles every variant now instead of on first use (for start-up latency budgets).
