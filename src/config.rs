@@ -139,6 +139,18 @@ impl Config {
         }
     }
 
+    /// The fewest bytes a step must move per f32 element (reads plus writes of gradients,
+    /// averages and output): 32 for `bloop` / `dynamic_barrier`, 28 with `ratio_only`, 44 for
+    /// `pcgrad`, 12 for `mixed`. The fused kernels move exactly this much.
+    pub fn bytes_per_element(&self) -> u64 {
+        match crate::shaders::Kind::of(self) {
+            crate::shaders::Kind::Project => 32,
+            crate::shaders::Kind::RatioOnly => 28,
+            crate::shaders::Kind::PcGrad => 44,
+            crate::shaders::Kind::Mixed => 12,
+        }
+    }
+
     pub(crate) fn gpu_constants(&self) -> GpuConstants {
         GpuConstants {
             ema: self.ema as f32,

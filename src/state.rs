@@ -355,13 +355,24 @@ impl BloopState {
         encoder: &mut wgpu::CommandEncoder,
         bindings: &StepBindings,
     ) -> Result<()> {
+        self.record_step_timed(encoder, bindings, None)
+    }
+
+    /// As [`BloopState::record_step`], with timestamps written at the beginning and end of the
+    /// step's compute pass (needs `Features::TIMESTAMP_QUERY`), for profiling.
+    pub fn record_step_timed(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &StepBindings,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
         if bindings.state_id != self.id {
             return Err(Error::Mismatch("these bindings were made by another state".into()));
         }
         let kernels = &bindings.kernels;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("bloop step"),
-            timestamp_writes: None,
+            timestamp_writes,
         });
         pass.set_bind_group(0, &bindings.state_group, &[]);
         let over_tiles = |pass: &mut wgpu::ComputePass, pipeline: &wgpu::ComputePipeline| {

@@ -1,0 +1,342 @@
+//! Throughput of one full step of every method, against the best the adapter can do.
+//!
+//! `cargo bench --bench throughput -- [--quick] [--max-log2 N] [--layout-scale K] [--reps N]
+//!  [--no-models] [--no-cpu] [--out DIR]`
+//!
+//! Times a step with timestamp queries where the adapter has them (else wall time around
+//! submit-and-wait), after warm-up, over at least 20 repetitions; reports the median, min and
+//! max. Bytes are the fewest each method must move per f32 element
+//! (`Config::bytes_per_element`); the roofline is a plain vec4 copy kernel over a buffer of
+//! the same size, measured in the same run. Baselines: the unfused (eager) sequence of
+//! operators on the same adapter, the f64 host reference and a multi-threaded f32 host
+//! implementation. Writes a table to stdout, `DIR/throughput.json` and `DIR/throughput.svg`.
+
+mod cpu;
+mod eager;
+mod layouts;
+mod plot;
+
+use std::time::Instant;
+
+use bloop::rng::SplitMix64;
+use bloop::{BloopState, Config, EmaInits, ExternalGradients, GpuContext, GradientPool, Kernels, Layout, LeafBuffer, Method, Output};
+use serde::Serialize;
+
+struct Args {
+    max_log2: u32,
+    layout_scale: u64,
+    reps: usize,
+    models: bool,
+    cpu: bool,
+    out: std::path::PathBuf,
+    quick: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { max_log2: 26, layout_scale: 1, reps: 30, models: true, cpu: true, out: "target/bench".into(), quick: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--quick" => {
+                args.quick = true;
+                args.max_log2 = 20;
+                args.layout_scale = 64;
+                args.reps = 20;
+            }
+            "--max-log2" => args.max_log2 = value().parse().expect("--max-log2 N"),
+            "--layout-scale" => args.layout_scale = value().parse().expect("--layout-scale K"),
+            "--reps" => args.reps = value().parse::<usize>().expect("--reps N").max(20),
+            "--no-models" => args.models = false,
+            "--no-cpu" => args.cpu = false,
+            "--out" => args.out = value().into(),
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+/// How step times are taken.
+enum Clock {
+    Timestamps { set: wgpu::QuerySet, resolve: wgpu::Buffer, read: wgpu::Buffer, period_ns: f64 },
+    Wall,
+}
+
+impl Clock {
+    fn new(gpu: &GpuContext) -> Clock {
+        if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Clock::Wall;
+        }
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: None, ty: wgpu::QueryType::Timestamp, count: 2 });
+        let buffer = |usage| gpu.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage, mapped_at_creation: false });
+        let resolve = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let read = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        Clock::Timestamps { set, resolve, read, period_ns: gpu.queue.get_timestamp_period() as f64 }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Clock::Timestamps { .. } => "timestamp queries",
+            Clock::Wall => "wall time around submit and wait",
+        }
+    }
+
+    /// Milliseconds one recording takes on the GPU.
+    fn time(&self, gpu: &GpuContext, record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>)) -> f64 {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        match self {
+            Clock::Timestamps { set, resolve, read, period_ns } => {
+                let writes = wgpu::ComputePassTimestampWrites { query_set: set, beginning_of_pass_write_index: Some(0), end_of_pass_write_index: Some(1) };
+                record(&mut encoder, Some(writes));
+                encoder.resolve_query_set(set, 0..2, resolve, 0);
+                encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+                gpu.queue.submit([encoder.finish()]);
+                let (sender, receiver) = std::sync::mpsc::channel();
+                read.map_async(wgpu::MapMode::Read, .., move |r| sender.send(r).unwrap());
+                gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                receiver.recv().unwrap().unwrap();
+                let ticks: [u64; 2] = bytemuck::pod_read_unaligned(&read.get_mapped_range(..).unwrap());
+                read.unmap();
+                ticks[1].saturating_sub(ticks[0]) as f64 * period_ns / 1e6
+            }
+            Clock::Wall => {
+                record(&mut encoder, None);
+                let start = Instant::now();
+                gpu.queue.submit([encoder.finish()]);
+                gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                start.elapsed().as_secs_f64() * 1e3
+            }
+        }
+    }
+
+    /// (median, min, max) in ms over `reps` timed runs after 3 warm-up runs.
+    fn stats(&self, gpu: &GpuContext, reps: usize, record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>)) -> Stats {
+        for _ in 0..3 {
+            self.time(gpu, record);
+        }
+        Stats::of((0..reps).map(|_| self.time(gpu, record)).collect())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Stats {
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+}
+
+impl Stats {
+    fn of(mut ms: Vec<f64>) -> Stats {
+        ms.sort_by(f64::total_cmp);
+        Stats { median_ms: ms[ms.len() / 2], min_ms: ms[0], max_ms: ms[ms.len() - 1] }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    adapter: String,
+    backend: String,
+    clock: &'static str,
+    method: &'static str,
+    dtype: &'static str,
+    layout: String,
+    leaves: usize,
+    path: &'static str,
+    elements: u64,
+    bytes_per_element: u64,
+    #[serde(flatten)]
+    stats: Stats,
+    elements_per_s: f64,
+    gbps: f64,
+    copy_gbps: f64,
+    roofline_fraction: f64,
+    unfused_median_ms: f64,
+    unfused_bytes_per_element: u64,
+    fused_speedup: f64,
+    cpu_f32_threads_ms: Option<f64>,
+    cpu_f64_reference_ms: Option<f64>,
+}
+
+const METHODS: [(&str, Method, bool); 5] = [
+    ("bloop", Method::Bloop, false),
+    ("dynamic_barrier", Method::DynamicBarrier, false),
+    ("pcgrad", Method::PcGrad, false),
+    ("mixed", Method::Mixed, false),
+    ("bloop_ratio_only", Method::Bloop, true),
+];
+
+fn uniform(rng: &mut SplitMix64, n: u64) -> Vec<f32> {
+    (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()
+}
+
+fn fill(gpu: &GpuContext, leaves: &[LeafBuffer], rng: &mut SplitMix64) {
+    for leaf in leaves {
+        gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&uniform(rng, leaf.len)));
+    }
+}
+
+/// Bandwidth of the vec4 copy kernel over `elements` f32 (bytes read + written per second).
+fn copy_gbps(gpu: &GpuContext, clock: &Clock, reps: usize, elements: u64) -> f64 {
+    let device = &gpu.device;
+    let n = elements.next_multiple_of(4);
+    let buffer = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: n * 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    let (src, dst) = (buffer("copy src"), buffer("copy dst"));
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("copy"), source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()) });
+    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    };
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &[storage(0, true), storage(1, false)] });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("copy"),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("copy"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &layout,
+        entries: &[wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() }, wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() }],
+    });
+    let groups = (n / 4).div_ceil(256);
+    let max = device.limits().max_compute_workgroups_per_dimension as u64;
+    let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
+    let stats = clock.stats(gpu, reps, &mut |encoder, timestamps| {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: timestamps });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(x as u32, y as u32, 1);
+    });
+    (n * 8) as f64 / (stats.median_ms * 1e6)
+}
+
+struct Workload {
+    name: String,
+    layout: Layout,
+}
+
+fn workloads(args: &Args) -> Vec<Workload> {
+    let mut list: Vec<Workload> = (16..=args.max_log2)
+        .step_by(2)
+        .map(|k| Workload { name: format!("leaf 2^{k}"), layout: Layout::from_lengths(&[1 << k]).unwrap() })
+        .collect();
+    if args.models {
+        for (name, leaves) in [("resnet50", layouts::resnet50()), ("gpt2-small", layouts::gpt2_small())] {
+            let scaled = leaves.into_iter().map(|(n, len)| (n, len.div_ceil(args.layout_scale)));
+            let name = if args.layout_scale == 1 { name.to_string() } else { format!("{name}/{}", args.layout_scale) };
+            list.push(Workload { name, layout: Layout::new(scaled).unwrap() });
+        }
+    }
+    list
+}
+
+fn main() {
+    let args = parse_args();
+    let gpu = GpuContext::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let clock = Clock::new(&gpu);
+    let kernels = Kernels::new(&gpu.device);
+    let info = gpu.adapter.get_info();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("adapter: {}; timing: {}; host threads: {threads}", gpu.describe(), clock.name());
+    println!(
+        "{:<18} {:>10} {:<17} {:<8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
+        "layout", "elements", "method", "path", "median ms", "min ms", "max ms", "Gelem/s", "GB/s", "roof", "eager ms", "x", "cpu32 ms", "cpu64 ms"
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut rng = SplitMix64::new(1);
+    for workload in workloads(&args) {
+        let layout = &workload.layout;
+        let elements = layout.total_elements();
+        let copy = copy_gbps(&gpu, &clock, args.reps, elements);
+        let pool = GradientPool::new(&gpu.device, layout, false).unwrap();
+        fill(&gpu, pool.main_leaves(), &mut rng);
+        fill(&gpu, pool.aux_leaves(), &mut rng);
+        // External: a buffer of its own per leaf and role.
+        let per_leaf = |label: &str| -> Vec<LeafBuffer> {
+            layout
+                .lengths()
+                .iter()
+                .map(|&n| {
+                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: n * 4, usage: bloop::pool::POOL_USAGE, mapped_at_creation: false });
+                    LeafBuffer::new(&b, 0, n)
+                })
+                .collect()
+        };
+        let (main, aux, out) = (per_leaf("main"), per_leaf("aux"), per_leaf("out"));
+        fill(&gpu, &main, &mut rng);
+        fill(&gpu, &aux, &mut rng);
+        let host = args.cpu && elements <= 1 << 24;
+        let (cpu_main, cpu_aux) = if host { (uniform(&mut rng, elements), uniform(&mut rng, elements)) } else { (vec![], vec![]) };
+
+        for (name, method, ratio_only) in METHODS {
+            let config = Config::new(method).ema(0.01).lambda(0.5).ratio_only(ratio_only);
+            let (eager, _buffers) = eager::Eager::new(&gpu.device, elements, &config);
+            let unfused = clock.stats(&gpu, args.reps, &mut |encoder, t| eager.record(encoder, t));
+            let (cpu32, cpu64) = if host {
+                let mut step = cpu::CpuStep::new(cpu_main.clone(), cpu_aux.clone());
+                let reps = if elements <= 1 << 20 { 20 } else { 5 };
+                let cpu32 = Stats::of((0..reps).map(|_| { let t = Instant::now(); step.step(&config, threads); t.elapsed().as_secs_f64() * 1e3 }).collect());
+                let widen = |v: &[f32]| vec![v.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
+                let (m, a) = (widen(&cpu_main), widen(&cpu_aux));
+                let mut reference = bloop::ReferenceState::new(config, m.clone(), if method == Method::PcGrad { a.clone() } else { vec![] });
+                let cpu64 = Stats::of((0..3).map(|_| { let t = Instant::now(); std::hint::black_box(reference.step(&m, &a)); t.elapsed().as_secs_f64() * 1e3 }).collect());
+                (Some(cpu32.median_ms), Some(cpu64.median_ms))
+            } else {
+                (None, None)
+            };
+            for path in ["pool", "external"] {
+                let mut state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
+                let bindings = match path {
+                    "pool" => state.bind_pool(&pool).unwrap(),
+                    _ => state.bind_external(&ExternalGradients { main: &main, aux: &aux, output: Output::Buffers(&out) }).unwrap(),
+                };
+                let stats = clock.stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, &bindings, t).unwrap());
+                let bytes = config.bytes_per_element();
+                let seconds = stats.median_ms / 1e3;
+                let gbps = (bytes * elements) as f64 / seconds / 1e9;
+                let row = Row {
+                    adapter: info.name.clone(),
+                    backend: format!("{:?}", info.backend),
+                    clock: clock.name(),
+                    method: name,
+                    dtype: "f32",
+                    layout: workload.name.clone(),
+                    leaves: layout.len(),
+                    path,
+                    elements,
+                    bytes_per_element: bytes,
+                    stats,
+                    elements_per_s: elements as f64 / seconds,
+                    gbps,
+                    copy_gbps: copy,
+                    roofline_fraction: gbps / copy,
+                    unfused_median_ms: unfused.median_ms,
+                    unfused_bytes_per_element: eager.bytes_per_element,
+                    fused_speedup: unfused.median_ms / stats.median_ms,
+                    cpu_f32_threads_ms: cpu32,
+                    cpu_f64_reference_ms: cpu64,
+                };
+                let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+                println!(
+                    "{:<18} {:>10} {:<17} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
+                    row.layout, row.elements, row.method, row.path, stats.median_ms, stats.min_ms, stats.max_ms,
+                    row.elements_per_s / 1e9, row.gbps, row.roofline_fraction, row.unfused_median_ms, row.fused_speedup, opt(cpu32), opt(cpu64)
+                );
+                rows.push(row);
+            }
+        }
+        println!("{:<18} {:>10} {:<17} {:<8} copy kernel: {copy:.2} GB/s", workload.name, elements, "(roofline)", "");
+    }
+    std::fs::create_dir_all(&args.out).unwrap();
+    let json = args.out.join("throughput.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    let svg = args.out.join("throughput.svg");
+    plot::gbps_by_size(&rows.iter().map(|r| plot::Point { method: r.method, path: r.path, leaves: r.leaves, elements: r.elements, gbps: r.gbps, copy_gbps: r.copy_gbps }).collect::<Vec<_>>(), &format!("{} ({:?})", info.name, info.backend), &svg);
+    println!("wrote {} and {}{}", json.display(), svg.display(), if args.quick { " (quick run)" } else { "" });
+}
