@@ -7,6 +7,11 @@
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn accumulate(
     @builtin(local_invocation_index) lid: u32,
+#ifdef SUBGROUPS
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+#endif
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
 ) {
@@ -32,7 +37,12 @@ fn accumulate(
         dots.w += a * a;
 #endif
     }
-    let total = workgroup_sum(lid, dots);
+#ifdef SUBGROUPS
+    let lanes = Lanes(lid, subgroup, subgroups, lane);
+#else
+    let lanes = Lanes(lid, 0u, 1u, lid);
+#endif
+    let total = workgroup_sum(lanes, dots);
     if lid == 0u {
         partials[header.main + index] = total;
     }

@@ -9,7 +9,14 @@ fn ratio(dot: f32, sq_norm: f32) -> f32 {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn finalize(@builtin(local_invocation_index) lid: u32) {
+fn finalize(
+    @builtin(local_invocation_index) lid: u32,
+#ifdef SUBGROUPS
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+#endif
+) {
     let count = arrayLength(&partials);
     var sum = vec4<f32>(0.0);
     var compensation = vec4<f32>(0.0);
@@ -19,7 +26,12 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         compensation += select((x - t) + sum, (sum - t) + x, abs(sum) >= abs(x));
         sum = t;
     }
-    let dots = workgroup_sum(lid, sum + compensation);
+#ifdef SUBGROUPS
+    let lanes = Lanes(lid, subgroup, subgroups, lane);
+#else
+    let lanes = Lanes(lid, 0u, 1u, lid);
+#endif
+    let dots = workgroup_sum(lanes, sum + compensation);
     if lid == 0u {
         scalars.dots = dots;
         scalars.ratio_main = ratio(dots.x, dots.y);

@@ -1,7 +1,36 @@
-// Sum of one vec4 per invocation over the workgroup; every invocation gets the total.
+// Sum of one vec4 per invocation over the workgroup. The total is valid in invocation 0.
+
+// Who an invocation is within its workgroup (and its subgroup, where subgroups are used).
+struct Lanes {
+    index: u32,
+    subgroup: u32,
+    subgroups: u32,
+    lane: u32,
+}
+
 var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 
-fn workgroup_sum(lid: u32, value: vec4<f32>) -> vec4<f32> {
+#ifdef SUBGROUPS
+// Subgroup sums first: two barriers instead of one per halving step.
+fn workgroup_sum(lanes: Lanes, value: vec4<f32>) -> vec4<f32> {
+    let partial = subgroupAdd(value);
+    // A previous call may still be reading scratch.
+    workgroupBarrier();
+    if lanes.lane == 0u {
+        scratch[lanes.subgroup] = partial;
+    }
+    workgroupBarrier();
+    var total = vec4<f32>(0.0);
+    if lanes.index == 0u {
+        for (var i = 0u; i < lanes.subgroups; i++) {
+            total += scratch[i];
+        }
+    }
+    return total;
+}
+#else
+fn workgroup_sum(lanes: Lanes, value: vec4<f32>) -> vec4<f32> {
+    let lid = lanes.index;
     // A previous call may still be reading scratch[0].
     workgroupBarrier();
     scratch[lid] = value;
@@ -14,3 +43,4 @@ fn workgroup_sum(lid: u32, value: vec4<f32>) -> vec4<f32> {
     workgroupBarrier();
     return scratch[0];
 }
+#endif

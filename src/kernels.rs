@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::context::gpu_scope;
 use crate::error::Result;
-use crate::shaders::{Stage, Variant};
+use crate::shaders::{Kind, Stage, Variant};
 
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {
@@ -30,12 +30,16 @@ pub(crate) struct VariantKernels {
 /// clone the `Arc`); variants are compiled on first use and cached.
 pub struct Kernels {
     device: wgpu::Device,
+    subgroups: bool,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels").field("compiled_variants", &self.compiled_variants()).finish()
+        f.debug_struct("Kernels")
+            .field("subgroups", &self.subgroups)
+            .field("compiled_variants", &self.compiled_variants())
+            .finish()
     }
 }
 
@@ -53,8 +57,22 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Kernels {
+    /// Kernels for `device`, reducing with subgroup operations where the device has
+    /// `Features::SUBGROUP`.
     pub fn new(device: &wgpu::Device) -> Arc<Kernels> {
-        Arc::new(Kernels { device: device.clone(), cache: Mutex::new(HashMap::new()) })
+        Kernels::with_subgroups(device, true)
+    }
+
+    /// As [`Kernels::new`]; `use_subgroups = false` forces the shared-memory reduction even
+    /// where subgroups exist (for comparisons and tests).
+    pub fn with_subgroups(device: &wgpu::Device, use_subgroups: bool) -> Arc<Kernels> {
+        let subgroups = use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
+        Arc::new(Kernels { device: device.clone(), subgroups, cache: Mutex::new(HashMap::new()) })
+    }
+
+    /// Whether reductions use subgroup operations.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -68,10 +86,14 @@ impl Kernels {
 
     /// Compiles every variant now instead of on first use (for start-up latency budgets).
     pub fn compile_all(&self) -> Result<()> {
-        Variant::all().into_iter().try_for_each(|v| self.variant(v).map(drop))
+        Variant::all()
+            .into_iter()
+            .filter(|v| v.subgroups == self.subgroups)
+            .try_for_each(|v| self.variant(v.kind, v.inputs_writable).map(drop))
     }
 
-    pub(crate) fn variant(&self, variant: Variant) -> Result<Arc<VariantKernels>> {
+    pub(crate) fn variant(&self, kind: Kind, inputs_writable: bool) -> Result<Arc<VariantKernels>> {
+        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());

@@ -33,6 +33,8 @@ pub struct Variant {
     pub kind: Kind,
     /// The output shares a buffer with an input, so the inputs must be bound writable.
     pub inputs_writable: bool,
+    /// Reduce with subgroup operations (`Features::SUBGROUP`) instead of a shared-memory tree.
+    pub subgroups: bool,
 }
 
 /// The stages a step runs, in order.
@@ -76,12 +78,15 @@ impl Variant {
     /// Every variant the library can build; the cross-compilation test walks this list.
     pub fn all() -> Vec<Variant> {
         let kinds = [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed];
-        kinds
-            .into_iter()
-            .flat_map(|kind| {
-                [false, true].map(|inputs_writable| Variant { kind, inputs_writable })
-            })
-            .collect()
+        let mut all = Vec::new();
+        for kind in kinds {
+            for inputs_writable in [false, true] {
+                for subgroups in [false, true] {
+                    all.push(Variant { kind, inputs_writable, subgroups });
+                }
+            }
+        }
+        all
     }
 
     /// The stages this variant runs: mixing needs no reduction.
@@ -110,6 +115,9 @@ impl Variant {
         }
         if self.inputs_writable {
             defines.insert("INPUTS_WRITABLE");
+        }
+        if self.subgroups {
+            defines.insert("SUBGROUPS");
         }
         defines
     }

@@ -11,7 +11,7 @@ use crate::layout::{Layout, LeafBuffer, Packing, Role};
 use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
-use crate::shaders::{Kind, Variant};
+use crate::shaders::Kind;
 use crate::validate;
 
 /// Usage of the EMA buffers: read and written by the kernels, copied for checkpoints.
@@ -145,7 +145,7 @@ impl BloopState {
             }
         }
         // Compile before allocating so a failure leaves nothing behind.
-        kernels.variant(Variant { kind: Kind::of(&config), inputs_writable: false })?;
+        kernels.variant(Kind::of(&config), false)?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, max_buffer, "EMA")?;
         let mut stores = [None, None];
@@ -314,7 +314,7 @@ impl BloopState {
         let inputs: Vec<&wgpu::Buffer> =
             gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
-        let kernels = self.kernels.variant(Variant { kind: Kind::of(&self.config), inputs_writable })?;
+        let kernels = self.kernels.variant(Kind::of(&self.config), inputs_writable)?;
 
         let mut roles = vec![
             RoleLeaves { slot: slot::MAIN, leaves: gradients.main },

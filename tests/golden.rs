@@ -41,6 +41,19 @@ fn gpu_matches_every_golden_case_through_external_buffers() {
 }
 
 #[test]
+fn gpu_matches_every_golden_case_with_the_shared_memory_reduction() {
+    // Adapters without subgroups reduce through a shared-memory tree instead.
+    let kernels = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    assert!(!kernels.uses_subgroups());
+    for (path, case) in cases() {
+        for gradients in [GradientPath::Pool, GradientPath::External] {
+            let report = run_gpu(&kernels, &common::gpu().queue, &case, gradients).unwrap();
+            assert!(report.passes(F32_BOUND), "{} {gradients:?}: {report:?}", path.display());
+        }
+    }
+}
+
+#[test]
 fn a_wrong_expectation_fails_the_bound() {
     // The runner must be able to fail: perturb one expected direction by 1e-4 relative.
     let (_, mut case) = cases().into_iter().find(|(_, c)| c.name == "bloop_odd_leaves").unwrap();

@@ -26,13 +26,17 @@ fn random_layout(rng: &mut SplitMix64) -> Layout {
 }
 
 fn check_trial(seed: u64, method: Method, arrangement: Arrangement) {
+    check_trial_on(&common::kernels(), seed, method, arrangement);
+}
+
+fn check_trial_on(kernels: &std::sync::Arc<bloop::Kernels>, seed: u64, method: Method, arrangement: Arrangement) {
     let mut rng = SplitMix64::new(seed);
     let layout = random_layout(&mut rng);
     let lengths = layout.lengths();
     let config = common::random_config(&mut rng, method);
     let main = common::random_init(&mut rng, &lengths);
     let aux = common::random_init(&mut rng, &lengths);
-    let (mut state, mut reference) = common::state_with(&layout, config, main, aux);
+    let (mut state, mut reference) = common::state_on(kernels, &layout, config, main, aux);
     let leaves = Leaves::new(&mut rng, common::gpu(), &layout, arrangement);
     let bindings = leaves.bind(&state);
     let context = format!("seed {seed}, {arrangement:?}, {config:?}, lengths {lengths:?}");
@@ -84,6 +88,16 @@ fn pcgrad_matches_reference_on_random_layouts() {
 #[test]
 fn mixed_matches_reference_on_random_layouts() {
     check_method(Method::Mixed, 4000);
+}
+
+#[test]
+fn shared_memory_reduction_matches_reference_on_random_layouts() {
+    let kernels = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    for (i, method) in [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().enumerate() {
+        for (j, arrangement) in [Arrangement::Pool { in_place: false }, Arrangement::Flat { in_place: true }, Arrangement::PerLeaf].into_iter().enumerate() {
+            check_trial_on(&kernels, 5000 + (i * 3 + j) as u64, method, arrangement);
+        }
+    }
 }
 
 #[test]

@@ -4,10 +4,19 @@
 
 use bloop::shaders::{Stage, Variant};
 
-fn validated(source: &str, what: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+fn validated(source: &str, what: &str, subgroups: bool) -> (naga::Module, naga::valid::ModuleInfo) {
+    use naga::valid::{Capabilities, SubgroupOperationSet, Validator};
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+    // Only the subgroup variants may use subgroup operations.
+    let (capabilities, operations) = if subgroups {
+        (Capabilities::SUBGROUP, SubgroupOperationSet::BASIC | SubgroupOperationSet::ARITHMETIC)
+    } else {
+        (Capabilities::empty(), SubgroupOperationSet::empty())
+    };
+    let info = Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(operations)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
     (module, info)
@@ -18,7 +27,7 @@ fn each_stage(mut check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInf
     for variant in Variant::all() {
         for &stage in variant.stages() {
             let what = format!("{variant:?} {stage:?}");
-            let (module, info) = validated(&variant.source(stage), &what);
+            let (module, info) = validated(&variant.source(stage), &what, variant.subgroups);
             assert_eq!(module.entry_points.len(), 1, "{what}");
             assert_eq!(module.entry_points[0].name, stage.name(), "{what}");
             check(&what, &module, &info);
@@ -35,13 +44,15 @@ fn every_variant_translates_to_spirv() {
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(words[0], 0x0723_0203, "{what}: SPIR-V magic number");
     });
-    // 3 stages for the 3 reducing kinds, 1 for mixing, each with read-only and writable inputs.
-    assert_eq!(count, 20);
+    // 3 stages for the 3 reducing kinds, 1 for mixing, each with read-only and writable inputs,
+    // each with and without subgroups.
+    assert_eq!(count, 40);
 }
 
 #[test]
 fn every_variant_translates_to_msl() {
     each_stage(|what, module, info| {
+        // simd_sum needs MSL 2.1; wgpu's Metal backend targets newer versions anyway.
         let options = naga::back::msl::Options { lang_version: (2, 1), ..Default::default() };
         let (msl, _) = naga::back::msl::write_string(module, info, &options, &Default::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -52,7 +63,8 @@ fn every_variant_translates_to_msl() {
 #[test]
 fn every_variant_translates_to_hlsl() {
     each_stage(|what, module, info| {
-        let options = naga::back::hlsl::Options::default();
+        // Wave intrinsics need shader model 6.0, which wgpu's DX12 backend requires anyway.
+        let options = naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
         let mut hlsl = String::new();
         naga::back::hlsl::Writer::new(&mut hlsl, &options, &Default::default())
             .write(module, info, None)
@@ -73,8 +85,11 @@ fn a_broken_shader_is_rejected() {
 #[test]
 fn preprocessor_selects_branches() {
     let all = Variant::all();
-    let pcgrad = all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && !v.inputs_writable).unwrap();
+    let pcgrad = all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && !v.inputs_writable && !v.subgroups).unwrap();
     let mixed = all.iter().find(|v| v.kind == bloop::shaders::Kind::Mixed && v.inputs_writable).unwrap();
+    let with_subgroups = all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && v.subgroups).unwrap();
+    assert!(with_subgroups.source(Stage::Accumulate).contains("subgroupAdd"));
+    assert!(!pcgrad.source(Stage::Accumulate).contains("subgroupAdd"));
     let p = pcgrad.source(Stage::Apply);
     assert!(p.contains("aux_ema[tile.aux_ema + i] = a;") && !p.contains("read_write> g_main"));
     let m = mixed.source(Stage::Apply);

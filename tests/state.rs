@@ -90,7 +90,7 @@ fn states_on_one_device_share_compiled_kernels() {
     let _c = new_state(&kernels, Method::PcGrad, EmaInits::zeros());
     assert_eq!(kernels.compiled_variants(), 2);
     kernels.compile_all().unwrap();
-    assert_eq!(kernels.compiled_variants(), bloop::shaders::Variant::all().len());
+    assert_eq!(kernels.compiled_variants(), bloop::shaders::Variant::all().len() / 2, "one reduction flavour per device");
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn parse_args() -> Args {
             "--quick" => {
                 args.quick = true;
                 args.max_log2 = 20;
-                args.layout_scale = 64;
+                args.layout_scale = 128;
                 args.reps = 20;
             }
             "--max-log2" => args.max_log2 = value().parse().expect("--max-log2 N"),
@@ -243,7 +243,12 @@ fn main() {
     let kernels = Kernels::new(&gpu.device);
     let info = gpu.adapter.get_info();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("adapter: {}; timing: {}; host threads: {threads}", gpu.describe(), clock.name());
+    println!(
+        "adapter: {}; timing: {}; reduction: {}; host threads: {threads}",
+        gpu.describe(),
+        clock.name(),
+        if kernels.uses_subgroups() { "subgroups" } else { "shared-memory tree" }
+    );
     println!(
         "{:<18} {:>10} {:<17} {:<8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
         "layout", "elements", "method", "path", "median ms", "min ms", "max ms", "Gelem/s", "GB/s", "roof", "eager ms", "x", "cpu32 ms", "cpu64 ms"

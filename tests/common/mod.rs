@@ -251,6 +251,10 @@ pub fn random_init(rng: &mut SplitMix64, lengths: &[u64]) -> Vec<Vec<f32>> {
 }
 
 pub fn state_with(layout: &Layout, config: Config, main: Vec<Vec<f32>>, aux: Vec<Vec<f32>>) -> (BloopState, ReferenceState) {
+    state_on(&kernels(), layout, config, main, aux)
+}
+
+pub fn state_on(kernels: &Arc<Kernels>, layout: &Layout, config: Config, main: Vec<Vec<f32>>, aux: Vec<Vec<f32>>) -> (BloopState, ReferenceState) {
     let gpu = gpu();
     let reference = ReferenceState::new(
         config,
@@ -258,6 +262,6 @@ pub fn state_with(layout: &Layout, config: Config, main: Vec<Vec<f32>>, aux: Vec
         if config.method.has_aux_ema() { widen(&aux) } else { vec![] },
     );
     let inits = EmaInits { main: EmaInit::Values(main), aux: EmaInit::Values(aux) };
-    let state = BloopState::new(&kernels(), &gpu.queue, layout, config, inits).unwrap();
+    let state = BloopState::new(kernels, &gpu.queue, layout, config, inits).unwrap();
     (state, reference)
 }
