@@ -15,27 +15,29 @@ fn accumulate(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
 ) {
-    let index = tile_index(wg, num_wg);
-    let header = tiles[0];
-    if index >= header.len {
+    let tile = tile_index(wg, num_wg);
+    if tile >= tile_count() {
         return;
     }
-    let tile = tiles[index + 1u];
+    let segments = tile_segments(tile);
     var dots = vec4<f32>(0.0);
-    for (var i = lid; i < tile.len; i += WORKGROUP_SIZE) {
-        let gm = g_main[tile.main + i];
-        let ga = g_aux[tile.aux + i];
-        let e = ema_step(main_ema[tile.main_ema + i], gm);
+    for (var s = segments.x; s < segments.y; s++) {
+        let seg = segment(s);
+        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+            let gm = g_main[seg.main + i];
+            let ga = g_aux[seg.aux + i];
+            let e = ema_step(main_ema[seg.main_ema + i], gm);
 #ifdef WRITE_EMA_IN_ACCUMULATE
-        main_ema[tile.main_ema + i] = e;
+            main_ema[seg.main_ema + i] = e;
 #endif
-        dots.x += e * ga;
-        dots.y += e * e;
+            dots.x += e * ga;
+            dots.y += e * e;
 #ifdef AUX_EMA
-        let a = ema_step(aux_ema[tile.aux_ema + i], ga);
-        dots.z += a * gm;
-        dots.w += a * a;
+            let a = ema_step(aux_ema[seg.aux_ema + i], ga);
+            dots.z += a * gm;
+            dots.w += a * a;
 #endif
+        }
     }
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);
@@ -44,6 +46,6 @@ fn accumulate(
 #endif
     let total = workgroup_sum(lanes, dots);
     if lid == 0u {
-        partials[header.main + index] = total;
+        partials[first_partial() + tile] = total;
     }
 }

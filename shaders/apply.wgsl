@@ -7,12 +7,11 @@ fn apply(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
 ) {
-    let index = tile_index(wg, num_wg);
-    let header = tiles[0];
-    if index >= header.len {
+    let tile = tile_index(wg, num_wg);
+    if tile >= tile_count() {
         return;
     }
-    let tile = tiles[index + 1u];
+    let segments = tile_segments(tile);
     let s = params.scale;
     let l = params.lambda;
 #ifdef MAIN_EMA
@@ -21,25 +20,28 @@ fn apply(
 #ifdef AUX_EMA
     let r_aux = scalars.ratio_aux;
 #endif
-    for (var i = lid; i < tile.len; i += WORKGROUP_SIZE) {
-        let gm = g_main[tile.main + i];
-        let ga = g_aux[tile.aux + i];
+    for (var k = segments.x; k < segments.y; k++) {
+        let seg = segment(k);
+        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+            let gm = g_main[seg.main + i];
+            let ga = g_aux[seg.aux + i];
 #ifdef MIXED
-        out[tile.out + i] = s * (gm + l * ga);
+            out[seg.out + i] = s * (gm + l * ga);
 #endif
 #ifdef RATIO_ONLY
-        out[tile.out + i] = s * ((1.0 - l * r) * gm + l * ga);
+            out[seg.out + i] = s * ((1.0 - l * r) * gm + l * ga);
 #endif
 #ifdef PROJECT
-        let e = ema_step(main_ema[tile.main_ema + i], gm);
-        main_ema[tile.main_ema + i] = e;
+            let e = ema_step(main_ema[seg.main_ema + i], gm);
+            main_ema[seg.main_ema + i] = e;
 #ifdef AUX_EMA
-        let a = ema_step(aux_ema[tile.aux_ema + i], ga);
-        aux_ema[tile.aux_ema + i] = a;
-        out[tile.out + i] = s * ((gm - r_aux * a) + l * (ga - r * e));
+            let a = ema_step(aux_ema[seg.aux_ema + i], ga);
+            aux_ema[seg.aux_ema + i] = a;
+            out[seg.out + i] = s * ((gm - r_aux * a) + l * (ga - r * e));
 #else
-        out[tile.out + i] = s * (gm + l * (ga - r * e));
+            out[seg.out + i] = s * (gm + l * (ga - r * e));
 #endif
 #endif
+        }
     }
 }

@@ -14,18 +14,13 @@ struct Params {
 }
 
 // A run of elements of one leaf. Offsets are element indices into this dispatch's windows.
-// Entry 0 of each dispatch's table is a header: `len` = number of tiles, `main` = index of
-// this dispatch's first partial.
-struct Tile {
+struct Segment {
     main: u32,
     aux: u32,
     main_ema: u32,
     aux_ema: u32,
     out: u32,
     len: u32,
-    // Pads records to 32 bytes, the host's `TileRecord`.
-    _pad0: u32,
-    _pad1: u32,
 }
 
 // What the finalize stage leaves for the apply stage (and for diagnostics).
@@ -43,7 +38,10 @@ struct Scalars {
 // One vec4 of dot products per tile of the whole step.
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
 
-@group(1) @binding(0) var<storage, read> tiles: array<Tile>;
+// This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
+// first partial, [2] the word where segments start, [3 + t] the first segment of tile t (one
+// more entry closes the last tile), then 8 words per segment.
+@group(1) @binding(0) var<storage, read> table: array<u32>;
 // Inputs are writable only where the output shares their buffer: wgpu forbids binding one
 // buffer read-only and writable in the same dispatch.
 #ifdef INPUTS_WRITABLE
@@ -70,4 +68,22 @@ fn ema_step(e: f32, g: f32) -> f32 {
 // one dimension allows).
 fn tile_index(wg: vec3<u32>, num_wg: vec3<u32>) -> u32 {
     return wg.x + wg.y * num_wg.x;
+}
+
+fn tile_count() -> u32 {
+    return table[0];
+}
+
+fn first_partial() -> u32 {
+    return table[1];
+}
+
+// The segments of a tile, as a half-open range [x, y).
+fn tile_segments(tile: u32) -> vec2<u32> {
+    return vec2<u32>(table[3u + tile], table[4u + tile]);
+}
+
+fn segment(index: u32) -> Segment {
+    let at = table[2] + index * 8u;
+    return Segment(table[at], table[at + 1u], table[at + 2u], table[at + 3u], table[at + 4u], table[at + 5u]);
 }

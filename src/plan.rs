@@ -4,8 +4,10 @@
 //! dispatch; each dispatch binds, per role, one window of at most
 //! `max_storage_buffer_binding_size` bytes that starts at an aligned offset, so a pool or leaf
 //! larger than the binding limit is split over several dispatches without the caller noticing.
-//! Within a dispatch, each workgroup walks one tile: a run of at most [`TILE_LEN`] elements of
-//! one leaf, described by element offsets relative to the windows.
+//! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements of
+//! one leaf, described by element offsets relative to the windows) of at most [`TILE_LEN`]
+//! elements together. Small leaves share tiles, so a model with many tiny leaves (biases,
+//! norms) does not pay a workgroup and a reduction for each.
 
 use std::num::NonZeroU64;
 
@@ -18,19 +20,29 @@ use crate::layout::{LeafBuffer, ELEMENT_SIZE};
 /// workgroup reduction while keeping thousands of workgroups in flight on large steps.
 pub const TILE_LEN: u64 = 4096;
 
-/// Size of one tile record (`Tile` in `shaders/bindings.wgsl`, padded to 8 words).
-const TILE_BYTES: u64 = 32;
+/// Invocations per workgroup (`WORKGROUP_SIZE` in `shaders/bindings.wgsl`).
+const WORKGROUP_SIZE: u64 = 256;
+
+/// Loop iterations a tile may cost each invocation: every segment costs at least one, so a
+/// tile holds at most this many small segments, or one full-length one.
+const TILE_ROUNDS: u64 = TILE_LEN / WORKGROUP_SIZE;
+
+/// Words of one segment record (`Segment` in `shaders/bindings.wgsl`, padded to 8).
+const SEGMENT_WORDS: usize = 8;
+
+/// Words before the tile starts in a dispatch's table: tile count, first partial, first
+/// segment word.
+const HEADER_WORDS: usize = 3;
 
 /// Size of one tile's partial dot products (a vec4 of f32).
 pub(crate) const PARTIAL_BYTES: u64 = 16;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct TileRecord {
-    // Indexed by binding slot - 1 (main, aux, main_ema, aux_ema, out).
+/// Element offsets of one segment, indexed by binding slot - 1 (main, aux, main_ema, aux_ema,
+/// out), and its length.
+#[derive(Clone, Copy, Debug, Default)]
+struct Segment {
     offsets: [u32; 5],
     len: u32,
-    _pad: [u32; 2],
 }
 
 /// The per-leaf buffers of one role, with the binding slot they go to.
@@ -146,10 +158,11 @@ impl Plan {
         // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
         let window = device_limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
         let window = window - window % alignment;
-        if window < 2 * alignment + TILE_BYTES * 2 {
+        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 2 + SEGMENT_WORDS) as u64;
+        if window < min_window {
             return Err(Error::ExceedsLimit {
                 what: "a window of at least two alignment units".into(),
-                needed: 2 * alignment + TILE_BYTES * 2,
+                needed: min_window,
                 limit: window,
                 limit_name: "max_storage_buffer_binding_size",
             });
@@ -161,37 +174,74 @@ impl Plan {
         };
         let groups = group_pieces(roles, &limits);
 
-        // Tile tables, one region per dispatch, each region at an aligned offset.
-        let max_tiles_per_dispatch =
-            (window / TILE_BYTES - 1).min(limits.max_per_dimension * limits.max_per_dimension);
-        let mut table: Vec<TileRecord> = Vec::new();
-        // Per dispatch: group index, first record (the header) and tile count.
-        let mut regions: Vec<(usize, usize, u64)> = Vec::new();
+        // One table of u32 words per dispatch, each at an aligned offset: the header, the first
+        // segment of each tile (and one past the last), then the segments.
+        let words_per_window = (window / 4) as usize;
+        let max_tiles = limits.max_per_dimension * limits.max_per_dimension;
+        let mut table: Vec<u32> = Vec::new();
+        // Per dispatch: group index, first word and word count of its table, tile count.
+        let mut regions: Vec<(usize, usize, usize, u64)> = Vec::new();
         let mut tile_count = 0u64;
         for (g, group) in groups.iter().enumerate() {
-            let mut tiles = Vec::new();
+            let mut segments = Vec::new();
             for piece in &group.pieces {
                 let mut start = piece.start;
                 while start < piece.start + piece.len {
                     let len = TILE_LEN.min(piece.start + piece.len - start);
-                    let mut record = TileRecord { len: len as u32, ..Default::default() };
+                    let mut segment = Segment { len: len as u32, ..Default::default() };
                     for (r, (_, window_start)) in roles.iter().zip(&group.windows) {
                         let at = byte_at(&r.leaves[piece.leaf], start);
-                        record.offsets[r.slot as usize - 1] = ((at - window_start) / ELEMENT_SIZE) as u32;
+                        segment.offsets[r.slot as usize - 1] = ((at - window_start) / ELEMENT_SIZE) as u32;
                     }
-                    tiles.push(record);
+                    segments.push(segment);
                     start += len;
                 }
             }
-            for chunk in tiles.chunks(max_tiles_per_dispatch as usize) {
-                let records_per_alignment = (alignment / TILE_BYTES).max(1) as usize;
-                table.resize(table.len().next_multiple_of(records_per_alignment), TileRecord::default());
-                let mut header = TileRecord { len: chunk.len() as u32, ..Default::default() };
-                header.offsets[0] = tile_count as u32;
-                regions.push((g, table.len(), chunk.len() as u64));
-                table.push(header);
-                table.extend_from_slice(chunk);
-                tile_count += chunk.len() as u64;
+            // Greedy packing, in order, into tiles of bounded cost; then into dispatches whose
+            // tables fit one binding window.
+            let mut tiles: Vec<std::ops::Range<usize>> = Vec::new();
+            let mut rounds = TILE_ROUNDS;
+            for (i, segment) in segments.iter().enumerate() {
+                let cost = (segment.len as u64).div_ceil(WORKGROUP_SIZE);
+                match tiles.last_mut() {
+                    Some(tile) if rounds + cost <= TILE_ROUNDS => {
+                        tile.end = i + 1;
+                        rounds += cost;
+                    }
+                    _ => {
+                        tiles.push(i..i + 1);
+                        rounds = cost;
+                    }
+                }
+            }
+            let mut first_tile = 0;
+            while first_tile < tiles.len() {
+                let mut last_tile = first_tile;
+                let words = |first: usize, last: usize| {
+                    HEADER_WORDS + (last - first + 2) + (tiles[last].end - tiles[first].start) * SEGMENT_WORDS
+                };
+                while last_tile + 1 < tiles.len()
+                    && ((last_tile + 1 - first_tile) as u64) < max_tiles
+                    && words(first_tile, last_tile + 1) <= words_per_window
+                {
+                    last_tile += 1;
+                }
+                let chunk = &tiles[first_tile..=last_tile];
+                let count = chunk.len();
+                table.resize(table.len().next_multiple_of((alignment / 4).max(1) as usize), 0);
+                let base = table.len();
+                let first_segment = chunk[0].start;
+                let segments_at = HEADER_WORDS + count + 1;
+                table.extend([count as u32, tile_count as u32, segments_at as u32]);
+                table.extend(chunk.iter().map(|t| (t.start - first_segment) as u32));
+                table.push((chunk[count - 1].end - first_segment) as u32);
+                for segment in &segments[first_segment..chunk[count - 1].end] {
+                    table.extend(segment.offsets);
+                    table.extend([segment.len, 0, 0]);
+                }
+                regions.push((g, base, table.len() - base, count as u64));
+                tile_count += count as u64;
+                first_tile = last_tile + 1;
             }
         }
         if tile_count * PARTIAL_BYTES > window {
@@ -212,14 +262,14 @@ impl Plan {
             });
             let dispatches = regions
                 .iter()
-                .map(|&(g, first, count)| {
+                .map(|&(g, first_word, words, count)| {
                     let group = &groups[g];
                     let mut entries = vec![wgpu::BindGroupEntry {
                         binding: slot::TILES,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: &tiles,
-                            offset: first as u64 * TILE_BYTES,
-                            size: NonZeroU64::new((count + 1) * TILE_BYTES),
+                            offset: first_word as u64 * 4,
+                            size: NonZeroU64::new(words as u64 * 4),
                         }),
                     }];
                     for ((r, (buffer, start)), end) in roles.iter().zip(&group.windows).zip(&group.ends) {

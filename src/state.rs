@@ -86,6 +86,11 @@ impl StepBindings {
         self.plan.dispatches.len()
     }
 
+    /// How many workgroups (tiles) each of the accumulate and apply stages runs in all.
+    pub fn tile_count(&self) -> u64 {
+        self.plan.tile_count
+    }
+
     /// Where each leaf's direction lands.
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         &self.output

@@ -84,3 +84,32 @@ fn pools_spread_over_several_buffers_without_splitting_leaves() {
     let error = bloop::GradientPool::new(&gpu.device, &too_big, false).unwrap_err();
     assert!(matches!(error, bloop::Error::ExceedsLimit { limit_name: "max_buffer_size", .. }), "{error}");
 }
+
+#[test]
+fn many_tiny_leaves_share_tiles_and_split_their_tables_over_dispatches() {
+    // 3000 leaves of 1 to 5 elements: 3000 segments, 8 words each, are more than one 64 KiB
+    // table can hold, so even one flat buffer needs several dispatches.
+    let gpu = small_device(2 << 20);
+    let kernels = Kernels::new(&gpu.device);
+    let lengths: Vec<u64> = (0..3000).map(|i| 1 + i % 5).collect();
+    let layout = Layout::from_lengths(&lengths).unwrap();
+    let mut rng = SplitMix64::new(8);
+    let config = Config::new(Method::PcGrad).ema(0.3).lambda(2.0).rescale(true);
+    let init = normal_leaves(&mut rng, &lengths, 1.0);
+    let inits = EmaInits { main: EmaInit::Values(init.clone()), aux: EmaInit::Values(init.clone()) };
+    let mut state = BloopState::new(&kernels, &gpu.queue, &layout, config, inits).unwrap();
+    let mut reference = ReferenceState::new(config, widen(&init), widen(&init));
+    let leaves = Leaves::new(&mut rng, &gpu, &layout, Arrangement::FlatSeparateOutput);
+    let bindings = leaves.bind(&state);
+    assert!(bindings.dispatch_count() >= 2, "{bindings:?}");
+    let (g_main, g_aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 1.0));
+    for (leaf, v) in leaves.main.iter().zip(&g_main).chain(leaves.aux.iter().zip(&g_aux)) {
+        gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
+    }
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    state.record_step(&mut encoder, &bindings).unwrap();
+    gpu.queue.submit([encoder.finish()]);
+    let expected = reference.step(&widen(&g_main), &widen(&g_aux));
+    let out = widen(&bloop::read_leaves(&gpu.device, &gpu.queue, leaves.output_leaves()).unwrap());
+    assert!(bloop::reference::relative_error(&out, &expected) <= 1e-5);
+}

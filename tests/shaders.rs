@@ -91,7 +91,7 @@ fn preprocessor_selects_branches() {
     assert!(with_subgroups.source(Stage::Accumulate).contains("subgroupAdd"));
     assert!(!pcgrad.source(Stage::Accumulate).contains("subgroupAdd"));
     let p = pcgrad.source(Stage::Apply);
-    assert!(p.contains("aux_ema[tile.aux_ema + i] = a;") && !p.contains("read_write> g_main"));
+    assert!(p.contains("aux_ema[seg.aux_ema + i] = a;") && !p.contains("read_write> g_main"));
     let m = mixed.source(Stage::Apply);
     assert!(!m.contains("read_write> main_ema") && m.contains("read_write> g_main"));
     assert!(!p.contains('#') && !m.contains('#'), "no directive survives");

@@ -112,3 +112,18 @@ fn scalars_hold_the_ratio_of_the_last_step() {
     let out = &bloop::read_leaves(&gpu().device, &gpu().queue, &[pool.output(0).clone()]).unwrap()[0];
     assert!(out[0].abs() < 1e-6 && (out[1] - 0.4).abs() < 1e-6, "{out:?}");
 }
+
+#[test]
+fn small_leaves_share_tiles() {
+    // 100 leaves of 10 elements cost one loop round each: 16 share a tile.
+    let layout = Layout::from_lengths(&[10; 100]).unwrap();
+    let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
+    let bindings = state.bind_pool(&pool).unwrap();
+    assert_eq!((bindings.dispatch_count(), bindings.tile_count()), (1, 7));
+    // A leaf of 4096 + 1 elements fills one tile and starts another.
+    let layout = Layout::from_lengths(&[4097, 3]).unwrap();
+    let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
+    assert_eq!(state.bind_pool(&pool).unwrap().tile_count(), 2);
+}
