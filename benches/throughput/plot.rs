@@ -33,7 +33,8 @@ pub fn gbps_by_size(points: &[Point], adapter: &str, path: &std::path::Path) {
         .configure_mesh()
         .x_desc("elements (log2), one leaf, pool")
         .y_desc("GB/s (fewest bytes the method must move)")
-        .x_label_formatter(&|v| format!("2^{v:.0}"))
+        .x_labels((x1 - x0) as usize + 1)
+        .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-6 { format!("2^{v:.0}") } else { String::new() })
         .draw()
         .unwrap();
     let mut copy: Vec<(f64, f64)> = singles.iter().map(|p| (x(p), p.copy_gbps)).collect();
