@@ -1,7 +1,7 @@
 //! Throughput of one full step of every method, against the best the adapter can do.
 //!
 //! `cargo bench --bench throughput -- [--quick] [--max-log2 N] [--layout-scale K] [--reps N]
-//!  [--no-models] [--no-cpu] [--out DIR]`
+//!  [--no-models] [--no-cpu] [--out DIR] [--layouts-json PATH]`
 //!
 //! Times a step with timestamp queries where the adapter has them (else wall time around
 //! submit-and-wait), after warm-up, over at least 20 repetitions; reports the median, min and
@@ -50,6 +50,12 @@ fn parse_args() -> Args {
             "--no-models" => args.models = false,
             "--no-cpu" => args.cpu = false,
             "--out" => args.out = value().into(),
+            "--layouts-json" => {
+                // For the GPU peers script: the model layouts, then exit.
+                let layouts = serde_json::json!({ "resnet50": layouts::resnet50(), "gpt2-small": layouts::gpt2_small() });
+                std::fs::write(value(), serde_json::to_string(&layouts).unwrap()).unwrap();
+                std::process::exit(0);
+            }
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
