@@ -1,0 +1,151 @@
+//! The paper's quadratic experiment, end to end on the GPU: `cargo run --release --example
+//! quadratics -- [--epochs N | --paper] [--seed S] [--out DIR]`.
+//!
+//! Trains every method over the lambda grid `logspace(-3, 3, 10)` and once more at lambda = 1
+//! for the loss curves; gradients come from a WGSL kernel straight into the library's pool, the
+//! library combines them, a WGSL kernel takes the SGD step. The same runs go through the f64
+//! host reference for comparison. Prints the table, writes `pareto.csv`, `curves.csv`,
+//! `pareto.svg` and `curves.svg` into DIR (default `target/quadratics`).
+
+mod experiment;
+mod plots;
+
+use std::io::Write;
+use std::time::Instant;
+
+use experiment::{batch_order, lambda_grid, run_cpu, run_gpu, runs_at, History, Problem, Run};
+
+struct Args {
+    epochs: usize,
+    seed: u64,
+    out: std::path::PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { epochs: 200, seed: 0, out: "target/quadratics".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--epochs" => args.epochs = value().parse().expect("--epochs N"),
+            "--paper" => args.epochs = 1000,
+            "--seed" => args.seed = value().parse().expect("--seed S"),
+            "--out" => args.out = value().into(),
+            other => panic!("unknown argument {other} (expected --epochs N, --paper, --seed S, --out DIR)"),
+        }
+    }
+    args
+}
+
+/// How a point (aux, main) compares with another method's curve of (aux, main) points:
+/// `Some(true)` if the curve does better at the same aux loss (interpolated in log-log) or has a
+/// point at most as high on both losses; `Some(false)` if the point is lower than the curve at
+/// the same aux loss, or lower on both losses than the curve's lowest-aux point; `None` if the
+/// curve never reaches that aux loss and does not dominate the point.
+fn beaten_by(curve: &[(f64, f64)], (aux, main): (f64, f64)) -> Option<bool> {
+    let mut points: Vec<(f64, f64)> = curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if points.iter().any(|&(a, m)| a <= aux && m <= main) {
+        return Some(true);
+    }
+    let interpolated = points.windows(2).find(|w| w[0].0 <= aux && aux <= w[1].0).map(|w| {
+        let (a0, a1) = (w[0].0.ln(), w[1].0.ln());
+        let t = if a1 > a0 { (aux.ln() - a0) / (a1 - a0) } else { 0.0 };
+        (w[0].1.ln() + t * (w[1].1.ln() - w[0].1.ln())).exp()
+    });
+    match (interpolated, points.first()) {
+        (Some(other), _) => Some(other <= main),
+        (None, Some(&(lowest_aux, its_main))) if aux < lowest_aux && main < its_main => Some(false),
+        _ => None,
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let gpu = bloop::GpuContext::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let kernels = bloop::Kernels::new(&gpu.device);
+    let problem = Problem::generate(args.seed);
+    let order = batch_order(args.seed + 1, args.epochs);
+    let grid = lambda_grid();
+    let mut runs: Vec<(f64, Run)> = grid.iter().flat_map(|&l| runs_at(l).map(|r| (l, r))).collect();
+    runs.extend(runs_at(1.0).map(|r| (1.0, r)));
+    println!("adapter: {}", gpu.describe());
+    println!(
+        "{} runs ({} methods x {} lambdas + the lambda = 1 curves), {} epochs of {} SGD steps, seed {}",
+        runs.len(),
+        4,
+        grid.len(),
+        args.epochs,
+        experiment::STEPS_PER_EPOCH,
+        args.seed
+    );
+
+    let started = Instant::now();
+    let configs: Vec<Run> = runs.iter().map(|(_, r)| *r).collect();
+    let gpu_histories = run_gpu(&gpu, &kernels, &problem, &order, &configs, args.epochs, |epoch, _| {
+        print!("\r  GPU: epoch {epoch}/{} done", args.epochs);
+        let _ = std::io::stdout().flush();
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let gpu_seconds = started.elapsed().as_secs_f64();
+    println!("\r  GPU: {} epochs in {gpu_seconds:.1} s", args.epochs);
+    let started = Instant::now();
+    let cpu_histories: Vec<History> = configs.iter().map(|r| run_cpu(&problem, &order, r, args.epochs)).collect();
+    println!("  CPU f64 reference: {:.1} s", started.elapsed().as_secs_f64());
+
+    std::fs::create_dir_all(&args.out).unwrap();
+    let mut csv = String::from("method,lambda,gpu_best_main,gpu_aux_at_best,cpu_best_main,cpu_aux_at_best\n");
+    println!("\nbest main loss over the run, and the aux loss at that point (GPU; f64 host reference)");
+    println!("{:<16} {:>9} {:>12} {:>12} {:>12} {:>12} {:>9}", "method", "lambda", "main", "aux", "ref main", "ref aux", "rel diff");
+    let mut pareto: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    for (k, ((lambda, run), (g, c))) in runs.iter().zip(gpu_histories.iter().zip(&cpu_histories)).enumerate() {
+        if k >= 4 * grid.len() {
+            break;
+        }
+        let ((gm, ga), (cm, ca)) = (g.best(), c.best());
+        let diff = ((gm - cm) / cm).abs().max(((ga - ca) / ca).abs());
+        println!("{:<16} {:>9.3e} {:>12.4e} {:>12.4e} {:>12.4e} {:>12.4e} {:>9.1e}", run.name, lambda, gm, ga, cm, ca, diff);
+        csv += &format!("{},{lambda},{gm},{ga},{cm},{ca}\n", run.name);
+        match pareto.iter_mut().find(|(n, _)| *n == run.name) {
+            Some((_, points)) => points.push((ga, gm)),
+            None => pareto.push((run.name, vec![(ga, gm)])),
+        }
+    }
+    std::fs::write(args.out.join("pareto.csv"), csv).unwrap();
+
+    // Where bloop's points lie against the other methods' curves at the same aux loss.
+    let (_, bloop) = pareto.iter().find(|(n, _)| *n == "bloop").unwrap();
+    let (mut lower, mut comparable) = (0, 0);
+    for (i, &point) in bloop.iter().enumerate() {
+        let verdicts: Vec<(&str, Option<bool>)> = pareto.iter().filter(|(n, _)| *n != "bloop").map(|(n, c)| (*n, beaten_by(c, point))).collect();
+        let beaten: Vec<&str> = verdicts.iter().filter(|(_, v)| *v == Some(true)).map(|(n, _)| *n).collect();
+        if verdicts.iter().all(|(_, v)| v.is_none()) {
+            println!("  lambda {:.3e}: no other method reaches aux loss {:.3e}", grid[i], point.0);
+            continue;
+        }
+        comparable += 1;
+        if beaten.is_empty() {
+            lower += 1;
+        } else {
+            println!("  lambda {:.3e}: bloop (aux {:.3e}, main {:.3e}) is not below {beaten:?}", grid[i], point.0, point.1);
+        }
+    }
+    println!(
+        "bloop has the lowest main loss at comparable aux loss on {lower} of {comparable} comparable lambda points (of {})",
+        grid.len()
+    );
+
+    let curves: Vec<(&str, &History, &History)> =
+        runs[4 * grid.len()..].iter().zip(&gpu_histories[4 * grid.len()..]).zip(&cpu_histories[4 * grid.len()..]).map(|(((_, r), g), c)| (r.name, g, c)).collect();
+    let mut csv = String::from("method,epoch,gpu_main,gpu_aux,cpu_main,cpu_aux\n");
+    for (name, g, c) in &curves {
+        for e in 0..g.main.len() {
+            csv += &format!("{name},{e},{},{},{},{}\n", g.main[e], g.aux[e], c.main[e], c.aux[e]);
+        }
+    }
+    std::fs::write(args.out.join("curves.csv"), csv).unwrap();
+    let title = format!("{} epochs, {}", args.epochs, gpu.adapter.get_info().name);
+    plots::pareto(&pareto, &title, &args.out.join("pareto.svg"));
+    plots::curves(&curves.iter().map(|(n, g, _)| (*n, *g)).collect::<Vec<_>>(), &title, &args.out.join("curves.svg"));
+    println!("wrote pareto.csv, curves.csv, pareto.svg and curves.svg to {}", args.out.display());
+}
