@@ -1,6 +1,7 @@
 // Stage 1: the dot products of the updated averages with the gradients, one partial sum per
-// tile. The averages are not written here (except for ratio_only, whose apply stage never
-// reads them again), so the state stays untouched until the whole step's scalars are known.
+// tile. The averages are not written here (except for ratio_only without the guard, whose
+// apply stage never reads them again), so the state stays untouched until the whole step's
+// scalars are known: a step the guard skips leaves it bit for bit as it was.
 #import bindings
 #import reduce
 
@@ -21,6 +22,7 @@ fn accumulate(
     }
     let segments = tile_segments(tile);
     var dots = vec4<f32>(0.0);
+    var grads = vec4<f32>(0.0);
     for (var s = segments.x; s < segments.y; s++) {
         let seg = segment(s);
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
@@ -37,6 +39,9 @@ fn accumulate(
             dots.z += a * gm;
             dots.w += a * a;
 #endif
+#ifdef EXTRAS
+            grads += gradient_sums(gm, ga);
+#endif
         }
     }
 #ifdef SUBGROUPS
@@ -44,8 +49,13 @@ fn accumulate(
 #else
     let lanes = Lanes(lid, 0u, 1u, lid);
 #endif
-    let total = workgroup_sum(lanes, dots);
+    let dots_total = workgroup_sum(lanes, dots);
+#ifdef EXTRAS
+    let grads_total = workgroup_sum(lanes, grads);
+#else
+    let grads_total = grads;
+#endif
     if lid == 0u {
-        partials[first_partial() + tile] = total;
+        partials[first_partial() + tile] = Partial(dots_total, grads_total);
     }
 }

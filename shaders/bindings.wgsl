@@ -23,20 +23,33 @@ struct Segment {
     len: u32,
 }
 
-// What the finalize stage leaves for the apply stage (and for diagnostics).
+// What the finalize stage leaves for the apply stage, and for diagnostics (`src/diagnostics.rs`
+// reads this block as it is).
 struct Scalars {
     // Projection ratio against the main EMA (after the cap).
     ratio_main: f32,
     // Projection ratio against the aux EMA (PCGrad only, after the cap).
     ratio_aux: f32,
+    // 1 when the guard skipped this step: a gradient element was inf or NaN, or a sum overflowed.
+    skip: u32,
+    // Steps skipped since the state was created (or as restored from a checkpoint).
+    skipped_steps: u32,
     // Sums over all leaves: <e, g_aux>, <e, e>, <a, g_main>, <a, a>.
     dots: vec4<f32>,
+    // |g_main|^2, |g_aux|^2, <g_main, g_aux>, and the count of non-finite gradient elements
+    // (computed with the guard or diagnostics on).
+    grads: vec4<f32>,
+}
+
+// One tile's partial sums, the same quantities as `Scalars.dots` and `Scalars.grads`.
+struct Partial {
+    dots: vec4<f32>,
+    grads: vec4<f32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> scalars: Scalars;
-// One vec4 of dot products per tile of the whole step.
-@group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
 
 // This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
 // first partial, [2] the word where segments start, [3 + t] the first segment of tile t (one
@@ -58,6 +71,16 @@ struct Scalars {
 @group(1) @binding(4) var<storage, read_write> aux_ema: array<f32>;
 #endif
 @group(1) @binding(5) var<storage, read_write> out: array<f32>;
+
+// Bit test, because WGSL lets compilers assume that floats are finite.
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// The sums the guard and diagnostics need, for one pair of gradient elements.
+fn gradient_sums(gm: f32, ga: f32) -> vec4<f32> {
+    return vec4<f32>(gm * gm, ga * ga, gm * ga, select(1.0, 0.0, is_finite(gm) && is_finite(ga)));
+}
 
 // The EMA update of the reference code, `e + b * (g - e)`, in this order.
 fn ema_step(e: f32, g: f32) -> f32 {

@@ -1,11 +1,23 @@
 // Stage 2: one workgroup sums every tile's partials and turns the dot products into the
-// projection ratios. Compensated (Neumaier) sums keep the global dot products accurate even
-// over tens of thousands of partials.
+// projection ratios; with the guard, it decides whether the step is skipped. Compensated
+// (Neumaier) sums keep the global dot products accurate over tens of thousands of partials.
 #import bindings
 #import reduce
 
 fn ratio(dot: f32, sq_norm: f32) -> f32 {
     return min(dot / (sq_norm + params.eps), params.ratio_cap);
+}
+
+// Neumaier's compensated sum of one partial into (sum, compensation).
+fn add_compensated(acc: ptr<function, array<vec4<f32>, 2>>, x: vec4<f32>) {
+    let sum = (*acc)[0];
+    let t = sum + x;
+    (*acc)[1] += select((x - t) + sum, (sum - t) + x, abs(sum) >= abs(x));
+    (*acc)[0] = t;
+}
+
+fn all_finite(v: vec4<f32>) -> bool {
+    return is_finite(v.x) && is_finite(v.y) && is_finite(v.z) && is_finite(v.w);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -18,23 +30,38 @@ fn finalize(
 #endif
 ) {
     let count = arrayLength(&partials);
-    var sum = vec4<f32>(0.0);
-    var compensation = vec4<f32>(0.0);
+    var dots = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
+    var grads = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
     for (var i = lid; i < count; i += WORKGROUP_SIZE) {
-        let x = partials[i];
-        let t = sum + x;
-        compensation += select((x - t) + sum, (sum - t) + x, abs(sum) >= abs(x));
-        sum = t;
+        add_compensated(&dots, partials[i].dots);
+#ifdef EXTRAS
+        add_compensated(&grads, partials[i].grads);
+#endif
     }
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);
 #else
     let lanes = Lanes(lid, 0u, 1u, lid);
 #endif
-    let dots = workgroup_sum(lanes, sum + compensation);
+    let dots_total = workgroup_sum(lanes, dots[0] + dots[1]);
+#ifdef EXTRAS
+    let grads_total = workgroup_sum(lanes, grads[0] + grads[1]);
+#else
+    let grads_total = vec4<f32>(0.0);
+#endif
     if lid == 0u {
-        scalars.dots = dots;
-        scalars.ratio_main = ratio(dots.x, dots.y);
-        scalars.ratio_aux = ratio(dots.z, dots.w);
+        var skip = 0u;
+#ifdef GUARD
+        // Any non-finite gradient element, or sums that overflowed: the ratios would be garbage.
+        if grads_total.w > 0.0 || !all_finite(dots_total) || !all_finite(grads_total) {
+            skip = 1u;
+        }
+#endif
+        scalars.skip = skip;
+        scalars.skipped_steps += skip;
+        scalars.dots = dots_total;
+        scalars.grads = grads_total;
+        scalars.ratio_main = ratio(dots_total.x, dots_total.y);
+        scalars.ratio_aux = ratio(dots_total.z, dots_total.w);
     }
 }

@@ -61,12 +61,28 @@ pub struct Config {
     pub rescale: bool,
     /// Fold the projection into the main gradient's coefficient (`bloop`, `dynamic_barrier`).
     pub ratio_only: bool,
+    /// Skip steps whose gradients hold an inf or NaN (or whose sums overflow): the output is
+    /// written as zeros, the averages stay bit for bit as they were, and the state's
+    /// skipped-steps counter on the GPU goes up. On by default.
+    pub guard: bool,
+    /// Also compute |g_main|^2, |g_aux|^2 and <g_main, g_aux> for [`crate::diagnostics`]
+    /// (the guard computes them anyway).
+    pub diagnostics: bool,
 }
 
 impl Config {
     /// The paper's defaults: ema 0.1, lambda 0.1, eps 1e-7, no rescale, full projection.
     pub fn new(method: Method) -> Config {
-        Config { method, ema: 0.1, lambda: 0.1, eps: 1e-7, rescale: false, ratio_only: false }
+        Config {
+            method,
+            ema: 0.1,
+            lambda: 0.1,
+            eps: 1e-7,
+            rescale: false,
+            ratio_only: false,
+            guard: true,
+            diagnostics: false,
+        }
     }
 
     pub fn ema(mut self, ema: f64) -> Config {
@@ -91,6 +107,16 @@ impl Config {
 
     pub fn ratio_only(mut self, ratio_only: bool) -> Config {
         self.ratio_only = ratio_only;
+        self
+    }
+
+    pub fn guard(mut self, guard: bool) -> Config {
+        self.guard = guard;
+        self
+    }
+
+    pub fn diagnostics(mut self, diagnostics: bool) -> Config {
+        self.diagnostics = diagnostics;
         self
     }
 
@@ -120,6 +146,11 @@ impl Config {
         Ok(())
     }
 
+    /// Whether the kernels compute the gradients' norms and non-finite count.
+    pub(crate) fn extras(&self) -> bool {
+        self.guard || self.diagnostics
+    }
+
     /// `1 / (1 + lambda)` with `rescale`, else 1.
     pub fn scale(&self) -> f64 {
         if self.rescale {
@@ -140,11 +171,13 @@ impl Config {
     }
 
     /// The fewest bytes a step must move per f32 element (reads plus writes of gradients,
-    /// averages and output): 32 for `bloop` / `dynamic_barrier`, 28 with `ratio_only`, 44 for
-    /// `pcgrad`, 12 for `mixed`. The fused kernels move exactly this much.
+    /// averages and output): 32 for `bloop` / `dynamic_barrier`, 28 with `ratio_only` (32 with
+    /// the guard, which may write the average only once the step is known to be finite), 44
+    /// for `pcgrad`, 12 for `mixed`. The fused kernels move exactly this much.
     pub fn bytes_per_element(&self) -> u64 {
         match crate::shaders::Kind::of(self) {
             crate::shaders::Kind::Project => 32,
+            crate::shaders::Kind::RatioOnly if self.guard => 32,
             crate::shaders::Kind::RatioOnly => 28,
             crate::shaders::Kind::PcGrad => 44,
             crate::shaders::Kind::Mixed => 12,

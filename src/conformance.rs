@@ -70,7 +70,7 @@ impl Case {
         })?;
         let c = &self.config;
         let ratio_only = c.ratio_only && matches!(method, Method::Bloop | Method::DynamicBarrier);
-        let config = Config { method, ema: c.ema, lambda: c.lambda, eps: c.eps, rescale: c.rescale, ratio_only };
+        let config = Config::new(method).ema(c.ema).lambda(c.lambda).eps(c.eps).rescale(c.rescale).ratio_only(ratio_only);
         config.validate()?;
         Ok(config)
     }

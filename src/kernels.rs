@@ -17,13 +17,11 @@ pub(crate) mod slot {
     pub const OUT: u32 = 5;
 }
 
-/// The pipelines of one variant.
+/// The pipelines of one variant, one per stage in the order they run.
 pub(crate) struct VariantKernels {
     pub group0: wgpu::BindGroupLayout,
     pub group1: wgpu::BindGroupLayout,
-    pub accumulate: Option<wgpu::ComputePipeline>,
-    pub finalize: Option<wgpu::ComputePipeline>,
-    pub apply: wgpu::ComputePipeline,
+    pub stages: Vec<(Stage, wgpu::ComputePipeline)>,
 }
 
 /// The library's pipelines on one device. Create one per device and share it (it is cheap to
@@ -89,11 +87,17 @@ impl Kernels {
         Variant::all()
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups)
-            .try_for_each(|v| self.variant(v.kind, v.inputs_writable).map(drop))
+            .try_for_each(|v| self.variant(v.kind, v.inputs_writable, v.guard, v.extras).map(drop))
     }
 
-    pub(crate) fn variant(&self, kind: Kind, inputs_writable: bool) -> Result<Arc<VariantKernels>> {
-        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups };
+    pub(crate) fn variant(
+        &self,
+        kind: Kind,
+        inputs_writable: bool,
+        guard: bool,
+        extras: bool,
+    ) -> Result<Arc<VariantKernels>> {
+        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
@@ -165,13 +169,14 @@ impl Kernels {
                 cache: None,
             })
         };
-        let stages = variant.stages();
-        VariantKernels {
-            accumulate: stages.contains(&Stage::Accumulate).then(|| pipeline(Stage::Accumulate, &full)),
-            finalize: stages.contains(&Stage::Finalize).then(|| pipeline(Stage::Finalize, &state_only)),
-            apply: pipeline(Stage::Apply, &full),
-            group0,
-            group1,
-        }
+        let stages = variant
+            .stages()
+            .iter()
+            .map(|&stage| {
+                let layout = if stage == Stage::Finalize { &state_only } else { &full };
+                (stage, pipeline(stage, layout))
+            })
+            .collect();
+        VariantKernels { group0, group1, stages }
     }
 }

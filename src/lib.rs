@@ -32,6 +32,7 @@
 pub mod config;
 pub mod conformance;
 pub mod context;
+pub mod diagnostics;
 pub mod error;
 pub mod kernels;
 pub mod layout;
@@ -46,6 +47,7 @@ mod validate;
 
 pub use config::{Config, EmaInit, EmaInits, Method};
 pub use context::GpuContext;
+pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
 pub use error::{Error, Result};
 pub use kernels::Kernels;
 pub use layout::{Layout, Leaf, LeafBuffer, Role};

@@ -34,8 +34,8 @@ const SEGMENT_WORDS: usize = 8;
 /// segment word.
 const HEADER_WORDS: usize = 3;
 
-/// Size of one tile's partial dot products (a vec4 of f32).
-pub(crate) const PARTIAL_BYTES: u64 = 16;
+/// Size of one tile's partial sums (`Partial` in `shaders/bindings.wgsl`: two vec4 of f32).
+pub(crate) const PARTIAL_BYTES: u64 = 32;
 
 /// Element offsets of one segment, indexed by binding slot - 1 (main, aux, main_ema, aux_ema,
 /// out), and its length.

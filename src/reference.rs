@@ -48,16 +48,24 @@ pub struct ReferenceState {
     pub main_ema: Leaves,
     /// EMA of the auxiliary gradient (empty unless `pcgrad`).
     pub aux_ema: Leaves,
+    /// Steps the guard skipped.
+    pub skipped_steps: u64,
 }
 
 impl ReferenceState {
     pub fn new(config: Config, main_ema: Leaves, aux_ema: Leaves) -> ReferenceState {
-        ReferenceState { config, main_ema, aux_ema }
+        ReferenceState { config, main_ema, aux_ema, skipped_steps: 0 }
     }
 
-    /// One step: updates the averages and returns the direction.
+    /// One step: updates the averages and returns the direction. With the guard, a step whose
+    /// gradients hold an inf or NaN returns zeros and leaves the averages as they were.
     pub fn step(&mut self, g_main: &[Vec<f64>], g_aux: &[Vec<f64>]) -> Leaves {
         let c = self.config;
+        let finite = |leaves: &[Vec<f64>]| leaves.iter().flatten().all(|x| x.is_finite());
+        if c.guard && !(finite(g_main) && finite(g_aux)) {
+            self.skipped_steps += 1;
+            return g_main.iter().map(|leaf| vec![0.0; leaf.len()]).collect();
+        }
         let (l, s) = (c.lambda, c.scale());
         let ratio = |dot_xy: f64, sq_x: f64| {
             let r = dot_xy / (sq_x + c.eps);

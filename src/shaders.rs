@@ -14,6 +14,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("accumulate", include_str!("../shaders/accumulate.wgsl")),
     ("finalize", include_str!("../shaders/finalize.wgsl")),
     ("apply", include_str!("../shaders/apply.wgsl")),
+    ("clear", include_str!("../shaders/clear.wgsl")),
 ];
 
 /// The computation a kernel set specialises in.
@@ -35,6 +36,10 @@ pub struct Variant {
     pub inputs_writable: bool,
     /// Reduce with subgroup operations (`Features::SUBGROUP`) instead of a shared-memory tree.
     pub subgroups: bool,
+    /// Skip steps with non-finite gradients: zeros out, averages untouched, counter increased.
+    pub guard: bool,
+    /// Sum the gradients' norms and non-finite elements (for the guard and for diagnostics).
+    pub extras: bool,
 }
 
 /// The stages a step runs, in order.
@@ -43,6 +48,8 @@ pub enum Stage {
     Accumulate,
     Finalize,
     Apply,
+    /// Zeros the output of a skipped step (mixing with the guard only).
+    Clear,
 }
 
 impl Stage {
@@ -51,6 +58,7 @@ impl Stage {
             Stage::Accumulate => "accumulate",
             Stage::Finalize => "finalize",
             Stage::Apply => "apply",
+            Stage::Clear => "clear",
         }
     }
 }
@@ -82,17 +90,23 @@ impl Variant {
         for kind in kinds {
             for inputs_writable in [false, true] {
                 for subgroups in [false, true] {
-                    all.push(Variant { kind, inputs_writable, subgroups });
+                    // The guard needs the extra sums; diagnostics alone ask for the sums only.
+                    for (guard, extras) in [(false, false), (false, true), (true, true)] {
+                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras });
+                    }
                 }
             }
         }
         all
     }
 
-    /// The stages this variant runs: mixing needs no reduction.
+    /// The stages this variant runs, in order: mixing needs no reduction unless the guard or
+    /// diagnostics want the gradients' sums.
     pub fn stages(self) -> &'static [Stage] {
-        match self.kind {
-            Kind::Mixed => &[Stage::Apply],
+        match (self.kind, self.extras, self.guard) {
+            (Kind::Mixed, false, _) => &[Stage::Apply],
+            (Kind::Mixed, true, false) => &[Stage::Apply, Stage::Finalize],
+            (Kind::Mixed, true, true) => &[Stage::Apply, Stage::Finalize, Stage::Clear],
             _ => &[Stage::Accumulate, Stage::Finalize, Stage::Apply],
         }
     }
@@ -101,16 +115,33 @@ impl Variant {
         let mut defines = HashSet::new();
         match self.kind {
             Kind::Project => {
-                defines.extend(["MAIN_EMA", "PROJECT"]);
+                defines.extend(["MAIN_EMA", "PROJECT", "UPDATE_EMA_IN_APPLY"]);
+            }
+            // Without the guard, ratio_only writes the average in the first pass (28 bytes per
+            // element); with it, only once the step is known to be finite (32 bytes).
+            Kind::RatioOnly if self.guard => {
+                defines.extend(["MAIN_EMA", "RATIO_ONLY", "UPDATE_EMA_IN_APPLY"]);
             }
             Kind::RatioOnly => {
                 defines.extend(["MAIN_EMA", "RATIO_ONLY", "WRITE_EMA_IN_ACCUMULATE"]);
             }
             Kind::PcGrad => {
-                defines.extend(["MAIN_EMA", "AUX_EMA", "PROJECT"]);
+                defines.extend(["MAIN_EMA", "AUX_EMA", "PROJECT", "UPDATE_EMA_IN_APPLY"]);
             }
             Kind::Mixed => {
                 defines.insert("MIXED");
+                if self.extras {
+                    defines.insert("MIXED_SUMS");
+                }
+            }
+        }
+        if self.extras {
+            defines.insert("EXTRAS");
+        }
+        if self.guard {
+            defines.insert("GUARD");
+            if self.kind != Kind::Mixed {
+                defines.insert("GUARD_APPLY");
             }
         }
         if self.inputs_writable {

@@ -8,10 +8,11 @@ use crate::context::gpu_scope;
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
+use crate::diagnostics::{StepDiagnostics, SCALARS_BYTES};
 use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
-use crate::shaders::Kind;
+use crate::shaders::{Kind, Stage};
 use crate::validate;
 
 /// Usage of the EMA buffers: read and written by the kernels, copied for checkpoints.
@@ -19,8 +20,6 @@ const EMA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// Size of the `Scalars` block in `shaders/bindings.wgsl`.
-const SCALARS_BYTES: u64 = 32;
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -150,7 +149,7 @@ impl BloopState {
             }
         }
         // Compile before allocating so a failure leaves nothing behind.
-        kernels.variant(Kind::of(&config), false)?;
+        kernels.variant(Kind::of(&config), false, config.guard, config.extras())?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, max_buffer, "EMA")?;
         let mut stores = [None, None];
@@ -172,7 +171,7 @@ impl BloopState {
             let scalars = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop scalars"),
                 size: SCALARS_BYTES,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
             (params, scalars)
@@ -234,14 +233,16 @@ impl BloopState {
 
     /// Changes the constants (ema, lambda, eps, rescale) for steps submitted from now on: the
     /// new values are written through the queue, so they apply to every command buffer
-    /// submitted after this call, including ones recorded before it. The method and
-    /// `ratio_only` select kernels and cannot change.
+    /// submitted after this call, including ones recorded before it. The method, `ratio_only`,
+    /// `guard` and `diagnostics` select kernels and cannot change.
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         config.validate()?;
-        if Kind::of(&config) != Kind::of(&self.config) || config.method != self.config.method {
+        let kernels = |c: &Config| (c.method, c.ratio_only, c.guard, c.diagnostics);
+        if kernels(&config) != kernels(&self.config) {
             return Err(Error::Mismatch(format!(
-                "a state made for {:?} (ratio_only {}) cannot switch to {:?} (ratio_only {})",
-                self.config.method, self.config.ratio_only, config.method, config.ratio_only
+                "a state made for (method, ratio_only, guard, diagnostics) = {:?} cannot switch to {:?}",
+                kernels(&self.config),
+                kernels(&config)
             )));
         }
         self.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&config.gpu_constants()));
@@ -319,7 +320,8 @@ impl BloopState {
         let inputs: Vec<&wgpu::Buffer> =
             gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
-        let kernels = self.kernels.variant(Kind::of(&self.config), inputs_writable)?;
+        let c = &self.config;
+        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras())?;
 
         let mut roles = vec![
             RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
@@ -374,36 +376,45 @@ impl BloopState {
         if bindings.state_id != self.id {
             return Err(Error::Mismatch("these bindings were made by another state".into()));
         }
-        let kernels = &bindings.kernels;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("bloop step"),
             timestamp_writes,
         });
         pass.set_bind_group(0, &bindings.state_group, &[]);
-        let over_tiles = |pass: &mut wgpu::ComputePass, pipeline: &wgpu::ComputePipeline| {
+        for (stage, pipeline) in &bindings.kernels.stages {
             pass.set_pipeline(pipeline);
+            if *stage == Stage::Finalize {
+                pass.dispatch_workgroups(1, 1, 1);
+                continue;
+            }
             for dispatch in &bindings.plan.dispatches {
                 pass.set_bind_group(1, &dispatch.bind_group, &[]);
                 pass.dispatch_workgroups(dispatch.workgroups[0], dispatch.workgroups[1], 1);
             }
-        };
-        if let (Some(accumulate), Some(finalize)) = (&kernels.accumulate, &kernels.finalize) {
-            over_tiles(&mut pass, accumulate);
-            pass.set_pipeline(finalize);
-            pass.dispatch_workgroups(1, 1, 1);
         }
-        over_tiles(&mut pass, &kernels.apply);
         drop(pass);
         self.steps += 1;
         Ok(())
     }
 
-    /// The scalars of the last executed step: (ratio against the main EMA, ratio against the
-    /// aux EMA, [<e, g_aux>, <e, e>, <a, g_main>, <a, a>]). Blocks; for tests and debugging.
-    pub fn read_scalars(&self) -> Result<(f32, f32, [f32; 4])> {
+    /// The scalars of the last executed step (ratios, dot products, norms, skip flag and
+    /// counter). Blocks; for tests, checkpoints and debugging. A training loop uses
+    /// [`crate::diagnostics::DiagnosticsRing`] instead, which never waits.
+    pub fn read_diagnostics(&self) -> Result<StepDiagnostics> {
         let leaf = LeafBuffer::new(&self.scalars, 0, SCALARS_BYTES / 4);
-        let v = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
-        Ok((v[0], v[1], [v[4], v[5], v[6], v[7]]))
+        let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
+        Ok(StepDiagnostics::from_words(self.steps, bytemuck::cast_slice(values)))
+    }
+
+    /// Steps the guard skipped so far (read from the GPU; blocks).
+    pub fn skipped_steps(&self) -> Result<u64> {
+        Ok(self.read_diagnostics()?.skipped_steps as u64)
+    }
+
+    /// The buffer the finalize stage writes each step's scalars into (48 bytes, see
+    /// [`crate::diagnostics`]); `COPY_SRC`, for copies the caller records.
+    pub fn scalars_buffer(&self) -> &wgpu::Buffer {
+        &self.scalars
     }
 }
 

@@ -105,9 +105,12 @@ fn scalars_hold_the_ratio_of_the_last_step() {
     let mut encoder = gpu().device.create_command_encoder(&Default::default());
     state.record_step(&mut encoder, &bindings).unwrap();
     gpu().queue.submit([encoder.finish()]);
-    let (ratio, _, dots) = state.read_scalars().unwrap();
-    assert_eq!(dots[..2], [3.0, 1.0]);
-    assert!((ratio - 3.0).abs() < 1e-6, "{ratio}");
+    let d = state.read_diagnostics().unwrap();
+    assert_eq!((d.dot_ema_aux, d.ema_sq_norm), (3.0, 1.0));
+    assert!((d.ratio - 3.0).abs() < 1e-6, "{d:?}");
+    // The guard (on by default) sums the gradients too: g_main = 0, g_aux = (3, 4).
+    assert_eq!((d.main_sq_norm, d.aux_sq_norm, d.dot_main_aux, d.non_finite), (0.0, 25.0, 0.0, 0.0));
+    assert!(!d.skipped && d.skipped_steps == 0 && d.step == 0);
     // direction = g_main + 0.1 * (g_aux - r e) = (0, 0) + 0.1 * (0, 4)
     let out = &bloop::read_leaves(&gpu().device, &gpu().queue, &[pool.output(0).clone()]).unwrap()[0];
     assert!(out[0].abs() < 1e-6 && (out[1] - 0.4).abs() < 1e-6, "{out:?}");

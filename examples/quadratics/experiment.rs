@@ -333,7 +333,11 @@ pub fn run_gpu(
             in_flight[slot] = Some(end - 1);
         }
         device.poll(wgpu::PollType::Poll).map_err(|e| bloop::Error::Readback(e.to_string()))?;
-        for (slot, (buffer, landed)) in ring.iter().enumerate() {
+        // Oldest first, so progress only moves forward.
+        let mut slots: Vec<usize> = (0..ring.len()).filter(|&s| in_flight[s].is_some()).collect();
+        slots.sort_by_key(|&s| in_flight[s]);
+        for slot in slots {
+            let (buffer, landed) = &ring[slot];
             if let (Some(epoch), true) = (in_flight[slot], landed.swap(false, std::sync::atomic::Ordering::AcqRel)) {
                 let view = buffer.get_mapped_range(..).map_err(|e| bloop::Error::Readback(e.to_string()))?;
                 progress(epoch, &decode(bytemuck::cast_slice(&view), epoch));

@@ -1,0 +1,194 @@
+//! Per-step scalars (projection ratio, dot products, norms, cosine, the guard's skip flag),
+//! read back without ever stalling the training loop.
+//!
+//! Each step's finalize stage leaves its scalars in a small GPU buffer of the state. A
+//! [`DiagnosticsRing`] records a copy of that buffer into one of a few mappable buffers right
+//! after the step, starts mapping it once the caller has submitted, and hands the values back
+//! from [`DiagnosticsRing::poll`] some steps later, when the GPU has caught up. `poll` only
+//! ever polls the device without waiting; when every slot is still in flight, `record` drops
+//! that step's values instead of waiting for a slot.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::state::BloopState;
+
+/// Size of the `Scalars` block in `shaders/bindings.wgsl`.
+pub const SCALARS_BYTES: u64 = 48;
+
+/// The scalars of one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepDiagnostics {
+    /// The step's index (0 for the first step the state recorded).
+    pub step: u64,
+    /// Projection ratio against the main EMA, after the method's cap.
+    pub ratio: f32,
+    /// Projection ratio against the aux EMA (PCGrad), after the cap.
+    pub ratio_aux: f32,
+    /// `<e, g_aux>`.
+    pub dot_ema_aux: f32,
+    /// `|e|^2`.
+    pub ema_sq_norm: f32,
+    /// `<a, g_main>` (PCGrad).
+    pub dot_aux_ema_main: f32,
+    /// `|a|^2` (PCGrad).
+    pub aux_ema_sq_norm: f32,
+    /// `|g_main|^2` (with the guard or `diagnostics` on; else 0).
+    pub main_sq_norm: f32,
+    /// `|g_aux|^2` (likewise).
+    pub aux_sq_norm: f32,
+    /// `<g_main, g_aux>` (likewise).
+    pub dot_main_aux: f32,
+    /// Gradient elements that were inf or NaN (with the guard or `diagnostics` on).
+    pub non_finite: f32,
+    /// Whether the guard skipped this step.
+    pub skipped: bool,
+    /// Steps skipped so far, this one included.
+    pub skipped_steps: u32,
+}
+
+impl StepDiagnostics {
+    /// Decodes the 12 words of the `Scalars` block.
+    pub(crate) fn from_words(step: u64, words: &[u32]) -> StepDiagnostics {
+        let f = |i: usize| f32::from_bits(words[i]);
+        StepDiagnostics {
+            step,
+            ratio: f(0),
+            ratio_aux: f(1),
+            skipped: words[2] != 0,
+            skipped_steps: words[3],
+            dot_ema_aux: f(4),
+            ema_sq_norm: f(5),
+            dot_aux_ema_main: f(6),
+            aux_ema_sq_norm: f(7),
+            main_sq_norm: f(8),
+            aux_sq_norm: f(9),
+            dot_main_aux: f(10),
+            non_finite: f(11),
+        }
+    }
+
+    /// `cos(g_main, g_aux)`, or NaN when a norm is 0 or was not computed.
+    pub fn cosine(&self) -> f32 {
+        let denominator = (self.main_sq_norm as f64 * self.aux_sq_norm as f64).sqrt();
+        if denominator > 0.0 {
+            (self.dot_main_aux as f64 / denominator) as f32
+        } else {
+            f32::NAN
+        }
+    }
+}
+
+const FREE: u8 = 0;
+const RECORDED: u8 = 1;
+const MAPPING: u8 = 2;
+const MAPPED: u8 = 3;
+const FAILED: u8 = 4;
+
+struct Slot {
+    buffer: wgpu::Buffer,
+    state: Arc<AtomicU8>,
+    step: u64,
+}
+
+/// A ring of mappable buffers that returns each step's scalars some steps later, never blocking.
+pub struct DiagnosticsRing {
+    device: wgpu::Device,
+    slots: Vec<Slot>,
+    /// Slots in the order their steps were recorded.
+    order: VecDeque<usize>,
+    dropped: u64,
+}
+
+impl DiagnosticsRing {
+    /// A ring of `capacity` slots (the number of steps that can be in flight at once).
+    pub fn new(device: &wgpu::Device, capacity: usize) -> DiagnosticsRing {
+        let slots = (0..capacity.max(1))
+            .map(|_| Slot {
+                buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bloop diagnostics"),
+                    size: SCALARS_BYTES,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                state: Arc::new(AtomicU8::new(FREE)),
+                step: 0,
+            })
+            .collect();
+        DiagnosticsRing { device: device.clone(), slots, order: VecDeque::new(), dropped: 0 }
+    }
+
+    /// Records a copy of the scalars of the step `state` recorded last; call right after
+    /// `record_step`, into the same encoder. Returns false, and drops the step's values,
+    /// when every slot is still in flight.
+    pub fn record(&mut self, encoder: &mut wgpu::CommandEncoder, state: &BloopState) -> bool {
+        let Some(index) = self.slots.iter().position(|s| s.state.load(Ordering::Acquire) == FREE) else {
+            self.dropped += 1;
+            return false;
+        };
+        let slot = &mut self.slots[index];
+        encoder.copy_buffer_to_buffer(state.scalars_buffer(), 0, &slot.buffer, 0, SCALARS_BYTES);
+        slot.step = state.steps().saturating_sub(1);
+        slot.state.store(RECORDED, Ordering::Release);
+        self.order.push_back(index);
+        true
+    }
+
+    /// Starts mapping the copies recorded so far; call after submitting their encoder.
+    pub fn submitted(&mut self) {
+        for slot in &self.slots {
+            if slot.state.compare_exchange(RECORDED, MAPPING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                let state = slot.state.clone();
+                slot.buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+                    state.store(if result.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+                });
+            }
+        }
+    }
+
+    /// Polls the device once, without waiting, and returns the values of every step that has
+    /// landed, oldest first.
+    pub fn poll(&mut self) -> Result<Vec<StepDiagnostics>> {
+        self.device.poll(wgpu::PollType::Poll).map_err(|e| Error::Readback(e.to_string()))?;
+        self.collect()
+    }
+
+    /// Waits for every step in flight and returns their values (end of training, tests).
+    pub fn flush(&mut self) -> Result<Vec<StepDiagnostics>> {
+        self.submitted();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        self.collect()
+    }
+
+    /// Steps whose values were dropped because every slot was in flight.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn collect(&mut self) -> Result<Vec<StepDiagnostics>> {
+        let mut out = Vec::new();
+        // In recording order, stopping at the first step still in flight.
+        while let Some(&index) = self.order.front() {
+            let slot = &self.slots[index];
+            match slot.state.load(Ordering::Acquire) {
+                MAPPED => {
+                    let words: Vec<u32> = {
+                        let view = slot.buffer.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+                        bytemuck::cast_slice(&view).to_vec()
+                    };
+                    slot.buffer.unmap();
+                    out.push(StepDiagnostics::from_words(slot.step, &words));
+                }
+                FAILED => return Err(Error::Readback("mapping a diagnostics buffer failed".into())),
+                _ => break,
+            }
+            slot.state.store(FREE, Ordering::Release);
+            self.order.pop_front();
+        }
+        Ok(out)
+    }
+}
