@@ -88,7 +88,21 @@ pub(crate) fn gpu_scope<T>(
     let validation = pollster::block_on(validation.pop());
     let oom = pollster::block_on(oom.pop());
     match validation.or(oom) {
-        Some(e) => Err(Error::Gpu { during, message: e.to_string() }),
+        Some(e) => Err(classify(during, e)),
         None => Ok(value),
+    }
+}
+
+/// [`classify`], public for the tests: an out-of-memory report cannot be provoked safely.
+#[doc(hidden)]
+pub fn classify_for_tests(during: &'static str, error: wgpu::Error) -> Error {
+    classify(during, error)
+}
+
+/// Out-of-memory gets its own error, so a trainer can free memory and retry.
+pub(crate) fn classify(during: &'static str, error: wgpu::Error) -> Error {
+    match error {
+        wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory { during },
+        other => Error::Gpu { during, message: other.to_string() },
     }
 }

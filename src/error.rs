@@ -67,6 +67,18 @@ pub enum Error {
     #[error("GPU error while {during}: {message}")]
     Gpu { during: &'static str, message: String },
 
+    /// A checkpoint could not be read, or does not fit the state.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+
+    /// The device ran out of memory.
+    #[error("the GPU ran out of memory while {during}")]
+    OutOfMemory { during: &'static str },
+
+    /// The device was lost (driver reset, `Device::destroy`, unplugged GPU); make a new one.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+
     /// Mapping a buffer for readback failed (device lost, or the buffer was in use).
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),

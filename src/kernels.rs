@@ -28,6 +28,8 @@ pub(crate) struct VariantKernels {
 /// clone the `Arc`); variants are compiled on first use and cached.
 pub struct Kernels {
     device: wgpu::Device,
+    /// Set by the device-lost callback: why the device was lost.
+    lost: Arc<std::sync::OnceLock<String>>,
     subgroups: bool,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
@@ -63,9 +65,35 @@ impl Kernels {
 
     /// As [`Kernels::new`]; `use_subgroups = false` forces the shared-memory reduction even
     /// where subgroups exist (for comparisons and tests).
+    ///
+    /// Installs the device's lost callback (wgpu keeps one per device), so that every later
+    /// call answers [`crate::Error::DeviceLost`] once the device is gone. A trainer that needs
+    /// its own callback installs it after this and calls [`Kernels::report_device_lost`] from it.
     pub fn with_subgroups(device: &wgpu::Device, use_subgroups: bool) -> Arc<Kernels> {
         let subgroups = use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
-        Arc::new(Kernels { device: device.clone(), subgroups, cache: Mutex::new(HashMap::new()) })
+        let lost = Arc::new(std::sync::OnceLock::new());
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let _ = flag.set(format!("{reason:?}: {message}"));
+        });
+        Arc::new(Kernels { device: device.clone(), lost, subgroups, cache: Mutex::new(HashMap::new()) })
+    }
+
+    /// Records that the device was lost (for trainers that replaced the lost callback).
+    pub fn report_device_lost(&self, why: impl Into<String>) {
+        let _ = self.lost.set(why.into());
+    }
+
+    /// Why the device was lost, if it was.
+    pub fn device_lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
+    }
+
+    pub(crate) fn check_device(&self) -> Result<()> {
+        match self.lost.get() {
+            Some(why) => Err(crate::Error::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Whether reductions use subgroup operations.
@@ -97,6 +125,7 @@ impl Kernels {
         guard: bool,
         extras: bool,
     ) -> Result<Arc<VariantKernels>> {
+        self.check_device()?;
         let variant = Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checkpoint;
 pub mod config;
 pub mod conformance;
 pub mod context;
@@ -45,6 +46,7 @@ pub mod shaders;
 pub mod state;
 mod validate;
 
+pub use checkpoint::Checkpoint;
 pub use config::{Config, EmaInit, EmaInits, Method};
 pub use context::GpuContext;
 pub use diagnostics::{DiagnosticsRing, StepDiagnostics};

@@ -150,6 +150,7 @@ impl Plan {
     /// Builds the dispatches for `roles` (all with one entry per leaf, validated by the caller).
     pub fn new(
         device: &wgpu::Device,
+        queue: &wgpu::Queue,
         layout: &wgpu::BindGroupLayout,
         roles: &[RoleLeaves],
     ) -> Result<Plan> {
@@ -254,12 +255,13 @@ impl Plan {
         }
 
         gpu_scope(device, "building the step's bind groups", || {
-            use wgpu::util::DeviceExt;
-            let tiles = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            let tiles = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop tiles"),
-                contents: bytemuck::cast_slice(&table),
-                usage: wgpu::BufferUsages::STORAGE,
+                size: (table.len() * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
             });
+            queue.write_buffer(&tiles, 0, bytemuck::cast_slice(&table));
             let dispatches = regions
                 .iter()
                 .map(|&(g, first_word, words, count)| {

@@ -33,9 +33,11 @@ pub fn read_leaves(
             _ => batches.push((size, vec![leaf])),
         }
     }
-    let mut encoder = device.create_command_encoder(&Default::default());
-    let staging = crate::context::gpu_scope(device, "allocating readback buffers", || {
-        batches
+    // Everything that talks to wgpu runs inside error scopes, so a lost device or an invalid
+    // buffer comes back as an error instead of wgpu's default panic.
+    let staging = crate::context::gpu_scope(device, "reading back", || {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let staging: Vec<wgpu::Buffer> = batches
             .iter()
             .map(|(total, batch)| {
                 let staging = device.create_buffer(&wgpu::BufferDescriptor {
@@ -52,12 +54,13 @@ pub fn read_leaves(
                 }
                 staging
             })
-            .collect::<Vec<_>>()
+            .collect();
+        queue.submit([encoder.finish()]);
+        staging.into_iter().map(|b| (start_map(&b), b)).collect::<Vec<_>>()
     })?;
-    queue.submit([encoder.finish()]);
     let mut out = Vec::with_capacity(leaves.len());
-    for (staging, (_, batch)) in staging.iter().zip(&batches) {
-        let bytes = map_and_read(device, staging)?;
+    for ((mapped, staging), (_, batch)) in staging.into_iter().zip(&batches) {
+        let bytes = finish_map(device, mapped, &staging)?;
         let values: &[f32] = bytemuck::cast_slice(&bytes);
         let mut start = 0;
         for leaf in batch {
@@ -69,12 +72,19 @@ pub fn read_leaves(
     Ok(out)
 }
 
-/// Maps a whole `MAP_READ` buffer, blocking until the GPU is done with it, and copies it out.
-pub(crate) fn map_and_read(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+type MapResult = futures::channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// Starts mapping a whole `MAP_READ` buffer.
+fn start_map(buffer: &wgpu::Buffer) -> MapResult {
     let (sender, receiver) = futures::channel::oneshot::channel();
     buffer.map_async(wgpu::MapMode::Read, .., move |result| {
         let _ = sender.send(result);
     });
+    receiver
+}
+
+/// Waits for a mapping started by [`start_map`] and copies the buffer out.
+fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| Error::Readback(e.to_string()))?;

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::checkpoint::Checkpoint;
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
 use crate::error::{Error, Result};
@@ -141,6 +142,7 @@ impl BloopState {
         init: EmaInits,
     ) -> Result<BloopState> {
         config.validate()?;
+        kernels.check_device()?;
         let device = kernels.device().clone();
         let inits = [(config.method.has_main_ema(), EmaRole::Main, &init.main), (config.method.has_aux_ema(), EmaRole::Aux, &init.aux)];
         for &(kept, role, init) in &inits {
@@ -161,13 +163,16 @@ impl BloopState {
             }
         }
         let [main_ema, aux_ema] = stores;
+        // Buffers are filled through the queue, never mapped at creation: mapping panics inside
+        // wgpu when the device is lost, and a lost device must come back as an error.
         let (params, scalars) = gpu_scope(&device, "allocating the state", || {
-            use wgpu::util::DeviceExt;
-            let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            let params = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop params"),
-                contents: bytemuck::bytes_of(&config.gpu_constants()),
+                size: std::mem::size_of::<crate::config::GpuConstants>() as u64,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
             });
+            queue.write_buffer(&params, 0, bytemuck::bytes_of(&config.gpu_constants()));
             let scalars = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop scalars"),
                 size: SCALARS_BYTES,
@@ -268,11 +273,13 @@ impl BloopState {
 
     /// Reads an EMA back to the host, one vector per leaf. Blocks until the GPU is idle.
     pub fn read_ema(&self, role: EmaRole) -> Result<Vec<Vec<f32>>> {
+        self.kernels.check_device()?;
         readback::read_leaves(&self.device, &self.queue, &self.store(role)?.leaves)
     }
 
     /// Overwrites an EMA from host values, one vector per leaf (through the queue).
     pub fn write_ema(&mut self, role: EmaRole, values: &[Vec<f32>]) -> Result<()> {
+        self.kernels.check_device()?;
         let store = self.store(role)?;
         check_init(&self.layout, role.role(), &EmaInit::Values(values.to_vec()))?;
         readback::write_leaves(&self.queue, &store.leaves, values);
@@ -287,6 +294,7 @@ impl BloopState {
         role: EmaRole,
         sources: &[LeafBuffer],
     ) -> Result<()> {
+        self.kernels.check_device()?;
         let store = self.store(role)?;
         check_init(&self.layout, role.role(), &EmaInit::Buffers(sources.to_vec()))?;
         copy_leaves(encoder, sources, &store.leaves);
@@ -304,6 +312,7 @@ impl BloopState {
 
     /// Validates the user's buffers and prepares steps over them.
     pub fn bind_external(&self, gradients: &ExternalGradients) -> Result<StepBindings> {
+        self.kernels.check_device()?;
         let layout = &self.layout;
         let storage = wgpu::BufferUsages::STORAGE;
         validate::leaves(layout, Role::MainGrad, gradients.main, storage)?;
@@ -333,7 +342,7 @@ impl BloopState {
                 roles.push(RoleLeaves { slot, leaves: &store.leaves });
             }
         }
-        let plan = Plan::new(&self.device, &kernels.group1, &roles)?;
+        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, &roles)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop partials"),
@@ -376,6 +385,7 @@ impl BloopState {
         if bindings.state_id != self.id {
             return Err(Error::Mismatch("these bindings were made by another state".into()));
         }
+        self.kernels.check_device()?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("bloop step"),
             timestamp_writes,
@@ -401,6 +411,7 @@ impl BloopState {
     /// counter). Blocks; for tests, checkpoints and debugging. A training loop uses
     /// [`crate::diagnostics::DiagnosticsRing`] instead, which never waits.
     pub fn read_diagnostics(&self) -> Result<StepDiagnostics> {
+        self.kernels.check_device()?;
         let leaf = LeafBuffer::new(&self.scalars, 0, SCALARS_BYTES / 4);
         let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
         Ok(StepDiagnostics::from_words(self.steps, bytemuck::cast_slice(values)))
@@ -409,6 +420,56 @@ impl BloopState {
     /// Steps the guard skipped so far (read from the GPU; blocks).
     pub fn skipped_steps(&self) -> Result<u64> {
         Ok(self.read_diagnostics()?.skipped_steps as u64)
+    }
+
+    /// The state as a [`Checkpoint`]: config, layout, step counts and every EMA. Blocks until
+    /// the GPU is idle (a checkpoint is taken between steps, not inside the hot loop).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let read = |role, kept: bool| if kept { self.read_ema(role) } else { Ok(Vec::new()) };
+        Ok(Checkpoint {
+            config: self.config,
+            layout: self.layout.clone(),
+            steps: self.steps,
+            skipped_steps: self.skipped_steps()?,
+            main_ema: read(EmaRole::Main, self.config.method.has_main_ema())?,
+            aux_ema: read(EmaRole::Aux, self.config.method.has_aux_ema())?,
+        })
+    }
+
+    /// Writes [`BloopState::checkpoint`] to a safetensors file.
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let bytes = self.checkpoint()?.to_bytes()?;
+        std::fs::write(path.as_ref(), bytes).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.as_ref().display())))
+    }
+
+    /// Takes the averages and counters of `checkpoint`, which must have this state's layout
+    /// and config (the error names the first difference; the state is unchanged then).
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.kernels.check_device()?;
+        checkpoint.check_fits(&self.layout, &self.config)?;
+        if let Some(store) = &self.main_ema {
+            readback::write_leaves(&self.queue, &store.leaves, &checkpoint.main_ema);
+        }
+        if let Some(store) = &self.aux_ema {
+            readback::write_leaves(&self.queue, &store.leaves, &checkpoint.aux_ema);
+        }
+        // `Scalars.skipped_steps` is the fourth word of the block.
+        self.queue.write_buffer(&self.scalars, 12, bytemuck::bytes_of(&(checkpoint.skipped_steps as u32)));
+        self.steps = checkpoint.steps;
+        Ok(())
+    }
+
+    /// Reads a safetensors file written by [`BloopState::save_checkpoint`] and restores it.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let bytes = std::fs::read(path.as_ref()).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.as_ref().display())))?;
+        self.restore(&Checkpoint::from_bytes(&bytes)?)
+    }
+
+    /// A new state with the config, layout, averages and counters of a checkpoint.
+    pub fn from_checkpoint(kernels: &Arc<Kernels>, queue: &wgpu::Queue, checkpoint: &Checkpoint) -> Result<BloopState> {
+        let mut state = BloopState::new(kernels, queue, &checkpoint.layout, checkpoint.config, EmaInits::zeros())?;
+        state.restore(checkpoint)?;
+        Ok(state)
     }
 
     /// The buffer the finalize stage writes each step's scalars into (48 bytes, see

@@ -1,0 +1,187 @@
+//! Saving and restoring a state as a safetensors file.
+//!
+//! Tensors: `main_ema/<leaf name>` (and `aux_ema/<leaf name>` for PCGrad), f32, with the leaf's
+//! shape (or `[len]`). Metadata (all strings): `format` = `bloop-checkpoint`, `version` = `1`,
+//! `config` (JSON: method, ema, lambda, eps, rescale, ratio_only, guard, diagnostics), `steps`,
+//! `skipped_steps`, and `layout` (JSON list of `{name, len, shape}`). Python opens it with
+//! `safetensors.numpy.load_file(path)`, and `safe_open(path, "np").metadata()` for the rest.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::config::{Config, Method};
+use crate::error::{Error, Result};
+use crate::layout::{Layout, Leaf};
+
+pub const FORMAT: &str = "bloop-checkpoint";
+pub const VERSION: &str = "1";
+
+/// The contents of a checkpoint, on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub config: Config,
+    pub layout: Layout,
+    /// Steps recorded before the checkpoint.
+    pub steps: u64,
+    /// Steps the guard had skipped.
+    pub skipped_steps: u64,
+    /// One vector per leaf (empty for `mixed`).
+    pub main_ema: Vec<Vec<f32>>,
+    /// One vector per leaf (empty unless `pcgrad`).
+    pub aux_ema: Vec<Vec<f32>>,
+}
+
+fn bad(problem: impl Into<String>) -> Error {
+    Error::Checkpoint(problem.into())
+}
+
+fn config_json(c: &Config) -> Value {
+    json!({
+        "method": c.method.name(), "ema": c.ema, "lambda": c.lambda, "eps": c.eps,
+        "rescale": c.rescale, "ratio_only": c.ratio_only, "guard": c.guard, "diagnostics": c.diagnostics,
+    })
+}
+
+fn config_from_json(v: &Value) -> Result<Config> {
+    let number = |k: &str| v.get(k).and_then(Value::as_f64).ok_or_else(|| bad(format!("config has no number `{k}`")));
+    let flag = |k: &str| v.get(k).and_then(Value::as_bool).ok_or_else(|| bad(format!("config has no boolean `{k}`")));
+    let name = v.get("method").and_then(Value::as_str).ok_or_else(|| bad("config has no `method`"))?;
+    let method = Method::from_name(name).ok_or_else(|| bad(format!("unknown method `{name}`")))?;
+    let config = Config {
+        method,
+        ema: number("ema")?,
+        lambda: number("lambda")?,
+        eps: number("eps")?,
+        rescale: flag("rescale")?,
+        ratio_only: flag("ratio_only")?,
+        guard: flag("guard")?,
+        diagnostics: flag("diagnostics")?,
+    };
+    config.validate().map_err(|e| bad(format!("config: {e}")))?;
+    Ok(config)
+}
+
+fn layout_json(layout: &Layout) -> Value {
+    Value::Array(layout.leaves().iter().map(|l| json!({"name": l.name, "len": l.len, "shape": l.shape})).collect())
+}
+
+fn layout_from_json(v: &Value) -> Result<Layout> {
+    let leaves = v.as_array().ok_or_else(|| bad("layout is not a list"))?;
+    let leaves = leaves
+        .iter()
+        .map(|l| {
+            let name = l.get("name").and_then(Value::as_str).ok_or_else(|| bad("a leaf has no name"))?;
+            let len = l.get("len").and_then(Value::as_u64).ok_or_else(|| bad(format!("leaf `{name}` has no length")))?;
+            let shape = match l.get("shape") {
+                None | Some(Value::Null) => None,
+                Some(s) => Some(
+                    s.as_array()
+                        .and_then(|dims| dims.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+                        .ok_or_else(|| bad(format!("leaf `{name}` has a malformed shape")))?,
+                ),
+            };
+            Ok(Leaf { name: name.to_string(), len, shape })
+        })
+        .collect::<Result<Vec<Leaf>>>()?;
+    Layout::from_leaves(leaves).map_err(|e| bad(format!("layout: {e}")))
+}
+
+fn tensor_shape(leaf: &Leaf) -> Vec<usize> {
+    leaf.shape.as_ref().map_or(vec![leaf.len as usize], |s| s.iter().map(|&d| d as usize).collect())
+}
+
+impl Checkpoint {
+    /// The safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let metadata: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            ("version", VERSION.to_string()),
+            ("config", config_json(&self.config).to_string()),
+            ("layout", layout_json(&self.layout).to_string()),
+            ("steps", self.steps.to_string()),
+            ("skipped_steps", self.skipped_steps.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut tensors = Vec::new();
+        for (prefix, values) in [("main_ema", &self.main_ema), ("aux_ema", &self.aux_ema)] {
+            for (leaf, v) in self.layout.leaves().iter().zip(values) {
+                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, tensor_shape(leaf), bytemuck::cast_slice(v))
+                    .map_err(|e| bad(format!("leaf `{}`: {e}", leaf.name)))?;
+                tensors.push((format!("{prefix}/{}", leaf.name), view));
+            }
+        }
+        safetensors::serialize(tensors, Some(metadata)).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Parses and checks a checkpoint: every field present and well formed, the config valid,
+    /// every EMA tensor of the method present with the leaf's shape and f32 values, nothing else.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let tensors = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let metadata = header.metadata().as_ref().ok_or_else(|| bad("no metadata"))?;
+        let field = |k: &str| metadata.get(k).ok_or_else(|| bad(format!("metadata has no `{k}`")));
+        if field("format")? != FORMAT {
+            return Err(bad(format!("format is `{}`, not `{FORMAT}`", field("format")?)));
+        }
+        if field("version")? != VERSION {
+            return Err(bad(format!("version {} is not supported (expected {VERSION})", field("version")?)));
+        }
+        let json = |k: &str| serde_json::from_str::<Value>(field(k)?).map_err(|e| bad(format!("`{k}` is not JSON: {e}")));
+        let count = |k: &str| field(k)?.parse::<u64>().map_err(|_| bad(format!("`{k}` is not a count")));
+        let config = config_from_json(&json("config")?)?;
+        let layout = layout_from_json(&json("layout")?)?;
+        let (steps, skipped_steps) = (count("steps")?, count("skipped_steps")?);
+        if skipped_steps > steps {
+            return Err(bad(format!("{skipped_steps} skipped steps out of {steps}")));
+        }
+        let mut expected = 0;
+        let mut read = |prefix: &str, kept: bool| -> Result<Vec<Vec<f32>>> {
+            if !kept {
+                return Ok(Vec::new());
+            }
+            layout
+                .leaves()
+                .iter()
+                .map(|leaf| {
+                    let name = format!("{prefix}/{}", leaf.name);
+                    let t = tensors.tensor(&name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+                    if t.dtype() != safetensors::Dtype::F32 || t.shape() != tensor_shape(leaf).as_slice() {
+                        return Err(bad(format!("tensor `{name}` is {:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), tensor_shape(leaf))));
+                    }
+                    expected += 1;
+                    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+                })
+                .collect()
+        };
+        let main_ema = read("main_ema", config.method.has_main_ema())?;
+        let aux_ema = read("aux_ema", config.method.has_aux_ema())?;
+        if tensors.len() != expected {
+            return Err(bad(format!("{} tensors, expected {expected}", tensors.len())));
+        }
+        Ok(Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema })
+    }
+
+    /// Checks that this checkpoint fits a state with `layout` and `config`; the error names the
+    /// first difference.
+    pub fn check_fits(&self, layout: &Layout, config: &Config) -> Result<()> {
+        if self.layout.len() != layout.len() {
+            return Err(bad(format!("the file has {} leaves, the state {}", self.layout.len(), layout.len())));
+        }
+        for (i, (file, here)) in self.layout.leaves().iter().zip(layout.leaves()).enumerate() {
+            if file.name != here.name || file.len != here.len {
+                return Err(bad(format!(
+                    "leaf {i} is `{}` ({} elements) in the file but `{}` ({} elements) in the state",
+                    file.name, file.len, here.name, here.len
+                )));
+            }
+        }
+        let (file, here) = (config_json(&self.config), config_json(config));
+        if let Some(key) = here.as_object().unwrap().keys().find(|k| file[k.as_str()] != here[k.as_str()]) {
+            return Err(bad(format!("config `{key}` is {} in the file but {} in the state", file[key.as_str()], here[key.as_str()])));
+        }
+        Ok(())
+    }
+}
