@@ -414,7 +414,7 @@ impl BloopState {
         self.kernels.check_device()?;
         let leaf = LeafBuffer::new(&self.scalars, 0, SCALARS_BYTES / 4);
         let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
-        Ok(StepDiagnostics::from_words(self.steps, bytemuck::cast_slice(values)))
+        Ok(StepDiagnostics::from_words(self.steps.saturating_sub(1), bytemuck::cast_slice(values)))
     }
 
     /// Steps the guard skipped so far (read from the GPU; blocks).
