@@ -208,6 +208,7 @@ impl BloopState {
                 }
                 EmaInit::Values(values) => readback::write_leaves(queue, &store.leaves, values),
                 EmaInit::Buffers(sources) => {
+                    validate::copies(&state.device, &sources.iter().zip(&store.leaves).collect::<Vec<_>>())?;
                     let encoder = encoder.get_or_insert_with(|| state.device.create_command_encoder(&Default::default()));
                     copy_leaves(encoder, sources, &store.leaves);
                 }
@@ -297,6 +298,7 @@ impl BloopState {
         self.kernels.check_device()?;
         let store = self.store(role)?;
         check_init(&self.layout, role.role(), &EmaInit::Buffers(sources.to_vec()))?;
+        validate::copies(&self.device, &sources.iter().zip(&store.leaves).collect::<Vec<_>>())?;
         copy_leaves(encoder, sources, &store.leaves);
         Ok(())
     }

@@ -92,3 +92,16 @@ pub(crate) fn outputs(
     }
     Ok(())
 }
+
+/// Records `copies` (source, target) into a throwaway encoder inside error scopes and finishes
+/// it without submitting, so a buffer of another device, a destroyed buffer or a bad range is
+/// reported here as an error instead of panicking later in the caller's encoder.
+pub(crate) fn copies(device: &wgpu::Device, copies: &[(&LeafBuffer, &LeafBuffer)]) -> Result<()> {
+    crate::context::gpu_scope(device, "checking copies", || {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for (src, dst) in copies {
+            encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.len * ELEMENT_SIZE);
+        }
+        drop(encoder.finish());
+    })
+}

@@ -245,3 +245,40 @@ fn guard_buffers_detect_stray_writes() {
     gpu().queue.write_buffer(&leaf.buffer, leaf.offset + 5 * 4, bytemuck::cast_slice(&[1.0f32]));
     assert_eq!(guarded.corrupted(), 1);
 }
+
+#[test]
+fn buffers_of_another_device_are_refused() {
+    // A second device of the same adapter (wgpu cannot tell buffers of another *instance*
+    // apart: their ids collide, so those are the caller's responsibility).
+    let (device, _queue) = pollster::block_on(gpu().adapter.request_device(&Default::default())).unwrap();
+    let foreign = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("another device's"),
+        size: 3 * 307 * 4,
+        usage: bloop::pool::POOL_USAGE,
+        mapped_at_creation: false,
+    });
+    let leaves = vec![LeafBuffer::new(&foreign, 0, 300), LeafBuffer::new(&foreign, 300 * 4, 7)];
+    let mut state = state(Method::Bloop);
+    let before = snapshot(&state);
+    let (_, [main, aux, out]) = flat(bloop::pool::POOL_USAGE);
+    let err = state.bind_external(&ExternalGradients { main: &leaves, aux: &aux, output: Output::Buffers(&out) }).unwrap_err();
+    assert!(matches!(err, Error::Gpu { .. }), "{err}");
+    let mut encoder = gpu().device.create_command_encoder(&Default::default());
+    let err = state.record_ema_copy(&mut encoder, EmaRole::Main, &leaves).unwrap_err();
+    assert!(matches!(err, Error::Gpu { .. }), "{err}");
+    gpu().queue.submit([encoder.finish()]);
+    assert_eq!(snapshot(&state), before);
+    let init = EmaInits::both(EmaInit::Buffers(leaves));
+    let err = BloopState::new(&kernels(), &gpu().queue, &layout(), Config::new(Method::Bloop), init).unwrap_err();
+    assert!(matches!(err, Error::Gpu { .. }), "{err}");
+    let _ = main;
+}
+
+#[test]
+fn set_config_cannot_switch_the_guard_or_diagnostics() {
+    let mut state = state(Method::PcGrad);
+    let before = snapshot(&state);
+    assert!(matches!(state.set_config(Config::new(Method::PcGrad).guard(false)), Err(Error::Mismatch(_))));
+    assert!(matches!(state.set_config(Config::new(Method::PcGrad).diagnostics(true)), Err(Error::Mismatch(_))));
+    assert_eq!(snapshot(&state), before);
+}
