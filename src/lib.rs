@@ -35,6 +35,7 @@ pub mod conformance;
 pub mod context;
 pub mod diagnostics;
 pub mod error;
+pub mod fuzzing;
 pub mod kernels;
 pub mod layout;
 mod plan;
