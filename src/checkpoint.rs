@@ -72,7 +72,8 @@ fn layout_from_json(v: &Value) -> Result<Layout> {
         .iter()
         .map(|l| {
             let name = l.get("name").and_then(Value::as_str).ok_or_else(|| bad("a leaf has no name"))?;
-            let len = l.get("len").and_then(Value::as_u64).ok_or_else(|| bad(format!("leaf `{name}` has no length")))?;
+            let len =
+                l.get("len").and_then(Value::as_u64).ok_or_else(|| bad(format!("leaf `{name}` has no length")))?;
             let shape = match l.get("shape") {
                 None | Some(Value::Null) => None,
                 Some(s) => Some(
@@ -108,8 +109,12 @@ impl Checkpoint {
         let mut tensors = Vec::new();
         for (prefix, values) in [("main_ema", &self.main_ema), ("aux_ema", &self.aux_ema)] {
             for (leaf, v) in self.layout.leaves().iter().zip(values) {
-                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, tensor_shape(leaf), bytemuck::cast_slice(v))
-                    .map_err(|e| bad(format!("leaf `{}`: {e}", leaf.name)))?;
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    tensor_shape(leaf),
+                    bytemuck::cast_slice(v),
+                )
+                .map_err(|e| bad(format!("leaf `{}`: {e}", leaf.name)))?;
                 tensors.push((format!("{prefix}/{}", leaf.name), view));
             }
         }
@@ -119,8 +124,10 @@ impl Checkpoint {
     /// Parses and checks a checkpoint: every field present and well formed, the config valid,
     /// every EMA tensor of the method present with the leaf's shape and f32 values, nothing else.
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let tensors = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let metadata = header.metadata().as_ref().ok_or_else(|| bad("no metadata"))?;
         let field = |k: &str| metadata.get(k).ok_or_else(|| bad(format!("metadata has no `{k}`")));
         if field("format")? != FORMAT {
@@ -129,7 +136,8 @@ impl Checkpoint {
         if field("version")? != VERSION {
             return Err(bad(format!("version {} is not supported (expected {VERSION})", field("version")?)));
         }
-        let json = |k: &str| serde_json::from_str::<Value>(field(k)?).map_err(|e| bad(format!("`{k}` is not JSON: {e}")));
+        let json =
+            |k: &str| serde_json::from_str::<Value>(field(k)?).map_err(|e| bad(format!("`{k}` is not JSON: {e}")));
         let count = |k: &str| field(k)?.parse::<u64>().map_err(|_| bad(format!("`{k}` is not a count")));
         let config = config_from_json(&json("config")?)?;
         let layout = layout_from_json(&json("layout")?)?;
@@ -149,7 +157,12 @@ impl Checkpoint {
                     let name = format!("{prefix}/{}", leaf.name);
                     let t = tensors.tensor(&name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
                     if t.dtype() != safetensors::Dtype::F32 || t.shape() != tensor_shape(leaf).as_slice() {
-                        return Err(bad(format!("tensor `{name}` is {:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), tensor_shape(leaf))));
+                        return Err(bad(format!(
+                            "tensor `{name}` is {:?} {:?}, expected F32 {:?}",
+                            t.dtype(),
+                            t.shape(),
+                            tensor_shape(leaf)
+                        )));
                     }
                     expected += 1;
                     Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
@@ -180,7 +193,11 @@ impl Checkpoint {
         }
         let (file, here) = (config_json(&self.config), config_json(config));
         if let Some(key) = here.as_object().unwrap().keys().find(|k| file[k.as_str()] != here[k.as_str()]) {
-            return Err(bad(format!("config `{key}` is {} in the file but {} in the state", file[key.as_str()], here[key.as_str()])));
+            return Err(bad(format!(
+                "config `{key}` is {} in the file but {} in the state",
+                file[key.as_str()],
+                here[key.as_str()]
+            )));
         }
         Ok(())
     }

@@ -31,9 +31,7 @@ impl Method {
 
     /// Parses the names used by the golden cases and [`Method::name`].
     pub fn from_name(name: &str) -> Option<Method> {
-        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed]
-            .into_iter()
-            .find(|m| m.name() == name)
+        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().find(|m| m.name() == name)
     }
 
     /// Whether the method keeps an EMA of the main gradient.
@@ -133,10 +131,7 @@ impl Config {
             return bad("eps", format!("must be finite and > 0, got {}", self.eps));
         }
         if self.ratio_only && !matches!(self.method, Method::Bloop | Method::DynamicBarrier) {
-            return bad(
-                "ratio_only",
-                format!("applies to bloop and dynamic_barrier only, not {}", self.method.name()),
-            );
+            return bad("ratio_only", format!("applies to bloop and dynamic_barrier only, not {}", self.method.name()));
         }
         // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64).
         let c = self.gpu_constants();

@@ -70,7 +70,8 @@ impl Case {
         })?;
         let c = &self.config;
         let ratio_only = c.ratio_only && matches!(method, Method::Bloop | Method::DynamicBarrier);
-        let config = Config::new(method).ema(c.ema).lambda(c.lambda).eps(c.eps).rescale(c.rescale).ratio_only(ratio_only);
+        let config =
+            Config::new(method).ema(c.ema).lambda(c.lambda).eps(c.eps).rescale(c.rescale).ratio_only(ratio_only);
         config.validate()?;
         Ok(config)
     }
@@ -267,11 +268,8 @@ pub fn run_gpu(kernels: &Arc<Kernels>, queue: &wgpu::Queue, case: &Case, path: G
                 let start = (leaf.offset / 4) as usize;
                 inside[start..start + leaf.len as usize].fill(true);
             }
-            report.corrupted_guards += after
-                .iter()
-                .zip(&inside)
-                .filter(|(v, inside)| !**inside && v.to_bits() != GUARD.to_bits())
-                .count();
+            report.corrupted_guards +=
+                after.iter().zip(&inside).filter(|(v, inside)| !**inside && v.to_bits() != GUARD.to_bits()).count();
         }
     }
     Ok(report)

@@ -29,19 +29,15 @@ impl GpuContext {
 
     /// As [`GpuContext::from_env`], with the adapter's limits passed through `adjust` first
     /// (tests lower `max_storage_buffer_binding_size` this way to exercise chunking).
-    pub async fn from_env_with_limits(
-        adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
-    ) -> Result<GpuContext> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pub async fn from_env_with_limits(adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits) -> Result<GpuContext> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(wanted) => {
                 let adapters = instance.enumerate_adapters(backends).await;
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                let found = adapters
-                    .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted.to_lowercase()));
+                let found =
+                    adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted.to_lowercase()));
                 found.ok_or_else(|| Error::NoAdapter {
                     detail: format!(" named like WGPU_ADAPTER_NAME={wanted:?} (adapters: {names:?})"),
                     hint: NO_ADAPTER_HINT,
@@ -77,11 +73,7 @@ impl GpuContext {
 
 /// Runs `f` inside validation and out-of-memory error scopes, turning what wgpu reports into
 /// [`Error::Gpu`] instead of the default panic on uncaptured errors.
-pub(crate) fn gpu_scope<T>(
-    device: &wgpu::Device,
-    during: &'static str,
-    f: impl FnOnce() -> T,
-) -> Result<T> {
+pub(crate) fn gpu_scope<T>(device: &wgpu::Device, during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let value = f();

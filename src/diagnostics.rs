@@ -158,9 +158,7 @@ impl DiagnosticsRing {
     /// Waits for every step in flight and returns their values (end of training, tests).
     pub fn flush(&mut self) -> Result<Vec<StepDiagnostics>> {
         self.submitted();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Readback(e.to_string()))?;
         self.collect()
     }
 

@@ -24,12 +24,7 @@ pub enum Error {
 
     /// A buffer lacks a usage flag the library needs.
     #[error("leaf `{leaf}` ({role}): buffer usage {actual:?} lacks {missing:?}")]
-    MissingUsage {
-        leaf: String,
-        role: Role,
-        actual: wgpu::BufferUsages,
-        missing: wgpu::BufferUsages,
-    },
+    MissingUsage { leaf: String, role: Role, actual: wgpu::BufferUsages, missing: wgpu::BufferUsages },
 
     /// A byte offset is not a multiple of what the element type needs.
     #[error("leaf `{leaf}` ({role}): byte offset {offset} is not a multiple of {alignment}")]

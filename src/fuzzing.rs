@@ -10,9 +10,13 @@ pub fn checkpoint_bytes(data: &[u8]) {
     let Ok(checkpoint) = Checkpoint::from_bytes(data) else { return };
     let bytes = checkpoint.to_bytes().expect("a parsed checkpoint writes back");
     let again = Checkpoint::from_bytes(&bytes).expect("a written checkpoint parses");
-    let bits = |c: &Checkpoint| -> Vec<u32> { c.main_ema.iter().chain(&c.aux_ema).flatten().map(|x| x.to_bits()).collect() };
+    let bits =
+        |c: &Checkpoint| -> Vec<u32> { c.main_ema.iter().chain(&c.aux_ema).flatten().map(|x| x.to_bits()).collect() };
     assert_eq!(bits(&again), bits(&checkpoint));
-    assert_eq!((&again.layout, again.steps, again.skipped_steps), (&checkpoint.layout, checkpoint.steps, checkpoint.skipped_steps));
+    assert_eq!(
+        (&again.layout, again.steps, again.skipped_steps),
+        (&checkpoint.layout, checkpoint.steps, checkpoint.skipped_steps)
+    );
     checkpoint.check_fits(&checkpoint.layout, &checkpoint.config).expect("a checkpoint fits itself");
 }
 
@@ -36,9 +40,8 @@ pub fn layout_bytes(data: &[u8]) {
         };
         let Some(len) = take(4) else { break };
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as u64;
-        let shape = (header[1] % 4 != 0).then(|| {
-            (0..header[1] % 4).map(|_| take(1).map_or(1, |b| b[0] as u64)).collect::<Vec<u64>>()
-        });
+        let shape = (header[1] % 4 != 0)
+            .then(|| (0..header[1] % 4).map(|_| take(1).map_or(1, |b| b[0] as u64)).collect::<Vec<u64>>());
         leaves.push(Leaf { name, len, shape });
     }
     if let Ok(layout) = Layout::from_leaves(leaves) {

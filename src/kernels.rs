@@ -131,9 +131,7 @@ impl Kernels {
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
         }
-        let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || {
-            self.build(variant)
-        })?);
+        let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || self.build(variant))?);
         cache.insert(variant, kernels.clone());
         Ok(kernels)
     }

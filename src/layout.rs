@@ -30,15 +30,11 @@ pub struct Layout {
 impl Layout {
     /// Leaves from `(name, length)` pairs.
     pub fn new<S: Into<String>>(leaves: impl IntoIterator<Item = (S, u64)>) -> Result<Layout> {
-        Layout::from_leaves(
-            leaves.into_iter().map(|(name, len)| Leaf { name: name.into(), len, shape: None }),
-        )
+        Layout::from_leaves(leaves.into_iter().map(|(name, len)| Leaf { name: name.into(), len, shape: None }))
     }
 
     /// Leaves from `(name, shape)` pairs; each length is the shape's product.
-    pub fn from_shapes<S: Into<String>>(
-        leaves: impl IntoIterator<Item = (S, Vec<u64>)>,
-    ) -> Result<Layout> {
+    pub fn from_shapes<S: Into<String>>(leaves: impl IntoIterator<Item = (S, Vec<u64>)>) -> Result<Layout> {
         Layout::from_leaves(leaves.into_iter().map(|(name, shape)| Leaf {
             name: name.into(),
             len: shape.iter().product(),

@@ -168,11 +168,8 @@ impl Plan {
                 limit_name: "max_storage_buffer_binding_size",
             });
         }
-        let limits = Limits {
-            window,
-            alignment,
-            max_per_dimension: device_limits.max_compute_workgroups_per_dimension as u64,
-        };
+        let limits =
+            Limits { window, alignment, max_per_dimension: device_limits.max_compute_workgroups_per_dimension as u64 };
         let groups = group_pieces(roles, &limits);
 
         // One table of u32 words per dispatch, each at an aligned offset: the header, the first

@@ -5,9 +5,8 @@ use crate::error::Result;
 use crate::layout::{Layout, LeafBuffer, Packing};
 
 /// Usage of every pool buffer: kernels write gradients in, copies move data in and out.
-pub const POOL_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub const POOL_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// Main and aux gradient buffers (and an output buffer unless the step works in place).
 #[derive(Debug)]

@@ -5,11 +5,7 @@ use crate::error::{Error, Result};
 use crate::layout::{LeafBuffer, Role, ELEMENT_SIZE};
 
 /// Copies each leaf to the host and waits for the GPU. The buffers need `COPY_SRC`.
-pub fn read_leaves(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    leaves: &[LeafBuffer],
-) -> Result<Vec<Vec<f32>>> {
+pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuffer]) -> Result<Vec<Vec<f32>>> {
     for leaf in leaves {
         if !leaf.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::MissingUsage {
@@ -85,16 +81,11 @@ fn start_map(buffer: &wgpu::Buffer) -> MapResult {
 
 /// Waits for a mapping started by [`start_map`] and copies the buffer out.
 fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Readback(e.to_string()))?;
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Readback(e.to_string()))?;
     pollster::block_on(receiver)
         .map_err(|_| Error::Readback("the map callback was dropped".into()))?
         .map_err(|e| Error::Readback(e.to_string()))?;
-    let bytes = buffer
-        .get_mapped_range(..)
-        .map_err(|e| Error::Readback(e.to_string()))?
-        .to_vec();
+    let bytes = buffer.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?.to_vec();
     buffer.unmap();
     Ok(bytes)
 }

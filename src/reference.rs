@@ -33,9 +33,7 @@ fn combine(
         .iter()
         .enumerate()
         .map(|(i, leaf)| {
-            (0..leaf.len())
-                .map(|j| f(leaf[j], g_aux[i][j], at(main_ema, i, j), at(aux_ema, i, j)))
-                .collect()
+            (0..leaf.len()).map(|j| f(leaf[j], g_aux[i][j], at(main_ema, i, j), at(aux_ema, i, j))).collect()
         })
         .collect()
 }
@@ -98,12 +96,7 @@ impl ReferenceState {
 /// `||out - expected||_2 / ||expected||_2` over all leaves, or `||out||_2` where the expected
 /// norm is 0: the measure the golden cases are judged by.
 pub fn relative_error(out: &[Vec<f64>], expected: &[Vec<f64>]) -> f64 {
-    let diff: f64 = out
-        .iter()
-        .zip(expected)
-        .flat_map(|(a, b)| a.iter().zip(b))
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum();
+    let diff: f64 = out.iter().zip(expected).flat_map(|(a, b)| a.iter().zip(b)).map(|(a, b)| (a - b) * (a - b)).sum();
     let norm = dot(expected, expected);
     if norm == 0.0 {
         diff.sqrt()

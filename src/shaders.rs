@@ -175,12 +175,7 @@ pub fn preprocess(entry: &str, defines: &HashSet<&str>) -> String {
     out
 }
 
-fn expand<'a>(
-    name: &'a str,
-    defines: &HashSet<&str>,
-    imported: &mut HashSet<&'a str>,
-    out: &mut String,
-) {
+fn expand<'a>(name: &'a str, defines: &HashSet<&str>, imported: &mut HashSet<&'a str>, out: &mut String) {
     if !imported.insert(name) {
         return;
     }

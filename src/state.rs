@@ -6,10 +6,10 @@ use std::sync::Arc;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
+use crate::diagnostics::{StepDiagnostics, SCALARS_BYTES};
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
-use crate::diagnostics::{StepDiagnostics, SCALARS_BYTES};
 use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
@@ -17,10 +17,8 @@ use crate::shaders::{Kind, Stage};
 use crate::validate;
 
 /// Usage of the EMA buffers: read and written by the kernels, copied for checkpoints.
-const EMA_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
-
+const EMA_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -144,7 +142,10 @@ impl BloopState {
         config.validate()?;
         kernels.check_device()?;
         let device = kernels.device().clone();
-        let inits = [(config.method.has_main_ema(), EmaRole::Main, &init.main), (config.method.has_aux_ema(), EmaRole::Aux, &init.aux)];
+        let inits = [
+            (config.method.has_main_ema(), EmaRole::Main, &init.main),
+            (config.method.has_aux_ema(), EmaRole::Aux, &init.aux),
+        ];
         for &(kept, role, init) in &inits {
             if kept {
                 check_init(layout, role.role(), init)?;
@@ -209,7 +210,8 @@ impl BloopState {
                 EmaInit::Values(values) => readback::write_leaves(queue, &store.leaves, values),
                 EmaInit::Buffers(sources) => {
                     validate::copies(&state.device, &sources.iter().zip(&store.leaves).collect::<Vec<_>>())?;
-                    let encoder = encoder.get_or_insert_with(|| state.device.create_command_encoder(&Default::default()));
+                    let encoder =
+                        encoder.get_or_insert_with(|| state.device.create_command_encoder(&Default::default()));
                     copy_leaves(encoder, sources, &store.leaves);
                 }
             }
@@ -328,8 +330,7 @@ impl BloopState {
         };
         validate::outputs(layout, gradients.main, gradients.aux, output)?;
 
-        let inputs: Vec<&wgpu::Buffer> =
-            gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
+        let inputs: Vec<&wgpu::Buffer> = gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
         let c = &self.config;
         let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras())?;
@@ -368,11 +369,7 @@ impl BloopState {
     /// Records one step into `encoder`: the averages advance and the direction is written to
     /// the bindings' output. Nothing is submitted; the caller orders this after the commands
     /// that write the gradients and before those that read the direction.
-    pub fn record_step(
-        &mut self,
-        encoder: &mut wgpu::CommandEncoder,
-        bindings: &StepBindings,
-    ) -> Result<()> {
+    pub fn record_step(&mut self, encoder: &mut wgpu::CommandEncoder, bindings: &StepBindings) -> Result<()> {
         self.record_step_timed(encoder, bindings, None)
     }
 
@@ -388,10 +385,8 @@ impl BloopState {
             return Err(Error::Mismatch("these bindings were made by another state".into()));
         }
         self.kernels.check_device()?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("bloop step"),
-            timestamp_writes,
-        });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bloop step"), timestamp_writes });
         pass.set_bind_group(0, &bindings.state_group, &[]);
         for (stage, pipeline) in &bindings.kernels.stages {
             pass.set_pipeline(pipeline);
@@ -463,7 +458,8 @@ impl BloopState {
 
     /// Reads a safetensors file written by [`BloopState::save_checkpoint`] and restores it.
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        let bytes = std::fs::read(path.as_ref()).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.as_ref().display())))?;
+        let bytes =
+            std::fs::read(path.as_ref()).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.as_ref().display())))?;
         self.restore(&Checkpoint::from_bytes(&bytes)?)
     }
 

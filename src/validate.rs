@@ -8,12 +8,7 @@ use crate::layout::{Layout, LeafBuffer, Role, ELEMENT_SIZE};
 /// Offsets need only element alignment, not `min_storage_buffer_offset_alignment`: the
 /// library binds aligned windows around the leaves itself, so tightly packed flat gradient
 /// buffers work as they are.
-pub(crate) fn leaves(
-    layout: &Layout,
-    role: Role,
-    leaves: &[LeafBuffer],
-    usage: wgpu::BufferUsages,
-) -> Result<()> {
+pub(crate) fn leaves(layout: &Layout, role: Role, leaves: &[LeafBuffer], usage: wgpu::BufferUsages) -> Result<()> {
     if leaves.len() != layout.len() {
         return Err(Error::LeafCount { role, expected: layout.len(), got: leaves.len() });
     }
@@ -27,12 +22,7 @@ pub(crate) fn leaves(
             return Err(Error::MissingUsage { leaf: name(), role, actual, missing: usage - actual });
         }
         if leaf.offset % ELEMENT_SIZE != 0 {
-            return Err(Error::MisalignedOffset {
-                leaf: name(),
-                role,
-                offset: leaf.offset,
-                alignment: ELEMENT_SIZE,
-            });
+            return Err(Error::MisalignedOffset { leaf: name(), role, offset: leaf.offset, alignment: ELEMENT_SIZE });
         }
         let end = leaf.offset.checked_add(leaf.len * ELEMENT_SIZE);
         if end.is_none_or(|end| end > leaf.buffer.size()) {
@@ -51,12 +41,7 @@ pub(crate) fn leaves(
 /// No output range may overlap another range of the step, except that leaf `i`'s output may
 /// be exactly leaf `i`'s main gradient (in place). Inputs may overlap each other: they are
 /// only read.
-pub(crate) fn outputs(
-    layout: &Layout,
-    main: &[LeafBuffer],
-    aux: &[LeafBuffer],
-    out: &[LeafBuffer],
-) -> Result<()> {
+pub(crate) fn outputs(layout: &Layout, main: &[LeafBuffer], aux: &[LeafBuffer], out: &[LeafBuffer]) -> Result<()> {
     struct Range<'a> {
         buffer: &'a wgpu::Buffer,
         bytes: std::ops::Range<u64>,

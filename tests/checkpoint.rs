@@ -53,7 +53,11 @@ fn run(config: Config, steps: usize, split: Option<usize>, dir: &std::path::Path
 fn resuming_from_a_checkpoint_matches_the_uninterrupted_run_bit_for_bit() {
     let dir = std::env::temp_dir().join(format!("bloop-checkpoint-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for config in [Config::new(Method::Bloop).ema(0.1).lambda(0.5), Config::new(Method::PcGrad).ema(0.2), Config::new(Method::Mixed)] {
+    for config in [
+        Config::new(Method::Bloop).ema(0.1).lambda(0.5),
+        Config::new(Method::PcGrad).ema(0.2),
+        Config::new(Method::Mixed),
+    ] {
         let (whole, a) = run(config, 6, None, &dir);
         let (resumed, b) = run(config, 6, Some(4), &dir);
         assert_eq!(whole, resumed, "{config:?}");
@@ -76,7 +80,17 @@ fn the_file_is_plain_safetensors_with_documented_names() {
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names = file.names();
     names.sort();
-    assert_eq!(names, ["aux_ema/conv.bias", "aux_ema/conv.weight", "aux_ema/fc.weight", "main_ema/conv.bias", "main_ema/conv.weight", "main_ema/fc.weight"]);
+    assert_eq!(
+        names,
+        [
+            "aux_ema/conv.bias",
+            "aux_ema/conv.weight",
+            "aux_ema/fc.weight",
+            "main_ema/conv.bias",
+            "main_ema/conv.weight",
+            "main_ema/fc.weight"
+        ]
+    );
     let weight = file.tensor("main_ema/conv.weight").unwrap();
     assert_eq!((weight.dtype(), weight.shape()), (safetensors::Dtype::F32, &[2usize, 3, 5, 5][..]));
     let values: Vec<f32> = bytemuck::pod_collect_to_vec(weight.data());
@@ -128,7 +142,10 @@ fn damaged_files_are_refused_without_panicking() {
     // Altered bytes in the header: each field in turn.
     let replace = |bytes: &[u8], from: &str, to: &str| -> Vec<u8> {
         assert_eq!(from.len(), to.len());
-        let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).unwrap_or_else(|| panic!("{from} not in the header"));
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap_or_else(|| panic!("{from} not in the header"));
         let mut altered = bytes.to_vec();
         altered[at..at + to.len()].copy_from_slice(to.as_bytes());
         altered
@@ -146,6 +163,7 @@ fn damaged_files_are_refused_without_panicking() {
     }
     // The tensors of another method: a bloop file that claims to be mixed has a tensor too many.
     let (_, bloop_bytes) = sample(Method::Bloop);
-    let error = parse(&replace(&bloop_bytes, "\\\"method\\\":\\\"bloop\\\"", "\\\"method\\\":\\\"mixed\\\"")).unwrap_err();
+    let error =
+        parse(&replace(&bloop_bytes, "\\\"method\\\":\\\"bloop\\\"", "\\\"method\\\":\\\"mixed\\\"")).unwrap_err();
     assert!(error.to_string().contains("tensors, expected 0"), "{error}");
 }

@@ -9,7 +9,8 @@ fn a_lost_device_gives_typed_errors_not_panics() {
     let gpu = GpuContext::from_env().unwrap();
     let kernels = Kernels::new(&gpu.device);
     let layout = Layout::from_lengths(&[1000, 3]).unwrap();
-    let mut state = BloopState::new(&kernels, &gpu.queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let mut state =
+        BloopState::new(&kernels, &gpu.queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
     let pool = GradientPool::new(&gpu.device, &layout, false).unwrap();
     let bindings = state.bind_pool(&pool).unwrap();
     assert!(kernels.device_lost().is_none());
@@ -18,7 +19,9 @@ fn a_lost_device_gives_typed_errors_not_panics() {
     gpu.device.poll(wgpu::PollType::Poll).unwrap();
     assert!(kernels.device_lost().is_some_and(|why| why.contains("Destroyed")), "{:?}", kernels.device_lost());
     let lost = |r: Result<(), Error>| matches!(r, Err(Error::DeviceLost(_)));
-    assert!(lost(BloopState::new(&kernels, &gpu.queue, &layout, Config::new(Method::PcGrad), EmaInits::zeros()).map(drop)));
+    assert!(lost(
+        BloopState::new(&kernels, &gpu.queue, &layout, Config::new(Method::PcGrad), EmaInits::zeros()).map(drop)
+    ));
     assert!(lost(state.bind_pool(&pool).map(drop)));
     assert!(lost(state.read_ema(EmaRole::Main).map(drop)));
     assert!(lost(state.write_ema(EmaRole::Main, &[vec![0.0; 1000], vec![0.0; 3]])));

@@ -53,7 +53,10 @@ fn the_ring_returns_every_steps_scalars_in_order() {
         let (ratio, dot_ea, sq_e, sq_m, sq_a, dot_ma) = expected[d.step as usize];
         let context = format!("{d:?} vs {:?}", expected[d.step as usize]);
         assert!(close(d.ratio, ratio) && close(d.dot_ema_aux, dot_ea) && close(d.ema_sq_norm, sq_e), "{context}");
-        assert!(close(d.main_sq_norm, sq_m) && close(d.aux_sq_norm, sq_a) && close(d.dot_main_aux, dot_ma), "{context}");
+        assert!(
+            close(d.main_sq_norm, sq_m) && close(d.aux_sq_norm, sq_a) && close(d.dot_main_aux, dot_ma),
+            "{context}"
+        );
         assert!(close(d.cosine(), dot_ma / (sq_m * sq_a).sqrt()), "{context}");
         assert!(!d.skipped && d.skipped_steps == 0 && d.non_finite == 0.0);
     }
@@ -85,7 +88,12 @@ fn polling_never_waits_for_the_gpu() {
     let early = ring.poll().unwrap();
     let polled_in = started.elapsed();
     let all = ring.flush().unwrap();
-    assert!(early.is_empty(), "poll returned {} steps right after submitting ~{} ms of work", early.len(), polled_in.as_millis());
+    assert!(
+        early.is_empty(),
+        "poll returned {} steps right after submitting ~{} ms of work",
+        early.len(),
+        polled_in.as_millis()
+    );
     assert_eq!(all.iter().map(|d| d.step).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     assert_eq!(ring.dropped(), 1);
 }

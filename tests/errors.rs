@@ -4,8 +4,8 @@ mod common;
 
 use bloop::rng::SplitMix64;
 use bloop::{
-    BloopState, Config, EmaInit, EmaInits, EmaRole, Error, ExternalGradients, GradientPool, Layout,
-    LeafBuffer, Method, Output, Role,
+    BloopState, Config, EmaInit, EmaInits, EmaRole, Error, ExternalGradients, GradientPool, Layout, LeafBuffer, Method,
+    Output, Role,
 };
 use common::{gpu, kernels, normal_leaves, GuardedBuffer};
 
@@ -78,7 +78,9 @@ fn invalid_layouts_are_refused() {
 
 #[test]
 fn invalid_initial_values_are_refused() {
-    let new = |init: EmaInit| BloopState::new(&kernels(), &gpu().queue, &layout(), Config::new(Method::Bloop), EmaInits::both(init));
+    let new = |init: EmaInit| {
+        BloopState::new(&kernels(), &gpu().queue, &layout(), Config::new(Method::Bloop), EmaInits::both(init))
+    };
     assert!(matches!(new(EmaInit::Values(vec![vec![0.0; 300]])), Err(Error::LeafCount { expected: 2, got: 1, .. })));
     let err = new(EmaInit::Values(vec![vec![0.0; 300], vec![0.0; 8]])).unwrap_err();
     assert!(matches!(&err, Error::LeafLength { leaf, expected: 7, got: 8, .. } if leaf == "b"), "{err}");
@@ -109,32 +111,44 @@ fn bad_external_buffers_are_refused_with_the_leaf_named() {
     });
     let mut long = aux.clone();
     long[1].len = 8;
-    refuse(&state, ExternalGradients { aux: &long, ..ok }, |e| {
-        matches!(e, Error::LeafLength { leaf, role: Role::AuxGrad, expected: 7, got: 8 } if leaf == "b")
-    });
+    refuse(
+        &state,
+        ExternalGradients { aux: &long, ..ok },
+        |e| matches!(e, Error::LeafLength { leaf, role: Role::AuxGrad, expected: 7, got: 8 } if leaf == "b"),
+    );
     let (_, [no_storage, ..]) = flat(wgpu::BufferUsages::COPY_DST);
-    refuse(&state, ExternalGradients { main: &no_storage, ..ok }, |e| {
-        matches!(e, Error::MissingUsage { leaf, missing: wgpu::BufferUsages::STORAGE, .. } if leaf == "w")
-    });
+    refuse(
+        &state,
+        ExternalGradients { main: &no_storage, ..ok },
+        |e| matches!(e, Error::MissingUsage { leaf, missing: wgpu::BufferUsages::STORAGE, .. } if leaf == "w"),
+    );
     let mut misaligned = out.clone();
     misaligned[1].offset += 2;
-    refuse(&state, ExternalGradients { output: Output::Buffers(&misaligned), ..ok }, |e| {
-        matches!(e, Error::MisalignedOffset { leaf, role: Role::Output, offset, alignment: 4 } if leaf == "b" && offset % 4 == 2)
-    });
+    refuse(
+        &state,
+        ExternalGradients { output: Output::Buffers(&misaligned), ..ok },
+        |e| matches!(e, Error::MisalignedOffset { leaf, role: Role::Output, offset, alignment: 4 } if leaf == "b" && offset % 4 == 2),
+    );
     let mut past_end = out.clone();
     past_end[1].offset = buffer.size() - 6 * 4;
-    refuse(&state, ExternalGradients { output: Output::Buffers(&past_end), ..ok }, |e| {
-        matches!(e, Error::OutOfRange { leaf, role: Role::Output, .. } if leaf == "b")
-    });
+    refuse(
+        &state,
+        ExternalGradients { output: Output::Buffers(&past_end), ..ok },
+        |e| matches!(e, Error::OutOfRange { leaf, role: Role::Output, .. } if leaf == "b"),
+    );
     let mut huge = out.clone();
     huge[0].offset = u64::MAX - 3;
-    refuse(&state, ExternalGradients { output: Output::Buffers(&huge), ..ok }, |e| matches!(e, Error::OutOfRange { .. }));
+    refuse(&state, ExternalGradients { output: Output::Buffers(&huge), ..ok }, |e| {
+        matches!(e, Error::OutOfRange { .. })
+    });
     // The output of `w` on top of the aux gradient of `b`.
     let mut onto_aux = out.clone();
     onto_aux[0].offset = aux[1].offset;
-    refuse(&state, ExternalGradients { output: Output::Buffers(&onto_aux), ..ok }, |e| {
-        matches!(e, Error::OverlappingOutput { leaf, other, other_role: Role::AuxGrad } if leaf == "w" && other == "b")
-    });
+    refuse(
+        &state,
+        ExternalGradients { output: Output::Buffers(&onto_aux), ..ok },
+        |e| matches!(e, Error::OverlappingOutput { leaf, other, other_role: Role::AuxGrad } if leaf == "w" && other == "b"),
+    );
     // Two outputs sharing elements.
     let mut twice = out.clone();
     twice[1].offset = twice[0].offset + 4;
@@ -150,9 +164,11 @@ fn bad_external_buffers_are_refused_with_the_leaf_named() {
     // An output inside another leaf's main gradient is not "in place".
     let mut onto_other_main = out.clone();
     onto_other_main[1] = LeafBuffer::new(&buffer, main[0].offset, 7);
-    refuse(&state, ExternalGradients { output: Output::Buffers(&onto_other_main), ..ok }, |e| {
-        matches!(e, Error::OverlappingOutput { leaf, other, other_role: Role::MainGrad } if leaf == "b" && other == "w")
-    });
+    refuse(
+        &state,
+        ExternalGradients { output: Output::Buffers(&onto_other_main), ..ok },
+        |e| matches!(e, Error::OverlappingOutput { leaf, other, other_role: Role::MainGrad } if leaf == "b" && other == "w"),
+    );
     // One leaf in place and the other not is fine.
     let mut partly_in_place = out.clone();
     partly_in_place[1] = main[1].clone();
@@ -206,7 +222,10 @@ fn ema_access_errors_leave_the_ema_alone() {
 fn set_config_refuses_bad_values_and_other_kernels() {
     let mut state = state(Method::Bloop);
     let before = snapshot(&state);
-    assert!(matches!(state.set_config(Config::new(Method::Bloop).ema(2.0)), Err(Error::InvalidConfig { field: "ema", .. })));
+    assert!(matches!(
+        state.set_config(Config::new(Method::Bloop).ema(2.0)),
+        Err(Error::InvalidConfig { field: "ema", .. })
+    ));
     assert!(matches!(state.set_config(Config::new(Method::PcGrad)), Err(Error::Mismatch(_))));
     assert!(matches!(state.set_config(Config::new(Method::Bloop).ratio_only(true)), Err(Error::Mismatch(_))));
     assert_eq!(snapshot(&state), before);
@@ -261,7 +280,9 @@ fn buffers_of_another_device_are_refused() {
     let mut state = state(Method::Bloop);
     let before = snapshot(&state);
     let (_, [main, aux, out]) = flat(bloop::pool::POOL_USAGE);
-    let err = state.bind_external(&ExternalGradients { main: &leaves, aux: &aux, output: Output::Buffers(&out) }).unwrap_err();
+    let err = state
+        .bind_external(&ExternalGradients { main: &leaves, aux: &aux, output: Output::Buffers(&out) })
+        .unwrap_err();
     assert!(matches!(err, Error::Gpu { .. }), "{err}");
     let mut encoder = gpu().device.create_command_encoder(&Default::default());
     let err = state.record_ema_copy(&mut encoder, EmaRole::Main, &leaves).unwrap_err();

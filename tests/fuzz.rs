@@ -13,9 +13,16 @@ fn seeds() -> Vec<Vec<u8>> {
         .map(|method| {
             let config = Config::new(method);
             let ema = |on: bool| if on { vec![vec![0.5; 12], vec![-1.0; 5]] } else { vec![] };
-            Checkpoint { config, layout: layout.clone(), steps: 9, skipped_steps: 2, main_ema: ema(method.has_main_ema()), aux_ema: ema(method.has_aux_ema()) }
-                .to_bytes()
-                .unwrap()
+            Checkpoint {
+                config,
+                layout: layout.clone(),
+                steps: 9,
+                skipped_steps: 2,
+                main_ema: ema(method.has_main_ema()),
+                aux_ema: ema(method.has_aux_ema()),
+            }
+            .to_bytes()
+            .unwrap()
         })
         .collect()
 }

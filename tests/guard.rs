@@ -38,14 +38,19 @@ fn skipped_steps_keep_the_averages_bit_for_bit() {
             let (mut state, mut reference) = common::state_with(&layout, config, init.clone(), init);
             let leaves = Leaves::new(&mut rng, common::gpu(), &layout, arrangement);
             let bindings = leaves.bind(&state);
-            let bad = [(0usize, 17usize, f32::NAN, true), (2, 299, f32::INFINITY, false), (1, 0, f32::NEG_INFINITY, true)];
+            let bad =
+                [(0usize, 17usize, f32::NAN, true), (2, 299, f32::INFINITY, false), (1, 0, f32::NEG_INFINITY, true)];
             for step in 0..5 {
                 let mut g_main = normal_leaves(&mut rng, &lengths, 1.0);
                 let mut g_aux = normal_leaves(&mut rng, &lengths, 1.0);
                 let poisoned = step % 2 == 1;
                 if poisoned {
                     let (leaf, at, value, main) = bad[step / 2];
-                    if main { g_main[leaf][at] = value } else { g_aux[leaf][at] = value }
+                    if main {
+                        g_main[leaf][at] = value
+                    } else {
+                        g_aux[leaf][at] = value
+                    }
                 }
                 let before = ema_bits(&state);
                 common::run_step(&mut state, &leaves, &bindings, &g_main, &g_aux);
@@ -53,7 +58,8 @@ fn skipped_steps_keep_the_averages_bit_for_bit() {
                 let context = format!("{config:?} {arrangement:?} step {step}");
                 if poisoned {
                     assert_eq!(ema_bits(&state), before, "averages changed; {context}");
-                    let out = bloop::read_leaves(&common::gpu().device, &common::gpu().queue, leaves.output_leaves()).unwrap();
+                    let out = bloop::read_leaves(&common::gpu().device, &common::gpu().queue, leaves.output_leaves())
+                        .unwrap();
                     assert!(out.iter().flatten().all(|&x| x.to_bits() == 0), "output not zeros; {context}");
                 } else {
                     let errors = common::compare_step(&state, &reference, &expected, leaves.output_leaves());

@@ -19,7 +19,11 @@ fn random_layout(rng: &mut SplitMix64) -> Layout {
                 0 => 1 + below(rng, 16),
                 _ => 1 + below(rng, 5000),
             };
-            if n % 4 == 0 { n - 1 } else { n }
+            if n % 4 == 0 {
+                n - 1
+            } else {
+                n
+            }
         })
         .collect();
     Layout::from_lengths(&lengths).unwrap()
@@ -94,7 +98,11 @@ fn mixed_matches_reference_on_random_layouts() {
 fn shared_memory_reduction_matches_reference_on_random_layouts() {
     let kernels = bloop::Kernels::with_subgroups(&common::gpu().device, false);
     for (i, method) in [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().enumerate() {
-        for (j, arrangement) in [Arrangement::Pool { in_place: false }, Arrangement::Flat { in_place: true }, Arrangement::PerLeaf].into_iter().enumerate() {
+        for (j, arrangement) in
+            [Arrangement::Pool { in_place: false }, Arrangement::Flat { in_place: true }, Arrangement::PerLeaf]
+                .into_iter()
+                .enumerate()
+        {
             check_trial_on(&kernels, 5000 + (i * 3 + j) as u64, method, arrangement);
         }
     }

@@ -33,7 +33,12 @@ fn gpu_training_matches_the_f64_reference() {
         for e in 0..=epochs {
             let main = (g.main[e] - c.main[e]).abs() / c.main[e];
             let aux = (g.aux[e] - c.aux[e]).abs() / c.aux[e];
-            assert!(main <= TOLERANCE && aux <= TOLERANCE, "{} lambda {}: epoch {e}: gpu {g:?} cpu {c:?}", run.name, run.config.lambda);
+            assert!(
+                main <= TOLERANCE && aux <= TOLERANCE,
+                "{} lambda {}: epoch {e}: gpu {g:?} cpu {c:?}",
+                run.name,
+                run.config.lambda
+            );
         }
         // Training moves: where the aux loss does not dominate, the main loss falls.
         if run.config.lambda <= 1.0 {

@@ -6,8 +6,8 @@ use bloop::shaders::{Stage, Variant};
 
 fn validated(source: &str, what: &str, subgroups: bool) -> (naga::Module, naga::valid::ModuleInfo) {
     use naga::valid::{Capabilities, SubgroupOperationSet, Validator};
-    let module = naga::front::wgsl::parse_str(source)
-        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
+    let module =
+        naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
     // Only the subgroup variants may use subgroup operations.
     let (capabilities, operations) = if subgroups {
         (Capabilities::SUBGROUP, SubgroupOperationSet::BASIC | SubgroupOperationSet::ARITHMETIC)
@@ -65,7 +65,8 @@ fn every_variant_translates_to_msl() {
 fn every_variant_translates_to_hlsl() {
     each_stage(|what, module, info| {
         // Wave intrinsics need shader model 6.0, which wgpu's DX12 backend requires anyway.
-        let options = naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
+        let options =
+            naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
         let mut hlsl = String::new();
         naga::back::hlsl::Writer::new(&mut hlsl, &options, &Default::default())
             .write(module, info, None)
@@ -86,7 +87,8 @@ fn a_broken_shader_is_rejected() {
 #[test]
 fn preprocessor_selects_branches() {
     let all = Variant::all();
-    let pcgrad = all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && !v.inputs_writable && !v.subgroups).unwrap();
+    let pcgrad =
+        all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && !v.inputs_writable && !v.subgroups).unwrap();
     let mixed = all.iter().find(|v| v.kind == bloop::shaders::Kind::Mixed && v.inputs_writable).unwrap();
     let with_subgroups = all.iter().find(|v| v.kind == bloop::shaders::Kind::PcGrad && v.subgroups).unwrap();
     assert!(with_subgroups.source(Stage::Accumulate).contains("subgroupAdd"));

@@ -90,7 +90,11 @@ fn states_on_one_device_share_compiled_kernels() {
     let _c = new_state(&kernels, Method::PcGrad, EmaInits::zeros());
     assert_eq!(kernels.compiled_variants(), 2);
     kernels.compile_all().unwrap();
-    assert_eq!(kernels.compiled_variants(), bloop::shaders::Variant::all().len() / 2, "one reduction flavour per device");
+    assert_eq!(
+        kernels.compiled_variants(),
+        bloop::shaders::Variant::all().len() / 2,
+        "one reduction flavour per device"
+    );
 }
 
 #[test]
@@ -98,7 +102,8 @@ fn scalars_hold_the_ratio_of_the_last_step() {
     // e = (1, 0), g_aux = (3, 4), ema 0: r = <e, g_aux> / (<e, e> + eps) = 3 / (1 + 1e-7).
     let layout = Layout::from_lengths(&[2]).unwrap();
     let init = EmaInits::both(EmaInit::Values(vec![vec![1.0, 0.0]]));
-    let mut state = BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop).ema(0.0), init).unwrap();
+    let mut state =
+        BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop).ema(0.0), init).unwrap();
     let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
     gpu().queue.write_buffer(&pool.aux(0).buffer, pool.aux(0).offset, bytemuck::cast_slice(&[3.0f32, 4.0]));
     let bindings = state.bind_pool(&pool).unwrap();
@@ -120,13 +125,17 @@ fn scalars_hold_the_ratio_of_the_last_step() {
 fn small_leaves_share_tiles() {
     // 100 leaves of 10 elements cost one loop round each: 16 share a tile.
     let layout = Layout::from_lengths(&[10; 100]).unwrap();
-    let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let state =
+        BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros())
+            .unwrap();
     let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
     let bindings = state.bind_pool(&pool).unwrap();
     assert_eq!((bindings.dispatch_count(), bindings.tile_count()), (1, 7));
     // A leaf of 4096 + 1 elements fills one tile and starts another.
     let layout = Layout::from_lengths(&[4097, 3]).unwrap();
-    let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let state =
+        BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros())
+            .unwrap();
     let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
     assert_eq!(state.bind_pool(&pool).unwrap().tile_count(), 2);
 }

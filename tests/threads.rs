@@ -21,11 +21,13 @@ fn states_on_one_device_from_several_threads() {
                 let config = Config::new(method).ema(0.25).lambda(0.5 + t as f64);
                 let init = normal_leaves(&mut rng, &lengths, 1.0);
                 let (mut state, mut reference) = common::state_on(&kernels, &layout, config, init.clone(), init);
-                let arrangement = if t % 2 == 0 { Arrangement::Pool { in_place: false } } else { Arrangement::FlatSeparateOutput };
+                let arrangement =
+                    if t % 2 == 0 { Arrangement::Pool { in_place: false } } else { Arrangement::FlatSeparateOutput };
                 let leaves = Leaves::new(&mut rng, common::gpu(), &layout, arrangement);
                 let bindings = leaves.bind(&state);
                 for step in 0..4 {
-                    let (g_main, g_aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 1.0));
+                    let (g_main, g_aux) =
+                        (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 1.0));
                     common::run_step(&mut state, &leaves, &bindings, &g_main, &g_aux);
                     let expected = reference.step(&widen(&g_main), &widen(&g_aux));
                     let errors = common::compare_step(&state, &reference, &expected, leaves.output_leaves());

@@ -65,7 +65,10 @@ impl CpuStep {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).fold([0f32; 4], |acc, d| std::array::from_fn(|k| acc[k] + d[k]))
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .fold([0f32; 4], |acc, d| std::array::from_fn(|k| acc[k] + d[k]))
         });
         let (r, r2) = (ratio(dots[0], dots[1]), ratio(dots[2], dots[3]));
         let ratio_only = config.ratio_only;

@@ -108,11 +108,25 @@ impl Program {
     fn dot(&mut self, x: Arr, y: Arr) -> u32 {
         let tiles = self.n.div_ceil(4096);
         let params = OpParams { len: self.n as u32, ..Default::default() };
-        self.ops.push(OpSpec { entry: Entry::DotPartial, params, x, y, out: Arr::Partials, workgroups: grid(tiles, self.max) });
+        self.ops.push(OpSpec {
+            entry: Entry::DotPartial,
+            params,
+            x,
+            y,
+            out: Arr::Partials,
+            workgroups: grid(tiles, self.max),
+        });
         let out = self.next_scalar;
         self.next_scalar += 1;
         let params = OpParams { out, len: tiles as u32, ..Default::default() };
-        self.ops.push(OpSpec { entry: Entry::DotFinal, params, x: Arr::Partials, y: Arr::Partials, out: Arr::Partials, workgroups: [1, 1] });
+        self.ops.push(OpSpec {
+            entry: Entry::DotFinal,
+            params,
+            x: Arr::Partials,
+            y: Arr::Partials,
+            out: Arr::Partials,
+            workgroups: [1, 1],
+        });
         self.bytes += if x == y { 4 } else { 8 };
         out
     }
@@ -122,7 +136,14 @@ impl Program {
         self.next_scalar += 1;
         let cap = cap.map_or(f32::MAX, |c| c as f32);
         let params = OpParams { kind, a, b, out, alpha: alpha as f32, cap, ..Default::default() };
-        self.ops.push(OpSpec { entry: Entry::Scalar, params, x: Arr::Partials, y: Arr::Partials, out: Arr::Partials, workgroups: [1, 1] });
+        self.ops.push(OpSpec {
+            entry: Entry::Scalar,
+            params,
+            x: Arr::Partials,
+            y: Arr::Partials,
+            out: Arr::Partials,
+            workgroups: [1, 1],
+        });
         out
     }
 
@@ -191,7 +212,11 @@ impl Eager {
         let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         };
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -200,7 +225,11 @@ impl Eager {
                 wgpu::BindGroupLayoutEntry {
                     binding: 0,
                     visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
                     count: None,
                 },
                 storage(1, true),
@@ -260,7 +289,11 @@ impl Eager {
                 // A reduction's inputs are read-only and its partials writable: the final
                 // reduction reads the partials through `x` and writes only `scalars`.
                 let out = if matches!(op.entry, Entry::DotFinal | Entry::Scalar) { &temps[0] } else { buffer(op.out) };
-                let (x, y) = if matches!(op.entry, Entry::Scalar) { (&inputs[0], &inputs[0]) } else { (buffer(op.x), buffer(op.y)) };
+                let (x, y) = if matches!(op.entry, Entry::Scalar) {
+                    (&inputs[0], &inputs[0])
+                } else {
+                    (buffer(op.x), buffer(op.y))
+                };
                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
                     layout: &layout,
@@ -281,7 +314,8 @@ impl Eager {
     }
 
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, timestamps: Option<wgpu::ComputePassTimestampWrites>) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("eager"), timestamp_writes: timestamps });
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("eager"), timestamp_writes: timestamps });
         for (entry, bind_group, [x, y]) in &self.ops {
             pass.set_pipeline(&self.pipelines[*entry]);
             pass.set_bind_group(0, bind_group, &[]);

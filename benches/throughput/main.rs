@@ -19,7 +19,10 @@ mod plot;
 use std::time::Instant;
 
 use bloop::rng::SplitMix64;
-use bloop::{BloopState, Config, EmaInits, ExternalGradients, GpuContext, GradientPool, Kernels, Layout, LeafBuffer, Method, Output};
+use bloop::{
+    BloopState, Config, EmaInits, ExternalGradients, GpuContext, GradientPool, Kernels, Layout, LeafBuffer, Method,
+    Output,
+};
 use serde::Serialize;
 
 struct Args {
@@ -33,7 +36,15 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { max_log2: 26, layout_scale: 1, reps: 30, models: true, cpu: true, out: "target/bench".into(), quick: false };
+    let mut args = Args {
+        max_log2: 26,
+        layout_scale: 1,
+        reps: 30,
+        models: true,
+        cpu: true,
+        out: "target/bench".into(),
+        quick: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -52,7 +63,8 @@ fn parse_args() -> Args {
             "--out" => args.out = value().into(),
             "--layouts-json" => {
                 // For the GPU peers script: the model layouts, then exit.
-                let layouts = serde_json::json!({ "resnet50": layouts::resnet50(), "gpt2-small": layouts::gpt2_small() });
+                let layouts =
+                    serde_json::json!({ "resnet50": layouts::resnet50(), "gpt2-small": layouts::gpt2_small() });
                 std::fs::write(value(), serde_json::to_string(&layouts).unwrap()).unwrap();
                 std::process::exit(0);
             }
@@ -74,8 +86,19 @@ impl Clock {
         if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Clock::Wall;
         }
-        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: None, ty: wgpu::QueryType::Timestamp, count: 2 });
-        let buffer = |usage| gpu.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage, mapped_at_creation: false });
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: None,
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |usage| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
         let resolve = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
         let read = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         Clock::Timestamps { set, resolve, read, period_ns: gpu.queue.get_timestamp_period() as f64 }
@@ -89,11 +112,19 @@ impl Clock {
     }
 
     /// Milliseconds one recording takes on the GPU.
-    fn time(&self, gpu: &GpuContext, record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>)) -> f64 {
+    fn time(
+        &self,
+        gpu: &GpuContext,
+        record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>),
+    ) -> f64 {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         match self {
             Clock::Timestamps { set, resolve, read, period_ns } => {
-                let writes = wgpu::ComputePassTimestampWrites { query_set: set, beginning_of_pass_write_index: Some(0), end_of_pass_write_index: Some(1) };
+                let writes = wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                };
                 record(&mut encoder, Some(writes));
                 encoder.resolve_query_set(set, 0..2, resolve, 0);
                 encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
@@ -117,7 +148,12 @@ impl Clock {
     }
 
     /// (median, min, max) in ms over `reps` timed runs after 3 warm-up runs.
-    fn stats(&self, gpu: &GpuContext, reps: usize, record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>)) -> Stats {
+    fn stats(
+        &self,
+        gpu: &GpuContext,
+        reps: usize,
+        record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>),
+    ) -> Stats {
         for _ in 0..3 {
             self.time(gpu, record);
         }
@@ -145,6 +181,7 @@ struct Row {
     backend: String,
     clock: &'static str,
     method: &'static str,
+    guard: bool,
     dtype: &'static str,
     layout: String,
     leaves: usize,
@@ -164,12 +201,17 @@ struct Row {
     cpu_f64_reference_ms: Option<f64>,
 }
 
-const METHODS: [(&str, Method, bool); 5] = [
-    ("bloop", Method::Bloop, false),
-    ("dynamic_barrier", Method::DynamicBarrier, false),
-    ("pcgrad", Method::PcGrad, false),
-    ("mixed", Method::Mixed, false),
-    ("bloop_ratio_only", Method::Bloop, true),
+/// (name, method, ratio_only, guard). The guard is on by default; the unguarded rows measure
+/// what it costs.
+const METHODS: [(&str, Method, bool, bool); 8] = [
+    ("bloop", Method::Bloop, false, true),
+    ("dynamic_barrier", Method::DynamicBarrier, false, true),
+    ("pcgrad", Method::PcGrad, false, true),
+    ("mixed", Method::Mixed, false, true),
+    ("bloop_ratio_only", Method::Bloop, true, true),
+    ("bloop_unguarded", Method::Bloop, false, false),
+    ("mixed_unguarded", Method::Mixed, false, false),
+    ("bloop_ratio_only_unguarded", Method::Bloop, true, false),
 ];
 
 fn uniform(rng: &mut SplitMix64, n: u64) -> Vec<f32> {
@@ -186,17 +228,38 @@ fn fill(gpu: &GpuContext, leaves: &[LeafBuffer], rng: &mut SplitMix64) {
 fn copy_gbps(gpu: &GpuContext, clock: &Clock, reps: usize, elements: u64) -> f64 {
     let device = &gpu.device;
     let n = elements.next_multiple_of(4);
-    let buffer = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: n * 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    let buffer = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: n * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
     let (src, dst) = (buffer("copy src"), buffer("copy dst"));
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("copy"), source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()) });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("copy"),
+        source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()),
+    });
     let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
         count: None,
     };
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &[storage(0, true), storage(1, false)] });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: None,
+        entries: &[storage(0, true), storage(1, false)],
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: None,
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("copy"),
         layout: Some(&pipeline_layout),
@@ -208,13 +271,17 @@ fn copy_gbps(gpu: &GpuContext, clock: &Clock, reps: usize, elements: u64) -> f64
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &layout,
-        entries: &[wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() }, wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() }],
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+        ],
     });
     let groups = (n / 4).div_ceil(256);
     let max = device.limits().max_compute_workgroups_per_dimension as u64;
     let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
     let stats = clock.stats(gpu, reps, &mut |encoder, timestamps| {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: timestamps });
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: timestamps });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(x as u32, y as u32, 1);
@@ -257,7 +324,20 @@ fn main() {
     );
     println!(
         "{:<18} {:>10} {:<17} {:<8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
-        "layout", "elements", "method", "path", "median ms", "min ms", "max ms", "Gelem/s", "GB/s", "roof", "eager ms", "x", "cpu32 ms", "cpu64 ms"
+        "layout",
+        "elements",
+        "method",
+        "path",
+        "median ms",
+        "min ms",
+        "max ms",
+        "Gelem/s",
+        "GB/s",
+        "roof",
+        "eager ms",
+        "x",
+        "cpu32 ms",
+        "cpu64 ms"
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = SplitMix64::new(1);
@@ -274,7 +354,12 @@ fn main() {
                 .lengths()
                 .iter()
                 .map(|&n| {
-                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: n * 4, usage: bloop::pool::POOL_USAGE, mapped_at_creation: false });
+                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: n * 4,
+                        usage: bloop::pool::POOL_USAGE,
+                        mapped_at_creation: false,
+                    });
                     LeafBuffer::new(&b, 0, n)
                 })
                 .collect()
@@ -283,31 +368,69 @@ fn main() {
         fill(&gpu, &main, &mut rng);
         fill(&gpu, &aux, &mut rng);
         let host = args.cpu && elements <= 1 << 24;
-        let (cpu_main, cpu_aux) = if host { (uniform(&mut rng, elements), uniform(&mut rng, elements)) } else { (vec![], vec![]) };
+        let (cpu_main, cpu_aux) =
+            if host { (uniform(&mut rng, elements), uniform(&mut rng, elements)) } else { (vec![], vec![]) };
 
-        for (name, method, ratio_only) in METHODS {
-            let config = Config::new(method).ema(0.01).lambda(0.5).ratio_only(ratio_only);
-            let (eager, _buffers) = eager::Eager::new(&gpu.device, elements, &config);
-            let unfused = clock.stats(&gpu, args.reps, &mut |encoder, t| eager.record(encoder, t));
-            let (cpu32, cpu64) = if host {
-                let mut step = cpu::CpuStep::new(cpu_main.clone(), cpu_aux.clone());
-                let reps = if elements <= 1 << 20 { 20 } else { 5 };
-                let cpu32 = Stats::of((0..reps).map(|_| { let t = Instant::now(); step.step(&config, threads); t.elapsed().as_secs_f64() * 1e3 }).collect());
-                let widen = |v: &[f32]| vec![v.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
-                let (m, a) = (widen(&cpu_main), widen(&cpu_aux));
-                let mut reference = bloop::ReferenceState::new(config, m.clone(), if method == Method::PcGrad { a.clone() } else { vec![] });
-                let cpu64 = Stats::of((0..3).map(|_| { let t = Instant::now(); std::hint::black_box(reference.step(&m, &a)); t.elapsed().as_secs_f64() * 1e3 }).collect());
-                (Some(cpu32.median_ms), Some(cpu64.median_ms))
-            } else {
-                (None, None)
+        // Baselines do not depend on the guard: measured once per method, reused by its
+        // unguarded row.
+        let mut baselines: Vec<(Method, bool, Stats, u64, Option<f64>, Option<f64>)> = Vec::new();
+        for (name, method, ratio_only, guard) in METHODS {
+            if args.quick && !guard && name != "bloop_unguarded" {
+                continue;
+            }
+            let config = Config::new(method).ema(0.01).lambda(0.5).ratio_only(ratio_only).guard(guard);
+            let known = baselines.iter().find(|b| b.0 == method && b.1 == ratio_only).cloned();
+            let (unfused, unfused_bytes, cpu32, cpu64) = match known {
+                Some((_, _, unfused, bytes, cpu32, cpu64)) => (unfused, bytes, cpu32, cpu64),
+                None => {
+                    let (eager, _buffers) = eager::Eager::new(&gpu.device, elements, &config);
+                    let unfused = clock.stats(&gpu, args.reps, &mut |encoder, t| eager.record(encoder, t));
+                    let (cpu32, cpu64) = if host {
+                        let mut step = cpu::CpuStep::new(cpu_main.clone(), cpu_aux.clone());
+                        let reps = if elements <= 1 << 20 { 20 } else { 5 };
+                        let cpu32 = Stats::of(
+                            (0..reps)
+                                .map(|_| {
+                                    let t = Instant::now();
+                                    step.step(&config, threads);
+                                    t.elapsed().as_secs_f64() * 1e3
+                                })
+                                .collect(),
+                        );
+                        let widen = |v: &[f32]| vec![v.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
+                        let (m, a) = (widen(&cpu_main), widen(&cpu_aux));
+                        let mut reference = bloop::ReferenceState::new(
+                            config,
+                            m.clone(),
+                            if method == Method::PcGrad { a.clone() } else { vec![] },
+                        );
+                        let cpu64 = Stats::of(
+                            (0..3)
+                                .map(|_| {
+                                    let t = Instant::now();
+                                    std::hint::black_box(reference.step(&m, &a));
+                                    t.elapsed().as_secs_f64() * 1e3
+                                })
+                                .collect(),
+                        );
+                        (Some(cpu32.median_ms), Some(cpu64.median_ms))
+                    } else {
+                        (None, None)
+                    };
+                    baselines.push((method, ratio_only, unfused, eager.bytes_per_element, cpu32, cpu64));
+                    (unfused, eager.bytes_per_element, cpu32, cpu64)
+                }
             };
             for path in ["pool", "external"] {
                 let mut state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
                 let bindings = match path {
                     "pool" => state.bind_pool(&pool).unwrap(),
-                    _ => state.bind_external(&ExternalGradients { main: &main, aux: &aux, output: Output::Buffers(&out) }).unwrap(),
+                    _ => state
+                        .bind_external(&ExternalGradients { main: &main, aux: &aux, output: Output::Buffers(&out) })
+                        .unwrap(),
                 };
-                let stats = clock.stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, &bindings, t).unwrap());
+                let stats = clock
+                    .stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, &bindings, t).unwrap());
                 let bytes = config.bytes_per_element();
                 let seconds = stats.median_ms / 1e3;
                 let gbps = (bytes * elements) as f64 / seconds / 1e9;
@@ -316,6 +439,7 @@ fn main() {
                     backend: format!("{:?}", info.backend),
                     clock: clock.name(),
                     method: name,
+                    guard,
                     dtype: "f32",
                     layout: workload.name.clone(),
                     leaves: layout.len(),
@@ -328,7 +452,7 @@ fn main() {
                     copy_gbps: copy,
                     roofline_fraction: gbps / copy,
                     unfused_median_ms: unfused.median_ms,
-                    unfused_bytes_per_element: eager.bytes_per_element,
+                    unfused_bytes_per_element: unfused_bytes,
                     fused_speedup: unfused.median_ms / stats.median_ms,
                     cpu_f32_threads_ms: cpu32,
                     cpu_f64_reference_ms: cpu64,
@@ -348,6 +472,20 @@ fn main() {
     let json = args.out.join("throughput.json");
     std::fs::write(&json, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
     let svg = args.out.join("throughput.svg");
-    plot::gbps_by_size(&rows.iter().map(|r| plot::Point { method: r.method, path: r.path, leaves: r.leaves, elements: r.elements, gbps: r.gbps, copy_gbps: r.copy_gbps }).collect::<Vec<_>>(), &format!("{} ({:?})", info.name, info.backend), &svg);
+    plot::gbps_by_size(
+        &rows
+            .iter()
+            .map(|r| plot::Point {
+                method: r.method,
+                path: r.path,
+                leaves: r.leaves,
+                elements: r.elements,
+                gbps: r.gbps,
+                copy_gbps: r.copy_gbps,
+            })
+            .collect::<Vec<_>>(),
+        &format!("{} ({:?})", info.name, info.backend),
+        &svg,
+    );
     println!("wrote {} and {}{}", json.display(), svg.display(), if args.quick { " (quick run)" } else { "" });
 }

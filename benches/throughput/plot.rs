@@ -52,13 +52,21 @@ pub fn gbps_by_size(points: &[Point], adapter: &str, path: &std::path::Path) {
     for (i, method) in methods.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let line: Vec<(f64, f64)> = singles.iter().filter(|p| p.method == method).map(|p| (x(p), p.gbps)).collect();
-        chart.draw_series(PointSeries::of_element(line.clone(), 4, color.filled(), &|c, s, st| Circle::new(c, s, st))).unwrap();
+        chart
+            .draw_series(PointSeries::of_element(line.clone(), 4, color.filled(), &|c, s, st| Circle::new(c, s, st)))
+            .unwrap();
         chart
             .draw_series(LineSeries::new(line, color.stroke_width(2)))
             .unwrap()
             .label(method)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().unwrap();
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
     root.present().unwrap();
 }

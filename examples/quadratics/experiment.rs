@@ -132,7 +132,10 @@ pub fn run_cpu(problem: &Problem, order: &[u32], run: &Run, epochs: usize) -> Hi
             let residual: Vec<f64> =
                 rows.iter().map(|&r| problem.row_dot(r as usize, &theta) - problem.y[r as usize] as f64).collect();
             let g_main: Vec<f64> = (0..COLS)
-                .map(|j| rows.iter().zip(&residual).map(|(&r, e)| problem.x[r as usize * COLS + j] as f64 * e).sum::<f64>() / BATCH as f64)
+                .map(|j| {
+                    rows.iter().zip(&residual).map(|(&r, e)| problem.x[r as usize * COLS + j] as f64 * e).sum::<f64>()
+                        / BATCH as f64
+                })
                 .collect();
             let g_aux: Vec<f64> = theta.iter().zip(&problem.target).map(|(t, s)| t - *s as f64).collect();
             let direction = state.step(&[g_main], &[g_aux]);
@@ -177,16 +180,27 @@ pub fn run_gpu(
         label: Some("quadratics trainer"),
         source: wgpu::ShaderSource::Wgsl(include_str!("trainer.wgsl").into()),
     });
-    let entry = |binding, ty| wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None };
+    let entry =
+        |binding, ty| wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None };
     let storage = |read_only| wgpu::BindingType::Buffer {
         ty: wgpu::BufferBindingType::Storage { read_only },
         has_dynamic_offset: false,
         min_binding_size: None,
     };
-    let uniform = wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None };
+    let uniform = wgpu::BindingType::Buffer {
+        ty: wgpu::BufferBindingType::Uniform,
+        has_dynamic_offset: false,
+        min_binding_size: None,
+    };
     let data_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("data"),
-        entries: &[entry(0, uniform), entry(1, storage(true)), entry(2, storage(true)), entry(3, storage(true)), entry(4, storage(true))],
+        entries: &[
+            entry(0, uniform),
+            entry(1, storage(true)),
+            entry(2, storage(true)),
+            entry(3, storage(true)),
+            entry(4, storage(true)),
+        ],
     });
     let run_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("run"),
@@ -207,9 +221,16 @@ pub fn run_gpu(
             cache: None,
         })
     });
-    let init = |label, contents: &[u8], usage| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage });
+    let init = |label, contents: &[u8], usage| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage })
+    };
     let read_only = wgpu::BufferUsages::STORAGE;
-    let uniform_data = ProblemUniform { rows: ROWS as u32, cols: COLS as u32, batch: BATCH as u32, learning_rate: LEARNING_RATE as f32 };
+    let uniform_data = ProblemUniform {
+        rows: ROWS as u32,
+        cols: COLS as u32,
+        batch: BATCH as u32,
+        learning_rate: LEARNING_RATE as f32,
+    };
     let params = init("problem", bytemuck::bytes_of(&uniform_data), wgpu::BufferUsages::UNIFORM);
     let x = init("x", bytemuck::cast_slice(&problem.x), read_only);
     let y = init("y", bytemuck::cast_slice(&problem.y), read_only);
@@ -329,7 +350,9 @@ pub fn run_gpu(
         gpu.queue.submit([encoder.finish()]);
         if let Some(slot) = free {
             let landed = ring[slot].1.clone();
-            ring[slot].0.map_async(wgpu::MapMode::Read, .., move |r| landed.store(r.is_ok(), std::sync::atomic::Ordering::Release));
+            ring[slot].0.map_async(wgpu::MapMode::Read, .., move |r| {
+                landed.store(r.is_ok(), std::sync::atomic::Ordering::Release)
+            });
             in_flight[slot] = Some(end - 1);
         }
         device.poll(wgpu::PollType::Poll).map_err(|e| bloop::Error::Readback(e.to_string()))?;
@@ -348,6 +371,7 @@ pub fn run_gpu(
         }
     }
 
-    let all = bloop::read_leaves(device, &gpu.queue, &[bloop::LeafBuffer::new(&histories, 0, histories.size() / 4)])?.remove(0);
+    let all = bloop::read_leaves(device, &gpu.queue, &[bloop::LeafBuffer::new(&histories, 0, histories.size() / 4)])?
+        .remove(0);
     Ok(decode(&all, epochs))
 }

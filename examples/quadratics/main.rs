@@ -43,7 +43,8 @@ fn parse_args() -> Args {
 /// the same aux loss, or lower on both losses than the curve's lowest-aux point; `None` if the
 /// curve never reaches that aux loss and does not dominate the point.
 fn beaten_by(curve: &[(f64, f64)], (aux, main): (f64, f64)) -> Option<bool> {
-    let mut points: Vec<(f64, f64)> = curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
+    let mut points: Vec<(f64, f64)> =
+        curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     if points.iter().any(|&(a, m)| a <= aux && m <= main) {
         return Some(true);
@@ -96,7 +97,10 @@ fn main() {
     std::fs::create_dir_all(&args.out).unwrap();
     let mut csv = String::from("method,lambda,gpu_best_main,gpu_aux_at_best,cpu_best_main,cpu_aux_at_best\n");
     println!("\nbest main loss over the run, and the aux loss at that point (GPU; f64 host reference)");
-    println!("{:<16} {:>9} {:>12} {:>12} {:>12} {:>12} {:>9}", "method", "lambda", "main", "aux", "ref main", "ref aux", "rel diff");
+    println!(
+        "{:<16} {:>9} {:>12} {:>12} {:>12} {:>12} {:>9}",
+        "method", "lambda", "main", "aux", "ref main", "ref aux", "rel diff"
+    );
     let mut pareto: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
     for (k, ((lambda, run), (g, c))) in runs.iter().zip(gpu_histories.iter().zip(&cpu_histories)).enumerate() {
         if k >= 4 * grid.len() {
@@ -104,7 +108,10 @@ fn main() {
         }
         let ((gm, ga), (cm, ca)) = (g.best(), c.best());
         let diff = ((gm - cm) / cm).abs().max(((ga - ca) / ca).abs());
-        println!("{:<16} {:>9.3e} {:>12.4e} {:>12.4e} {:>12.4e} {:>12.4e} {:>9.1e}", run.name, lambda, gm, ga, cm, ca, diff);
+        println!(
+            "{:<16} {:>9.3e} {:>12.4e} {:>12.4e} {:>12.4e} {:>12.4e} {:>9.1e}",
+            run.name, lambda, gm, ga, cm, ca, diff
+        );
         csv += &format!("{},{lambda},{gm},{ga},{cm},{ca}\n", run.name);
         match pareto.iter_mut().find(|(n, _)| *n == run.name) {
             Some((_, points)) => points.push((ga, gm)),
@@ -117,7 +124,8 @@ fn main() {
     let (_, bloop) = pareto.iter().find(|(n, _)| *n == "bloop").unwrap();
     let (mut lower, mut comparable) = (0, 0);
     for (i, &point) in bloop.iter().enumerate() {
-        let verdicts: Vec<(&str, Option<bool>)> = pareto.iter().filter(|(n, _)| *n != "bloop").map(|(n, c)| (*n, beaten_by(c, point))).collect();
+        let verdicts: Vec<(&str, Option<bool>)> =
+            pareto.iter().filter(|(n, _)| *n != "bloop").map(|(n, c)| (*n, beaten_by(c, point))).collect();
         let beaten: Vec<&str> = verdicts.iter().filter(|(_, v)| *v == Some(true)).map(|(n, _)| *n).collect();
         if verdicts.iter().all(|(_, v)| v.is_none()) {
             println!("  lambda {:.3e}: no other method reaches aux loss {:.3e}", grid[i], point.0);
@@ -127,7 +135,10 @@ fn main() {
         if beaten.is_empty() {
             lower += 1;
         } else {
-            println!("  lambda {:.3e}: bloop (aux {:.3e}, main {:.3e}) is not below {beaten:?}", grid[i], point.0, point.1);
+            println!(
+                "  lambda {:.3e}: bloop (aux {:.3e}, main {:.3e}) is not below {beaten:?}",
+                grid[i], point.0, point.1
+            );
         }
     }
     println!(
@@ -135,8 +146,12 @@ fn main() {
         grid.len()
     );
 
-    let curves: Vec<(&str, &History, &History)> =
-        runs[4 * grid.len()..].iter().zip(&gpu_histories[4 * grid.len()..]).zip(&cpu_histories[4 * grid.len()..]).map(|(((_, r), g), c)| (r.name, g, c)).collect();
+    let curves: Vec<(&str, &History, &History)> = runs[4 * grid.len()..]
+        .iter()
+        .zip(&gpu_histories[4 * grid.len()..])
+        .zip(&cpu_histories[4 * grid.len()..])
+        .map(|(((_, r), g), c)| (r.name, g, c))
+        .collect();
     let mut csv = String::from("method,epoch,gpu_main,gpu_aux,cpu_main,cpu_aux\n");
     for (name, g, c) in &curves {
         for e in 0..g.main.len() {

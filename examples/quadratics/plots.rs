@@ -10,7 +10,8 @@ fn color(i: usize) -> RGBAColor {
 }
 
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
-    let (lo, hi) = values.filter(|v| v.is_finite() && *v > 0.0).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite() && *v > 0.0).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     (lo / 1.5)..(hi * 1.5)
 }
 
@@ -28,15 +29,24 @@ pub fn pareto(curves: &[(&str, Vec<(f64, f64)>)], title: &str, path: &std::path:
     chart.configure_mesh().x_desc("aux loss at the best main loss").y_desc("best main loss").draw().unwrap();
     for (i, (name, curve)) in curves.iter().enumerate() {
         let c = color(i);
-        let finite: Vec<(f64, f64)> = curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
-        chart.draw_series(PointSeries::of_element(finite.clone(), 4, c.filled(), &|p, s, st| Circle::new(p, s, st))).unwrap();
+        let finite: Vec<(f64, f64)> =
+            curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
+        chart
+            .draw_series(PointSeries::of_element(finite.clone(), 4, c.filled(), &|p, s, st| Circle::new(p, s, st)))
+            .unwrap();
         chart
             .draw_series(LineSeries::new(finite, c.stroke_width(2)))
             .unwrap()
             .label(*name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().unwrap();
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
     root.present().unwrap();
 }
 
@@ -57,14 +67,25 @@ pub fn curves(runs: &[(&str, &History)], title: &str, path: &std::path::Path) {
         chart.configure_mesh().x_desc("epoch").y_desc(label).draw().unwrap();
         for (i, (name, history)) in runs.iter().enumerate() {
             let c = color(i);
-            let line: Vec<(f64, f64)> = series(history).into_iter().enumerate().map(|(e, v)| (e as f64, v)).filter(|(_, v)| v.is_finite() && *v > 0.0).collect();
+            let line: Vec<(f64, f64)> = series(history)
+                .into_iter()
+                .enumerate()
+                .map(|(e, v)| (e as f64, v))
+                .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                .collect();
             chart
                 .draw_series(LineSeries::new(line, c.stroke_width(2)))
                 .unwrap()
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().unwrap();
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .unwrap();
     }
     root.present().unwrap();
 }

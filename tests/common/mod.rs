@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use bloop::reference::{relative_error, widen, ReferenceState};
 use bloop::rng::SplitMix64;
 use bloop::{
-    read_leaves, BloopState, Config, EmaInit, EmaInits, EmaRole, ExternalGradients, GpuContext,
-    GradientPool, Kernels, Layout, LeafBuffer, Method, Output, StepBindings,
+    read_leaves, BloopState, Config, EmaInit, EmaInits, EmaRole, ExternalGradients, GpuContext, GradientPool, Kernels,
+    Layout, LeafBuffer, Method, Output, StepBindings,
 };
 
 pub fn gpu() -> &'static GpuContext {
@@ -35,10 +35,14 @@ pub fn below(rng: &mut SplitMix64, n: u64) -> u64 {
 /// How a scenario hands its gradients to the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrangement {
-    Pool { in_place: bool },
+    Pool {
+        in_place: bool,
+    },
     /// Main, aux (and output unless in place) leaves packed into one flat buffer at random
     /// element offsets, guards between them.
-    Flat { in_place: bool },
+    Flat {
+        in_place: bool,
+    },
     /// Main and aux in one flat buffer, outputs in a second one.
     FlatSeparateOutput,
     /// Every leaf of every role in a buffer of its own, at a random offset.
@@ -189,7 +193,13 @@ impl Leaves {
 }
 
 /// Writes one step's gradients, poisons the outputs with NaN, records and submits the step.
-pub fn run_step(state: &mut BloopState, leaves: &Leaves, bindings: &StepBindings, g_main: &[Vec<f32>], g_aux: &[Vec<f32>]) {
+pub fn run_step(
+    state: &mut BloopState,
+    leaves: &Leaves,
+    bindings: &StepBindings,
+    g_main: &[Vec<f32>],
+    g_aux: &[Vec<f32>],
+) {
     let gpu = gpu();
     for (leaf, v) in leaves.main.iter().zip(g_main).chain(leaves.aux.iter().zip(g_aux)) {
         gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
@@ -205,7 +215,12 @@ pub fn run_step(state: &mut BloopState, leaves: &Leaves, bindings: &StepBindings
 }
 
 /// Worst relative errors (direction, main EMA, aux EMA) of one GPU step against the reference.
-pub fn compare_step(state: &BloopState, reference: &ReferenceState, direction: &[Vec<f64>], outputs: &[LeafBuffer]) -> [f64; 3] {
+pub fn compare_step(
+    state: &BloopState,
+    reference: &ReferenceState,
+    direction: &[Vec<f64>],
+    outputs: &[LeafBuffer],
+) -> [f64; 3] {
     let gpu = gpu();
     let out = widen(&read_leaves(&gpu.device, &gpu.queue, outputs).unwrap());
     let method = state.config().method;
@@ -250,11 +265,22 @@ pub fn random_init(rng: &mut SplitMix64, lengths: &[u64]) -> Vec<Vec<f32>> {
     }
 }
 
-pub fn state_with(layout: &Layout, config: Config, main: Vec<Vec<f32>>, aux: Vec<Vec<f32>>) -> (BloopState, ReferenceState) {
+pub fn state_with(
+    layout: &Layout,
+    config: Config,
+    main: Vec<Vec<f32>>,
+    aux: Vec<Vec<f32>>,
+) -> (BloopState, ReferenceState) {
     state_on(&kernels(), layout, config, main, aux)
 }
 
-pub fn state_on(kernels: &Arc<Kernels>, layout: &Layout, config: Config, main: Vec<Vec<f32>>, aux: Vec<Vec<f32>>) -> (BloopState, ReferenceState) {
+pub fn state_on(
+    kernels: &Arc<Kernels>,
+    layout: &Layout,
+    config: Config,
+    main: Vec<Vec<f32>>,
+    aux: Vec<Vec<f32>>,
+) -> (BloopState, ReferenceState) {
     let gpu = gpu();
     let reference = ReferenceState::new(
         config,
