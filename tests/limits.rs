@@ -38,12 +38,7 @@ fn run(gpu: &GpuContext, kernels: &Arc<Kernels>, method: Method, arrangement: Ar
     assert!(bindings.dispatch_count() >= 10, "160k elements in 16k-element windows: {bindings:?}");
     for _ in 0..2 {
         let (g_main, g_aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 0.5));
-        for (leaf, v) in leaves.main.iter().zip(&g_main).chain(leaves.aux.iter().zip(&g_aux)) {
-            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
-        }
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        state.record_step(&mut encoder, &bindings).unwrap();
-        gpu.queue.submit([encoder.finish()]);
+        common::run_step_on(gpu, &mut state, &leaves, &bindings, &g_main, &g_aux);
         let expected = reference.step(&widen(&g_main), &widen(&g_aux));
         let out = widen(&bloop::read_leaves(&gpu.device, &gpu.queue, leaves.output_leaves()).unwrap());
         let error = bloop::reference::relative_error(&out, &expected);
@@ -103,12 +98,7 @@ fn many_tiny_leaves_share_tiles_and_split_their_tables_over_dispatches() {
     let bindings = leaves.bind(&state);
     assert!(bindings.dispatch_count() >= 2, "{bindings:?}");
     let (g_main, g_aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 1.0));
-    for (leaf, v) in leaves.main.iter().zip(&g_main).chain(leaves.aux.iter().zip(&g_aux)) {
-        gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
-    }
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    state.record_step(&mut encoder, &bindings).unwrap();
-    gpu.queue.submit([encoder.finish()]);
+    common::run_step_on(&gpu, &mut state, &leaves, &bindings, &g_main, &g_aux);
     let expected = reference.step(&widen(&g_main), &widen(&g_aux));
     let out = widen(&bloop::read_leaves(&gpu.device, &gpu.queue, leaves.output_leaves()).unwrap());
     assert!(bloop::reference::relative_error(&out, &expected) <= 1e-5);

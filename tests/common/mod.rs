@@ -200,7 +200,18 @@ pub fn run_step(
     g_main: &[Vec<f32>],
     g_aux: &[Vec<f32>],
 ) {
-    let gpu = gpu();
+    run_step_on(gpu(), state, leaves, bindings, g_main, g_aux);
+}
+
+/// [`run_step`] on a device of the test's own (lowered limits, say).
+pub fn run_step_on(
+    gpu: &GpuContext,
+    state: &mut BloopState,
+    leaves: &Leaves,
+    bindings: &StepBindings,
+    g_main: &[Vec<f32>],
+    g_aux: &[Vec<f32>],
+) {
     for (leaf, v) in leaves.main.iter().zip(g_main).chain(leaves.aux.iter().zip(g_aux)) {
         gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
     }
