@@ -26,16 +26,16 @@ fn accumulate(
     for (var s = segments.x; s < segments.y; s++) {
         let seg = segment(s);
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
-            let gm = g_main[seg.main + i];
-            let ga = g_aux[seg.aux + i];
-            let e = ema_step(main_ema[seg.main_ema + i], gm);
+            let gm = load_g_main(seg.main + i);
+            let ga = load_g_aux(seg.aux + i);
+            let e = ema_step(load_main_ema(seg.main_ema + i), gm);
 #ifdef WRITE_EMA_IN_ACCUMULATE
-            main_ema[seg.main_ema + i] = e;
+            store_main_ema(seg.main_ema + i, e);
 #endif
             dots.x += e * ga;
             dots.y += e * e;
 #ifdef AUX_EMA
-            let a = ema_step(aux_ema[seg.aux_ema + i], ga);
+            let a = ema_step(load_aux_ema(seg.aux_ema + i), ga);
             dots.z += a * gm;
             dots.w += a * a;
 #endif

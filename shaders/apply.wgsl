@@ -6,6 +6,49 @@
 #import reduce
 #endif
 
+// The step's constants, read once per workgroup.
+struct Coefficients {
+    s: f32,
+    l: f32,
+    r: f32,
+    r_aux: f32,
+}
+
+// One element's inputs and results: the direction and the averages' new values.
+struct Element {
+    gm: f32,
+    ga: f32,
+    d: f32,
+    e: f32,
+    a: f32,
+}
+
+fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
+    let s = c.s;
+    let l = c.l;
+    let gm = load_g_main(seg.main + i);
+    let ga = load_g_aux(seg.aux + i);
+    var x = Element(gm, ga, 0.0, 0.0, 0.0);
+#ifdef UPDATE_EMA_IN_APPLY
+    x.e = ema_step(load_main_ema(seg.main_ema + i), gm);
+#endif
+#ifdef MIXED
+    x.d = s * (gm + l * ga);
+#endif
+#ifdef RATIO_ONLY
+    x.d = s * ((1.0 - l * c.r) * gm + l * ga);
+#endif
+#ifdef PROJECT
+#ifdef AUX_EMA
+    x.a = ema_step(load_aux_ema(seg.aux_ema + i), ga);
+    x.d = s * ((gm - c.r_aux * x.a) + l * (ga - c.r * x.e));
+#else
+    x.d = s * (gm + l * (ga - c.r * x.e));
+#endif
+#endif
+    return x;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn apply(
     @builtin(local_invocation_index) lid: u32,
@@ -29,51 +72,57 @@ fn apply(
         for (var k = segments.x; k < segments.y; k++) {
             let seg = segment(k);
             for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
-                out[seg.out + i] = 0.0;
+                store_out(seg.out + i, 0.0);
             }
         }
         return;
     }
 #endif
-    let s = params.scale;
-    let l = params.lambda;
-#ifdef MAIN_EMA
-    let r = scalars.ratio_main;
-#endif
-#ifdef AUX_EMA
-    let r_aux = scalars.ratio_aux;
-#endif
+    let c = Coefficients(params.scale, params.lambda, scalars.ratio_main, scalars.ratio_aux);
 #ifdef MIXED_SUMS
     var grads = vec4<f32>(0.0);
 #endif
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
-        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
-            let gm = g_main[seg.main + i];
-            let ga = g_aux[seg.aux + i];
-#ifdef MIXED
-            out[seg.out + i] = s * (gm + l * ga);
-#ifdef MIXED_SUMS
-            grads += gradient_sums(gm, ga);
-#endif
-#endif
+#ifdef PAIRS
+        // Two consecutive elements per invocation, so 16-bit results that share a word are
+        // stored together.
+        for (var i = 2u * lid; i < seg.len; i += 2u * WORKGROUP_SIZE) {
+            let both = i + 1u < seg.len;
+            let x = element(seg, i, c);
+            var y = x;
+            if both {
+                y = element(seg, i + 1u, c);
+            }
+            store_out_pair(seg.out + i, x.d, y.d, both);
 #ifdef UPDATE_EMA_IN_APPLY
-            let e = ema_step(main_ema[seg.main_ema + i], gm);
-            main_ema[seg.main_ema + i] = e;
+            store_main_ema_pair(seg.main_ema + i, x.e, y.e, both);
 #endif
-#ifdef RATIO_ONLY
-            out[seg.out + i] = s * ((1.0 - l * r) * gm + l * ga);
-#endif
-#ifdef PROJECT
 #ifdef AUX_EMA
-            let a = ema_step(aux_ema[seg.aux_ema + i], ga);
-            aux_ema[seg.aux_ema + i] = a;
-            out[seg.out + i] = s * ((gm - r_aux * a) + l * (ga - r * e));
-#else
-            out[seg.out + i] = s * (gm + l * (ga - r * e));
+            store_aux_ema_pair(seg.aux_ema + i, x.a, y.a, both);
 #endif
+#ifdef MIXED_SUMS
+            grads += gradient_sums(x.gm, x.ga);
+            if both {
+                grads += gradient_sums(y.gm, y.ga);
+            }
 #endif
         }
+#else
+        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+            let x = element(seg, i, c);
+            store_out(seg.out + i, x.d);
+#ifdef UPDATE_EMA_IN_APPLY
+            store_main_ema(seg.main_ema + i, x.e);
+#endif
+#ifdef AUX_EMA
+            store_aux_ema(seg.aux_ema + i, x.a);
+#endif
+#ifdef MIXED_SUMS
+            grads += gradient_sums(x.gm, x.ga);
+#endif
+        }
+#endif
     }
 #ifdef MIXED_SUMS
 #ifdef SUBGROUPS

@@ -55,22 +55,21 @@ struct Partial {
 // first partial, [2] the word where segments start, [3 + t] the first segment of tile t (one
 // more entry closes the last tile), then 8 words per segment.
 @group(1) @binding(0) var<storage, read> table: array<u32>;
-// Inputs are writable only where the output shares their buffer: wgpu forbids binding one
-// buffer read-only and writable in the same dispatch.
-#ifdef INPUTS_WRITABLE
-@group(1) @binding(1) var<storage, read_write> g_main: array<f32>;
-@group(1) @binding(2) var<storage, read_write> g_aux: array<f32>;
-#else
-@group(1) @binding(1) var<storage, read> g_main: array<f32>;
-@group(1) @binding(2) var<storage, read> g_aux: array<f32>;
+// Each role's storage, declared with load_/store_ functions by the preprocessor from
+// `storage_f32.wgsl`, `storage_f16.wgsl` or `storage_packed.wgsl`, for the element type the
+// state stores it in. Inputs are writable only where the output shares their buffer: wgpu
+// forbids binding one buffer read-only and writable in the same dispatch.
+#storage g_main 1
+#storage g_aux 2
+#storage main_ema 3
+#storage aux_ema 4
+#storage out 5
+#ifdef PACKED_F16
+#import half_f16
 #endif
-#ifdef MAIN_EMA
-@group(1) @binding(3) var<storage, read_write> main_ema: array<f32>;
+#ifdef PACKED_BF16
+#import half_bf16
 #endif
-#ifdef AUX_EMA
-@group(1) @binding(4) var<storage, read_write> aux_ema: array<f32>;
-#endif
-@group(1) @binding(5) var<storage, read_write> out: array<f32>;
 
 // Bit test, because WGSL lets compilers assume that floats are finite.
 fn is_finite(x: f32) -> bool {

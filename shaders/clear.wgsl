@@ -16,7 +16,7 @@ fn clear(
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
-            out[seg.out + i] = 0.0;
+            store_out(seg.out + i, 0.0);
         }
     }
 }

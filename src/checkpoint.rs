@@ -1,8 +1,9 @@
 //! Saving and restoring a state as a safetensors file.
 //!
-//! Tensors: `main_ema/<leaf name>` (and `aux_ema/<leaf name>` for PCGrad), f32, with the leaf's
-//! shape (or `[len]`). Metadata (all strings): `format` = `bloop-checkpoint`, `version` = `1`,
-//! `config` (JSON: method, ema, lambda, eps, rescale, ratio_only, guard, diagnostics), `steps`,
+//! Tensors: `main_ema/<leaf name>` (and `aux_ema/<leaf name>` for PCGrad), in the averages'
+//! element type (F32, F16 or BF16), with the leaf's shape (or `[len]`). Metadata (all strings):
+//! `format` = `bloop-checkpoint`, `version` = `1`, `config` (JSON: method, ema, lambda, eps,
+//! rescale, ratio_only, guard, diagnostics, gradients_dtype, output_dtype, ema_dtype), `steps`,
 //! `skipped_steps`, and `layout` (JSON list of `{name, len, shape}`). Python opens it with
 //! `safetensors.numpy.load_file(path)`, and `safe_open(path, "np").metadata()` for the rest.
 
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use crate::config::{Config, Method};
+use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Leaf};
 
@@ -40,6 +42,7 @@ fn config_json(c: &Config) -> Value {
     json!({
         "method": c.method.name(), "ema": c.ema, "lambda": c.lambda, "eps": c.eps,
         "rescale": c.rescale, "ratio_only": c.ratio_only, "guard": c.guard, "diagnostics": c.diagnostics,
+        "gradients_dtype": c.types.gradients.name(), "output_dtype": c.types.output.name(), "ema_dtype": c.types.ema.name(),
     })
 }
 
@@ -48,7 +51,14 @@ fn config_from_json(v: &Value) -> Result<Config> {
     let flag = |k: &str| v.get(k).and_then(Value::as_bool).ok_or_else(|| bad(format!("config has no boolean `{k}`")));
     let name = v.get("method").and_then(Value::as_str).ok_or_else(|| bad("config has no `method`"))?;
     let method = Method::from_name(name).ok_or_else(|| bad(format!("unknown method `{name}`")))?;
+    let dtype = |k: &str| {
+        let name = v.get(k).and_then(Value::as_str).ok_or_else(|| bad(format!("config has no `{k}`")))?;
+        DType::from_name(name).ok_or_else(|| bad(format!("`{k}` is `{name}`, not f32, f16 or bf16")))
+    };
+    let types =
+        ElementTypes { gradients: dtype("gradients_dtype")?, output: dtype("output_dtype")?, ema: dtype("ema_dtype")? };
     let config = Config {
+        types,
         method,
         ema: number("ema")?,
         lambda: number("lambda")?,
@@ -88,6 +98,14 @@ fn layout_from_json(v: &Value) -> Result<Layout> {
     Layout::from_leaves(leaves).map_err(|e| bad(format!("layout: {e}")))
 }
 
+fn safe_dtype(dtype: DType) -> safetensors::Dtype {
+    match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::Bf16 => safetensors::Dtype::BF16,
+    }
+}
+
 fn tensor_shape(leaf: &Leaf) -> Vec<usize> {
     leaf.shape.as_ref().map_or(vec![leaf.len as usize], |s| s.iter().map(|&d| d as usize).collect())
 }
@@ -106,18 +124,21 @@ impl Checkpoint {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let mut tensors = Vec::new();
+        let mut encoded = Vec::new();
         for (prefix, values) in [("main_ema", &self.main_ema), ("aux_ema", &self.aux_ema)] {
             for (leaf, v) in self.layout.leaves().iter().zip(values) {
-                let view = safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::F32,
-                    tensor_shape(leaf),
-                    bytemuck::cast_slice(v),
-                )
-                .map_err(|e| bad(format!("leaf `{}`: {e}", leaf.name)))?;
-                tensors.push((format!("{prefix}/{}", leaf.name), view));
+                encoded.push((format!("{prefix}/{}", leaf.name), tensor_shape(leaf), self.config.types.ema.encode(v)));
             }
         }
+        let dtype = safe_dtype(self.config.types.ema);
+        let tensors = encoded
+            .iter()
+            .map(|(name, shape, bytes)| {
+                let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
+                    .map_err(|e| bad(format!("{name}: {e}")))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
         safetensors::serialize(tensors, Some(metadata)).map_err(|e| bad(e.to_string()))
     }
 

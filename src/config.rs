@@ -3,6 +3,7 @@
 //! Values are kept in f64 so the CPU reference sees exactly what the user wrote; the GPU gets
 //! them rounded to f32 once, in [`Config::gpu_constants`].
 
+use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::LeafBuffer;
 
@@ -66,6 +67,8 @@ pub struct Config {
     /// Also compute |g_main|^2, |g_aux|^2 and <g_main, g_aux> for [`crate::diagnostics`]
     /// (the guard computes them anyway).
     pub diagnostics: bool,
+    /// How gradients, output and averages are stored (all f32 by default).
+    pub types: ElementTypes,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             ratio_only: false,
             guard: true,
             diagnostics: false,
+            types: ElementTypes::default(),
         }
     }
 
@@ -118,6 +122,11 @@ impl Config {
         self
     }
 
+    pub fn types(mut self, types: ElementTypes) -> Config {
+        self.types = types;
+        self
+    }
+
     /// Checks every field; the error names the first one out of its domain.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, problem: String| Err(Error::InvalidConfig { field, problem });
@@ -132,6 +141,13 @@ impl Config {
         }
         if self.ratio_only && !matches!(self.method, Method::Bloop | Method::DynamicBarrier) {
             return bad("ratio_only", format!("applies to bloop and dynamic_barrier only, not {}", self.method.name()));
+        }
+        let ema = self.types.ema;
+        if ema != DType::F32 && ema != self.types.gradients {
+            return bad(
+                "types.ema",
+                format!("must be f32 or the gradients' type ({}), got {ema}", self.types.gradients),
+            );
         }
         // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64).
         let c = self.gpu_constants();
@@ -165,17 +181,20 @@ impl Config {
         }
     }
 
-    /// The fewest bytes a step must move per f32 element (reads plus writes of gradients,
-    /// averages and output): 32 for `bloop` / `dynamic_barrier`, 28 with `ratio_only` (32 with
-    /// the guard, which may write the average only once the step is known to be finite), 44
-    /// for `pcgrad`, 12 for `mixed`. The fused kernels move exactly this much.
+    /// The fewest bytes a step must move per element (reads plus writes of gradients,
+    /// averages and output). All in f32: 32 for `bloop` / `dynamic_barrier`, 28 with
+    /// `ratio_only` (32 with the guard, which may write the average only once the step is
+    /// known to be finite), 44 for `pcgrad`, 12 for `mixed`. With g, e, o the bytes of a
+    /// gradient, average and output element: `4g + 3e + o`, `4g + 2e + o`, `4g + 6e + o` and
+    /// `2g + o`. The fused kernels move exactly this much.
     pub fn bytes_per_element(&self) -> u64 {
+        let (g, e, o) = (self.types.gradients.size(), self.types.ema.size(), self.types.output.size());
         match crate::shaders::Kind::of(self) {
-            crate::shaders::Kind::Project => 32,
-            crate::shaders::Kind::RatioOnly if self.guard => 32,
-            crate::shaders::Kind::RatioOnly => 28,
-            crate::shaders::Kind::PcGrad => 44,
-            crate::shaders::Kind::Mixed => 12,
+            crate::shaders::Kind::Project => 4 * g + 3 * e + o,
+            crate::shaders::Kind::RatioOnly if self.guard => 4 * g + 3 * e + o,
+            crate::shaders::Kind::RatioOnly => 4 * g + 2 * e + o,
+            crate::shaders::Kind::PcGrad => 4 * g + 6 * e + o,
+            crate::shaders::Kind::Mixed => 2 * g + o,
         }
     }
 

@@ -22,6 +22,10 @@ pub enum Error {
     #[error("leaf `{leaf}` ({role}): layout says {expected} elements, got {got}")]
     LeafLength { leaf: String, role: Role, expected: u64, got: u64 },
 
+    /// A leaf's element type is not the one the config gives its role.
+    #[error("leaf `{leaf}` ({role}): element type {got}, but the config stores this role as {expected}")]
+    WrongType { leaf: String, role: Role, expected: crate::dtype::DType, got: crate::dtype::DType },
+
     /// A buffer lacks a usage flag the library needs.
     #[error("leaf `{leaf}` ({role}): buffer usage {actual:?} lacks {missing:?}")]
     MissingUsage { leaf: String, role: Role, actual: wgpu::BufferUsages, missing: wgpu::BufferUsages },

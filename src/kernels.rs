@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::context::gpu_scope;
+use crate::dtype::ElementTypes;
 use crate::error::Result;
-use crate::shaders::{Kind, Stage, Variant};
+use crate::shaders::{Kind, Stage, Storage, Storages, Variant};
 
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {
@@ -24,6 +25,21 @@ pub(crate) struct VariantKernels {
     pub stages: Vec<(Stage, wgpu::ComputePipeline)>,
 }
 
+/// Choices a [`Kernels`] makes for its device.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOptions {
+    /// Reduce with subgroup operations (`Features::SUBGROUP`).
+    pub subgroups: bool,
+    /// Store f16 as `array<f16>` (`Features::SHADER_F16`) instead of packed in `u32` words.
+    pub native_f16: bool,
+}
+
+impl Default for KernelOptions {
+    fn default() -> KernelOptions {
+        KernelOptions { subgroups: true, native_f16: true }
+    }
+}
+
 /// The library's pipelines on one device. Create one per device and share it (it is cheap to
 /// clone the `Arc`); variants are compiled on first use and cached.
 pub struct Kernels {
@@ -31,6 +47,7 @@ pub struct Kernels {
     /// Set by the device-lost callback: why the device was lost.
     lost: Arc<std::sync::OnceLock<String>>,
     subgroups: bool,
+    native_f16: bool,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
@@ -58,25 +75,32 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 
 impl Kernels {
     /// Kernels for `device`, reducing with subgroup operations where the device has
-    /// `Features::SUBGROUP`.
+    /// `Features::SUBGROUP` and storing f16 natively where it has `Features::SHADER_F16`.
     pub fn new(device: &wgpu::Device) -> Arc<Kernels> {
-        Kernels::with_subgroups(device, true)
+        Kernels::with_options(device, KernelOptions::default())
     }
 
     /// As [`Kernels::new`]; `use_subgroups = false` forces the shared-memory reduction even
     /// where subgroups exist (for comparisons and tests).
+    pub fn with_subgroups(device: &wgpu::Device, use_subgroups: bool) -> Arc<Kernels> {
+        Kernels::with_options(device, KernelOptions { subgroups: use_subgroups, ..Default::default() })
+    }
+
+    /// Kernels with explicit choices; each is used only where the device has the feature.
     ///
     /// Installs the device's lost callback (wgpu keeps one per device), so that every later
     /// call answers [`crate::Error::DeviceLost`] once the device is gone. A trainer that needs
     /// its own callback installs it after this and calls [`Kernels::report_device_lost`] from it.
-    pub fn with_subgroups(device: &wgpu::Device, use_subgroups: bool) -> Arc<Kernels> {
-        let subgroups = use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
+    pub fn with_options(device: &wgpu::Device, options: KernelOptions) -> Arc<Kernels> {
+        let features = device.features();
+        let subgroups = options.subgroups && features.contains(wgpu::Features::SUBGROUP);
+        let native_f16 = options.native_f16 && features.contains(wgpu::Features::SHADER_F16);
         let lost = Arc::new(std::sync::OnceLock::new());
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             let _ = flag.set(format!("{reason:?}: {message}"));
         });
-        Arc::new(Kernels { device: device.clone(), lost, subgroups, cache: Mutex::new(HashMap::new()) })
+        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, cache: Mutex::new(HashMap::new()) })
     }
 
     /// Records that the device was lost (for trainers that replaced the lost callback).
@@ -101,6 +125,11 @@ impl Kernels {
         self.subgroups
     }
 
+    /// Whether f16 values are stored as `array<f16>` (else packed in `u32` words).
+    pub fn uses_native_f16(&self) -> bool {
+        self.native_f16
+    }
+
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
@@ -112,10 +141,10 @@ impl Kernels {
 
     /// Compiles every variant now instead of on first use (for start-up latency budgets).
     pub fn compile_all(&self) -> Result<()> {
-        Variant::all()
-            .into_iter()
-            .filter(|v| v.subgroups == self.subgroups)
-            .try_for_each(|v| self.variant(v.kind, v.inputs_writable, v.guard, v.extras).map(drop))
+        let f32_only = Storages::default();
+        Variant::all().into_iter().filter(|v| v.subgroups == self.subgroups && v.storages == f32_only).try_for_each(
+            |v| self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop),
+        )
     }
 
     pub(crate) fn variant(
@@ -124,9 +153,13 @@ impl Kernels {
         inputs_writable: bool,
         guard: bool,
         extras: bool,
+        types: ElementTypes,
     ) -> Result<Arc<VariantKernels>> {
         self.check_device()?;
-        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras };
+        let storage = |d| Storage::of(d, self.native_f16);
+        let storages =
+            Storages { gradients: storage(types.gradients), output: storage(types.output), ema: storage(types.ema) };
+        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras, storages };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());

@@ -2,15 +2,13 @@
 
 use std::fmt;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// Byte alignment of every leaf the library places itself (pools, EMA state). 256 is the
 /// largest `min_storage_buffer_offset_alignment` WebGPU allows, so a user's kernel can bind
 /// any pool view on any adapter.
 pub const PLACEMENT_ALIGNMENT: u64 = 256;
-
-/// Size in bytes of one stored element (f32).
-pub(crate) const ELEMENT_SIZE: u64 = 4;
 
 /// One named parameter leaf.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,22 +129,36 @@ impl fmt::Display for Role {
     }
 }
 
-/// One leaf's data: `len` f32 elements starting `offset` bytes into `buffer`.
+/// One leaf's data: `len` elements of type `dtype` starting `offset` bytes into `buffer`.
 #[derive(Clone, Debug)]
 pub struct LeafBuffer {
     pub buffer: wgpu::Buffer,
     pub offset: u64,
     pub len: u64,
+    pub dtype: DType,
 }
 
 impl LeafBuffer {
+    /// `len` f32 elements at byte `offset`.
     pub fn new(buffer: &wgpu::Buffer, offset: u64, len: u64) -> LeafBuffer {
-        LeafBuffer { buffer: buffer.clone(), offset, len }
+        LeafBuffer::typed(buffer, offset, len, DType::F32)
+    }
+
+    /// `len` elements of `dtype` at byte `offset`.
+    pub fn typed(buffer: &wgpu::Buffer, offset: u64, len: u64, dtype: DType) -> LeafBuffer {
+        LeafBuffer { buffer: buffer.clone(), offset, len, dtype }
     }
 
     /// The byte range this leaf occupies.
     pub fn byte_range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset + self.len * ELEMENT_SIZE
+        self.offset..self.offset + self.len * self.dtype.size()
+    }
+
+    /// The 4-byte words the leaf touches (16-bit leaves share words with their neighbours;
+    /// the GPU reads and copies whole words).
+    pub(crate) fn word_range(&self) -> std::ops::Range<u64> {
+        let bytes = self.byte_range();
+        bytes.start - bytes.start % 4..bytes.end.next_multiple_of(4)
     }
 }
 
@@ -157,14 +169,15 @@ pub(crate) struct Packing {
     pub buffer_sizes: Vec<u64>,
     /// Per leaf: (buffer index, byte offset).
     pub places: Vec<(usize, u64)>,
+    pub dtype: DType,
 }
 
 impl Packing {
-    pub fn new(layout: &Layout, max_buffer_size: u64, what: &str) -> Result<Packing> {
+    pub fn new(layout: &Layout, dtype: DType, max_buffer_size: u64, what: &str) -> Result<Packing> {
         let mut buffer_sizes = vec![0u64];
         let mut places = Vec::with_capacity(layout.len());
         for leaf in layout.leaves() {
-            let bytes = leaf.len * ELEMENT_SIZE;
+            let bytes = leaf.len * dtype.size();
             if bytes > max_buffer_size {
                 return Err(Error::ExceedsLimit {
                     what: format!("{what} of leaf `{}`", leaf.name),
@@ -185,7 +198,7 @@ impl Packing {
         for size in &mut buffer_sizes {
             *size = size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         }
-        Ok(Packing { buffer_sizes, places })
+        Ok(Packing { buffer_sizes, places, dtype })
     }
 
     /// Allocates the buffers and returns one [`LeafBuffer`] per leaf.
@@ -214,7 +227,7 @@ impl Packing {
             .leaves()
             .iter()
             .zip(&self.places)
-            .map(|(leaf, &(b, offset))| LeafBuffer::new(&buffers[b], offset, leaf.len))
+            .map(|(leaf, &(b, offset))| LeafBuffer::typed(&buffers[b], offset, leaf.len, self.dtype))
             .collect();
         Ok((buffers, leaves))
     }

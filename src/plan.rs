@@ -14,7 +14,7 @@ use std::num::NonZeroU64;
 use crate::context::gpu_scope;
 use crate::error::{Error, Result};
 use crate::kernels::slot;
-use crate::layout::{LeafBuffer, ELEMENT_SIZE};
+use crate::layout::LeafBuffer;
 
 /// Elements per tile: 16 per invocation of a 256-invocation workgroup, enough to amortise the
 /// workgroup reduction while keeping thousands of workgroups in flight on large steps.
@@ -88,7 +88,7 @@ struct Limits {
 }
 
 fn byte_at(leaf: &LeafBuffer, element: u64) -> u64 {
-    leaf.offset + element * ELEMENT_SIZE
+    leaf.offset + element * leaf.dtype.size()
 }
 
 fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
@@ -113,7 +113,7 @@ fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
                 roles.iter().zip(&g.windows).all(|(r, (buffer, start))| {
                     let l = &r.leaves[leaf];
                     let at = byte_at(l, pos);
-                    l.buffer == *buffer && at >= *start && at + ELEMENT_SIZE <= start + limits.window
+                    l.buffer == *buffer && at >= *start && at + l.dtype.size() <= start + limits.window
                 })
             });
             if !fits {
@@ -132,12 +132,16 @@ fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
             let room = roles
                 .iter()
                 .zip(&group.windows)
-                .map(|(r, (_, start))| (start + limits.window - byte_at(&r.leaves[leaf], pos)) / ELEMENT_SIZE)
+                .map(|(r, (_, start))| {
+                    let l = &r.leaves[leaf];
+                    (start + limits.window - byte_at(l, pos)) / l.dtype.size()
+                })
                 .min()
                 .unwrap();
             let take = room.min(len - pos);
+            // Whole words: 16-bit elements are read and written through the 4-byte word they share.
             for (r, end) in roles.iter().zip(&mut group.ends) {
-                *end = (*end).max(byte_at(&r.leaves[leaf], pos + take));
+                *end = (*end).max(byte_at(&r.leaves[leaf], pos + take).next_multiple_of(4));
             }
             group.pieces.push(Piece { leaf, start: pos, len: take });
             pos += take;
@@ -188,8 +192,9 @@ impl Plan {
                     let len = TILE_LEN.min(piece.start + piece.len - start);
                     let mut segment = Segment { len: len as u32, ..Default::default() };
                     for (r, (_, window_start)) in roles.iter().zip(&group.windows) {
-                        let at = byte_at(&r.leaves[piece.leaf], start);
-                        segment.offsets[r.slot as usize - 1] = ((at - window_start) / ELEMENT_SIZE) as u32;
+                        let l = &r.leaves[piece.leaf];
+                        segment.offsets[r.slot as usize - 1] =
+                            ((byte_at(l, start) - window_start) / l.dtype.size()) as u32;
                     }
                     segments.push(segment);
                     start += len;

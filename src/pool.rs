@@ -1,6 +1,7 @@
 //! Gradient buffers the library allocates: one packed buffer per role, each leaf at an
 //! aligned offset, handed out as per-leaf views that the user's kernels write into.
 
+use crate::dtype::{DType, ElementTypes};
 use crate::error::Result;
 use crate::layout::{Layout, LeafBuffer, Packing};
 
@@ -23,16 +24,32 @@ impl GradientPool {
     /// no output buffer is allocated. A role larger than `max_buffer_size` is spread over
     /// several buffers, never splitting a leaf.
     pub fn new(device: &wgpu::Device, layout: &Layout, in_place: bool) -> Result<GradientPool> {
-        let packing = Packing::new(layout, device.limits().max_buffer_size, "pool")?;
+        GradientPool::typed(device, layout, in_place, ElementTypes::default())
+    }
+
+    /// A pool whose gradients and output have the element types of `types` (the averages'
+    /// type does not matter here). In place needs the output's type to be the gradients'.
+    pub fn typed(device: &wgpu::Device, layout: &Layout, in_place: bool, types: ElementTypes) -> Result<GradientPool> {
+        if in_place && types.output != types.gradients {
+            return Err(crate::Error::InvalidConfig {
+                field: "types.output",
+                problem: format!(
+                    "in place needs the output in the gradients' type ({}), got {}",
+                    types.gradients, types.output
+                ),
+            });
+        }
+        let max = device.limits().max_buffer_size;
         let mut buffers = Vec::new();
-        let mut role = |label: &str| -> Result<Vec<LeafBuffer>> {
+        let mut role = |dtype: DType, label: &str| -> Result<Vec<LeafBuffer>> {
+            let packing = Packing::new(layout, dtype, max, "pool")?;
             let (b, leaves) = packing.allocate(device, layout, POOL_USAGE, label)?;
             buffers.extend(b);
             Ok(leaves)
         };
-        let main = role("bloop pool main")?;
-        let aux = role("bloop pool aux")?;
-        let output = if in_place { None } else { Some(role("bloop pool output")?) };
+        let main = role(types.gradients, "bloop pool main")?;
+        let aux = role(types.gradients, "bloop pool aux")?;
+        let output = if in_place { None } else { Some(role(types.output, "bloop pool output")?) };
         Ok(GradientPool { layout: layout.clone(), main, aux, output, buffers })
     }
 

@@ -2,9 +2,10 @@
 //! tests, checkpoints and evaluation call these when they choose to wait.
 
 use crate::error::{Error, Result};
-use crate::layout::{LeafBuffer, Role, ELEMENT_SIZE};
+use crate::layout::{LeafBuffer, Role};
 
-/// Copies each leaf to the host and waits for the GPU. The buffers need `COPY_SRC`.
+/// Copies each leaf to the host (as f32, whatever its element type) and waits for the GPU.
+/// The buffers need `COPY_SRC`.
 pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuffer]) -> Result<Vec<Vec<f32>>> {
     for leaf in leaves {
         if !leaf.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
@@ -20,7 +21,7 @@ pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuf
     let max = device.limits().max_buffer_size;
     let mut batches: Vec<(u64, Vec<&LeafBuffer>)> = Vec::new();
     for leaf in leaves {
-        let size = leaf.len * ELEMENT_SIZE;
+        let size = leaf.word_range().end - leaf.word_range().start;
         match batches.last_mut() {
             Some((total, batch)) if *total + size <= max => {
                 *total += size;
@@ -38,15 +39,15 @@ pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuf
             .map(|(total, batch)| {
                 let staging = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("bloop readback"),
-                    size: (*total).max(ELEMENT_SIZE),
+                    size: (*total).max(4),
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
                 let mut at = 0;
                 for leaf in batch {
-                    let size = leaf.len * ELEMENT_SIZE;
-                    encoder.copy_buffer_to_buffer(&leaf.buffer, leaf.offset, &staging, at, size);
-                    at += size;
+                    let words = leaf.word_range();
+                    encoder.copy_buffer_to_buffer(&leaf.buffer, words.start, &staging, at, words.end - words.start);
+                    at += words.end - words.start;
                 }
                 staging
             })
@@ -57,12 +58,13 @@ pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuf
     let mut out = Vec::with_capacity(leaves.len());
     for ((mapped, staging), (_, batch)) in staging.into_iter().zip(&batches) {
         let bytes = finish_map(device, mapped, &staging)?;
-        let values: &[f32] = bytemuck::cast_slice(&bytes);
-        let mut start = 0;
+        let mut at = 0;
         for leaf in batch {
-            let end = start + leaf.len as usize;
-            out.push(values[start..end].to_vec());
-            start = end;
+            let words = leaf.word_range();
+            let skip = (leaf.offset - words.start) as usize;
+            let len = (leaf.len * leaf.dtype.size()) as usize;
+            out.push(leaf.dtype.decode(&bytes[at + skip..at + skip + len]));
+            at += (words.end - words.start) as usize;
         }
     }
     Ok(out)
@@ -90,9 +92,14 @@ fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer)
     Ok(bytes)
 }
 
-/// Writes host values into leaves (through the queue: they land before the next submit).
+/// Writes host values into word-aligned leaves the library placed (through the queue: they
+/// land before the next submit). A 16-bit leaf of odd length also writes a zero into the
+/// padding half after it.
 pub(crate) fn write_leaves(queue: &wgpu::Queue, leaves: &[LeafBuffer], values: &[Vec<f32>]) {
     for (leaf, v) in leaves.iter().zip(values) {
-        queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
+        debug_assert_eq!(leaf.offset % 4, 0, "only for leaves the library placed");
+        let mut bytes = leaf.dtype.encode(v);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
     }
 }

@@ -15,7 +15,58 @@ const SOURCES: &[(&str, &str)] = &[
     ("finalize", include_str!("../shaders/finalize.wgsl")),
     ("apply", include_str!("../shaders/apply.wgsl")),
     ("clear", include_str!("../shaders/clear.wgsl")),
+    ("half_f16", include_str!("../shaders/half_f16.wgsl")),
+    ("half_bf16", include_str!("../shaders/half_bf16.wgsl")),
+    ("storage_f32", include_str!("../shaders/storage_f32.wgsl")),
+    ("storage_f16", include_str!("../shaders/storage_f16.wgsl")),
+    ("storage_packed", include_str!("../shaders/storage_packed.wgsl")),
 ];
+
+/// How a role's elements are laid out for the shader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Storage {
+    #[default]
+    F32,
+    /// `array<f16>` through `Features::SHADER_F16`.
+    F16,
+    /// f16 pairs in `u32` words (`unpack2x16float` / `pack2x16float`), for adapters without it.
+    PackedF16,
+    /// bf16 pairs in `u32` words.
+    PackedBf16,
+}
+
+impl Storage {
+    /// The storage of `dtype`, native f16 or packed as `native_f16` says.
+    pub fn of(dtype: crate::dtype::DType, native_f16: bool) -> Storage {
+        match dtype {
+            crate::dtype::DType::F32 => Storage::F32,
+            crate::dtype::DType::F16 if native_f16 => Storage::F16,
+            crate::dtype::DType::F16 => Storage::PackedF16,
+            crate::dtype::DType::Bf16 => Storage::PackedBf16,
+        }
+    }
+
+    fn template(self) -> (&'static str, &'static str) {
+        match self {
+            Storage::F32 => ("storage_f32", ""),
+            Storage::F16 => ("storage_f16", ""),
+            Storage::PackedF16 => ("storage_packed", "f16"),
+            Storage::PackedBf16 => ("storage_packed", "bf16"),
+        }
+    }
+
+    fn packed(self) -> bool {
+        matches!(self, Storage::PackedF16 | Storage::PackedBf16)
+    }
+}
+
+/// The storage of each role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Storages {
+    pub gradients: Storage,
+    pub output: Storage,
+    pub ema: Storage,
+}
 
 /// The computation a kernel set specialises in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +91,8 @@ pub struct Variant {
     pub guard: bool,
     /// Sum the gradients' norms and non-finite elements (for the guard and for diagnostics).
     pub extras: bool,
+    /// How gradients, output and averages are stored.
+    pub storages: Storages,
 }
 
 /// The stages a step runs, in order.
@@ -87,12 +140,33 @@ impl Variant {
     pub fn all() -> Vec<Variant> {
         let kinds = [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed];
         let mut all = Vec::new();
+        let f32_only = Storages::default();
         for kind in kinds {
             for inputs_writable in [false, true] {
                 for subgroups in [false, true] {
                     // The guard needs the extra sums; diagnostics alone ask for the sums only.
                     for (guard, extras) in [(false, false), (false, true), (true, true)] {
-                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras });
+                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages: f32_only });
+                    }
+                }
+                // 16-bit storage, each kind of it in each role, with the default guard.
+                for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
+                    for storages in [
+                        Storages { gradients: half, output: half, ema: Storage::F32 },
+                        Storages { gradients: half, output: half, ema: half },
+                        Storages { gradients: half, output: Storage::F32, ema: Storage::F32 },
+                        Storages { gradients: Storage::F32, output: half, ema: Storage::F32 },
+                    ] {
+                        for guard in [false, true] {
+                            all.push(Variant {
+                                kind,
+                                inputs_writable,
+                                subgroups: true,
+                                guard,
+                                extras: guard,
+                                storages,
+                            });
+                        }
                     }
                 }
             }
@@ -144,6 +218,18 @@ impl Variant {
                 defines.insert("GUARD_APPLY");
             }
         }
+        for (_, _, storage, _) in self.roles() {
+            match storage {
+                Storage::PackedF16 => defines.insert("PACKED_F16"),
+                Storage::PackedBf16 => defines.insert("PACKED_BF16"),
+                _ => false,
+            };
+        }
+        // Apply stores pairs of elements where a written role packs two per word.
+        let ema_written = self.kind != Kind::Mixed;
+        if self.storages.output.packed() || (ema_written && self.storages.ema.packed()) {
+            defines.insert("PAIRS");
+        }
         if self.inputs_writable {
             defines.insert("INPUTS_WRITABLE");
         }
@@ -153,9 +239,31 @@ impl Variant {
         defines
     }
 
+    /// The roles this variant binds: (name, binding, storage, writable).
+    fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
+        let s = self.storages;
+        let mut roles = vec![
+            ("g_main", 1, s.gradients, self.inputs_writable),
+            ("g_aux", 2, s.gradients, self.inputs_writable),
+            ("out", 5, s.output, true),
+        ];
+        if self.kind.has_main_ema() {
+            roles.push(("main_ema", 3, s.ema, true));
+        }
+        if self.kind.has_aux_ema() {
+            roles.push(("aux_ema", 4, s.ema, true));
+        }
+        roles
+    }
+
     /// The WGSL of one stage of this variant.
     pub fn source(self, stage: Stage) -> String {
-        preprocess(stage.name(), &self.defines())
+        let roles = self.roles();
+        let mut source = preprocess(stage.name(), &self.defines(), &roles);
+        if roles.iter().any(|r| r.2 == Storage::F16) {
+            source.insert_str(0, "enable f16;\n");
+        }
+        source
     }
 }
 
@@ -167,15 +275,26 @@ fn source_file(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("shaders/{name}.wgsl is not in SOURCES"))
 }
 
-/// Expands imports (each file once) and conditional blocks.
-pub fn preprocess(entry: &str, defines: &HashSet<&str>) -> String {
+/// A role's declaration: (name, binding, storage, writable).
+type Role = (&'static str, u32, Storage, bool);
+
+/// Expands imports (each file once), `#storage ROLE BINDING` (the role's storage template with
+/// ROLE, BINDING, ACCESS and FORMAT filled in; nothing for a role the variant does not bind)
+/// and conditional blocks.
+pub fn preprocess(entry: &str, defines: &HashSet<&str>, roles: &[Role]) -> String {
     let mut out = String::new();
     let mut imported = HashSet::new();
-    expand(entry, defines, &mut imported, &mut out);
+    expand(entry, defines, roles, &mut imported, &mut out);
     out
 }
 
-fn expand<'a>(name: &'a str, defines: &HashSet<&str>, imported: &mut HashSet<&'a str>, out: &mut String) {
+fn expand<'a>(
+    name: &'a str,
+    defines: &HashSet<&str>,
+    roles: &[Role],
+    imported: &mut HashSet<&'a str>,
+    out: &mut String,
+) {
     if !imported.insert(name) {
         return;
     }
@@ -203,7 +322,26 @@ fn expand<'a>(name: &'a str, defines: &HashSet<&str>, imported: &mut HashSet<&'a
                 .map(|(n, _)| *n)
                 .find(|n| *n == import.trim())
                 .unwrap_or_else(|| panic!("unknown import `{import}` in shaders/{name}.wgsl"));
-            expand(import, defines, imported, out);
+            expand(import, defines, roles, imported, out);
+        } else if let Some(spec) = trimmed.strip_prefix("#storage ") {
+            let role = spec.split_whitespace().next().unwrap_or_default();
+            if let Some(&(role, binding, storage, writable)) = roles.iter().find(|r| r.0 == role) {
+                let (template, format) = storage.template();
+                let mut local: HashSet<&str> = defines.clone();
+                if writable {
+                    local.insert("WRITABLE");
+                }
+                let mut text = String::new();
+                expand(template, &local, roles, &mut HashSet::new(), &mut text);
+                let access = if writable { "read_write" } else { "read" };
+                out.push_str(
+                    &text
+                        .replace("ROLE", role)
+                        .replace("BINDING", &binding.to_string())
+                        .replace("ACCESS", access)
+                        .replace("FORMAT", format),
+                );
+            }
         } else {
             out.push_str(line);
             out.push('\n');

@@ -7,6 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
 use crate::diagnostics::{StepDiagnostics, SCALARS_BYTES};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
@@ -148,13 +149,13 @@ impl BloopState {
         ];
         for &(kept, role, init) in &inits {
             if kept {
-                check_init(layout, role.role(), init)?;
+                check_init(layout, role.role(), init, config.types.ema)?;
             }
         }
         // Compile before allocating so a failure leaves nothing behind.
-        kernels.variant(Kind::of(&config), false, config.guard, config.extras())?;
+        kernels.variant(Kind::of(&config), false, config.guard, config.extras(), config.types)?;
         let max_buffer = device.limits().max_buffer_size;
-        let packing = Packing::new(layout, max_buffer, "EMA")?;
+        let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
         let mut stores = [None, None];
         for (store, &(kept, role, _)) in stores.iter_mut().zip(&inits) {
             if kept {
@@ -209,7 +210,12 @@ impl BloopState {
                 }
                 EmaInit::Values(values) => readback::write_leaves(queue, &store.leaves, values),
                 EmaInit::Buffers(sources) => {
-                    validate::copies(&state.device, &sources.iter().zip(&store.leaves).collect::<Vec<_>>())?;
+                    validate::copies(
+                        &state.device,
+                        layout,
+                        role.role(),
+                        &sources.iter().zip(&store.leaves).collect::<Vec<_>>(),
+                    )?;
                     let encoder =
                         encoder.get_or_insert_with(|| state.device.create_command_encoder(&Default::default()));
                     copy_leaves(encoder, sources, &store.leaves);
@@ -284,7 +290,7 @@ impl BloopState {
     pub fn write_ema(&mut self, role: EmaRole, values: &[Vec<f32>]) -> Result<()> {
         self.kernels.check_device()?;
         let store = self.store(role)?;
-        check_init(&self.layout, role.role(), &EmaInit::Values(values.to_vec()))?;
+        check_init(&self.layout, role.role(), &EmaInit::Values(values.to_vec()), self.config.types.ema)?;
         readback::write_leaves(&self.queue, &store.leaves, values);
         Ok(())
     }
@@ -299,8 +305,13 @@ impl BloopState {
     ) -> Result<()> {
         self.kernels.check_device()?;
         let store = self.store(role)?;
-        check_init(&self.layout, role.role(), &EmaInit::Buffers(sources.to_vec()))?;
-        validate::copies(&self.device, &sources.iter().zip(&store.leaves).collect::<Vec<_>>())?;
+        check_init(&self.layout, role.role(), &EmaInit::Buffers(sources.to_vec()), self.config.types.ema)?;
+        validate::copies(
+            &self.device,
+            &self.layout,
+            role.role(),
+            &sources.iter().zip(&store.leaves).collect::<Vec<_>>(),
+        )?;
         copy_leaves(encoder, sources, &store.leaves);
         Ok(())
     }
@@ -319,12 +330,22 @@ impl BloopState {
         self.kernels.check_device()?;
         let layout = &self.layout;
         let storage = wgpu::BufferUsages::STORAGE;
-        validate::leaves(layout, Role::MainGrad, gradients.main, storage)?;
-        validate::leaves(layout, Role::AuxGrad, gradients.aux, storage)?;
+        let types = self.config.types;
+        validate::leaves(layout, Role::MainGrad, gradients.main, storage, types.gradients)?;
+        validate::leaves(layout, Role::AuxGrad, gradients.aux, storage, types.gradients)?;
         let output = match gradients.output {
+            Output::InPlace if types.output != types.gradients => {
+                return Err(Error::InvalidConfig {
+                    field: "types.output",
+                    problem: format!(
+                        "in place needs the output in the gradients' type ({}), got {}",
+                        types.gradients, types.output
+                    ),
+                });
+            }
             Output::InPlace => gradients.main,
             Output::Buffers(out) => {
-                validate::leaves(layout, Role::Output, out, storage)?;
+                validate::leaves(layout, Role::Output, out, storage, types.output)?;
                 out
             }
         };
@@ -333,7 +354,7 @@ impl BloopState {
         let inputs: Vec<&wgpu::Buffer> = gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
         let c = &self.config;
-        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras())?;
+        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras(), c.types)?;
 
         let mut roles = vec![
             RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
@@ -477,8 +498,9 @@ impl BloopState {
     }
 }
 
-/// Checks an initial value against the layout without touching any state.
-fn check_init(layout: &Layout, role: Role, init: &EmaInit) -> Result<()> {
+/// Checks an initial value against the layout (and, for GPU sources, the EMA's element type)
+/// without touching any state.
+fn check_init(layout: &Layout, role: Role, init: &EmaInit, dtype: DType) -> Result<()> {
     match init {
         EmaInit::Zeros | EmaInit::Normal { .. } => Ok(()),
         EmaInit::Values(values) => {
@@ -497,12 +519,12 @@ fn check_init(layout: &Layout, role: Role, init: &EmaInit) -> Result<()> {
             }
             Ok(())
         }
-        EmaInit::Buffers(sources) => validate::leaves(layout, role, sources, wgpu::BufferUsages::COPY_SRC),
+        EmaInit::Buffers(sources) => validate::leaves(layout, role, sources, wgpu::BufferUsages::COPY_SRC, dtype),
     }
 }
 
 fn copy_leaves(encoder: &mut wgpu::CommandEncoder, sources: &[LeafBuffer], targets: &[LeafBuffer]) {
     for (src, dst) in sources.iter().zip(targets) {
-        encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.len * 4);
+        encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, validate::copy_size(src));
     }
 }

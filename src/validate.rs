@@ -1,14 +1,24 @@
 //! Checks of user-provided leaf buffers, before anything is recorded or changed.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::layout::{Layout, LeafBuffer, Role, ELEMENT_SIZE};
+use crate::layout::{Layout, LeafBuffer, Role};
 
-/// One entry per leaf, matching lengths, needed usage, element-aligned offsets, in range.
+/// One entry per leaf, matching lengths and element type, needed usage, element-aligned
+/// offsets, in range.
 ///
 /// Offsets need only element alignment, not `min_storage_buffer_offset_alignment`: the
 /// library binds aligned windows around the leaves itself, so tightly packed flat gradient
-/// buffers work as they are.
-pub(crate) fn leaves(layout: &Layout, role: Role, leaves: &[LeafBuffer], usage: wgpu::BufferUsages) -> Result<()> {
+/// buffers work as they are. A 16-bit leaf may start or end in the middle of a 4-byte word
+/// (its neighbour's half is never written), but the whole word must lie inside the buffer,
+/// since the GPU reads and copies whole words.
+pub(crate) fn leaves(
+    layout: &Layout,
+    role: Role,
+    leaves: &[LeafBuffer],
+    usage: wgpu::BufferUsages,
+    dtype: DType,
+) -> Result<()> {
     if leaves.len() != layout.len() {
         return Err(Error::LeafCount { role, expected: layout.len(), got: leaves.len() });
     }
@@ -17,14 +27,17 @@ pub(crate) fn leaves(layout: &Layout, role: Role, leaves: &[LeafBuffer], usage: 
         if leaf.len != spec.len {
             return Err(Error::LeafLength { leaf: name(), role, expected: spec.len, got: leaf.len });
         }
+        if leaf.dtype != dtype {
+            return Err(Error::WrongType { leaf: name(), role, expected: dtype, got: leaf.dtype });
+        }
         let actual = leaf.buffer.usage();
         if !actual.contains(usage) {
             return Err(Error::MissingUsage { leaf: name(), role, actual, missing: usage - actual });
         }
-        if leaf.offset % ELEMENT_SIZE != 0 {
-            return Err(Error::MisalignedOffset { leaf: name(), role, offset: leaf.offset, alignment: ELEMENT_SIZE });
+        if leaf.offset % dtype.size() != 0 {
+            return Err(Error::MisalignedOffset { leaf: name(), role, offset: leaf.offset, alignment: dtype.size() });
         }
-        let end = leaf.offset.checked_add(leaf.len * ELEMENT_SIZE);
+        let end = leaf.offset.checked_add(leaf.len * dtype.size()).map(|end| end.next_multiple_of(4));
         if end.is_none_or(|end| end > leaf.buffer.size()) {
             return Err(Error::OutOfRange {
                 leaf: name(),
@@ -81,12 +94,29 @@ pub(crate) fn outputs(layout: &Layout, main: &[LeafBuffer], aux: &[LeafBuffer], 
 /// Records `copies` (source, target) into a throwaway encoder inside error scopes and finishes
 /// it without submitting, so a buffer of another device, a destroyed buffer or a bad range is
 /// reported here as an error instead of panicking later in the caller's encoder.
-pub(crate) fn copies(device: &wgpu::Device, copies: &[(&LeafBuffer, &LeafBuffer)]) -> Result<()> {
+/// Buffer copies move whole 4-byte words, so a 16-bit source must start on a word boundary.
+pub(crate) fn copies(
+    device: &wgpu::Device,
+    layout: &Layout,
+    role: Role,
+    copies: &[(&LeafBuffer, &LeafBuffer)],
+) -> Result<()> {
+    for (leaf, (src, _)) in layout.leaves().iter().zip(copies) {
+        if src.offset % 4 != 0 {
+            return Err(Error::MisalignedOffset { leaf: leaf.name.clone(), role, offset: src.offset, alignment: 4 });
+        }
+    }
     crate::context::gpu_scope(device, "checking copies", || {
         let mut encoder = device.create_command_encoder(&Default::default());
         for (src, dst) in copies {
-            encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.len * ELEMENT_SIZE);
+            encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, copy_size(src));
         }
         drop(encoder.finish());
     })
+}
+
+/// Bytes a copy of `leaf` moves: whole words (a 16-bit leaf of odd length carries its
+/// neighbour's half along; the targets, EMA leaves, have room for it in their padding).
+pub(crate) fn copy_size(leaf: &LeafBuffer) -> u64 {
+    (leaf.len * leaf.dtype.size()).next_multiple_of(4)
 }

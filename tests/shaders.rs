@@ -2,18 +2,27 @@
 //! wgpu) to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), so a shader that would break on a
 //! backend this machine lacks fails here.
 
-use bloop::shaders::{Stage, Variant};
+use bloop::shaders::{Stage, Storage, Variant};
 
-fn validated(source: &str, what: &str, subgroups: bool) -> (naga::Module, naga::valid::ModuleInfo) {
+fn validated(source: &str, what: &str, variant: &Variant) -> (naga::Module, naga::valid::ModuleInfo) {
     use naga::valid::{Capabilities, SubgroupOperationSet, Validator};
     let module =
         naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(source)));
-    // Only the subgroup variants may use subgroup operations.
-    let (capabilities, operations) = if subgroups {
+    // Each variant may use only what its device features grant: subgroup operations, f16
+    // arrays (SHADER_F16), f16 packing (wgpu grants it with SHADER_F16_IN_F32).
+    let (mut capabilities, operations) = if variant.subgroups {
         (Capabilities::SUBGROUP, SubgroupOperationSet::BASIC | SubgroupOperationSet::ARITHMETIC)
     } else {
         (Capabilities::empty(), SubgroupOperationSet::empty())
     };
+    let s = variant.storages;
+    let uses = |storage| [s.gradients, s.output, s.ema].contains(&storage);
+    if uses(Storage::F16) {
+        capabilities |= Capabilities::SHADER_FLOAT16;
+    }
+    if uses(Storage::PackedF16) {
+        capabilities |= Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    }
     let info = Validator::new(naga::valid::ValidationFlags::all(), capabilities)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(operations)
@@ -27,7 +36,7 @@ fn each_stage(mut check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInf
     for variant in Variant::all() {
         for &stage in variant.stages() {
             let what = format!("{variant:?} {stage:?}");
-            let (module, info) = validated(&variant.source(stage), &what, variant.subgroups);
+            let (module, info) = validated(&variant.source(stage), &what, &variant);
             assert_eq!(module.entry_points.len(), 1, "{what}");
             assert_eq!(module.entry_points[0].name, stage.name(), "{what}");
             check(&what, &module, &info);
@@ -44,10 +53,12 @@ fn every_variant_translates_to_spirv() {
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(words[0], 0x0723_0203, "{what}: SPIR-V magic number");
     });
-    // Per kind, with read-only and writable inputs and with and without subgroups (x4), and
-    // for (no guard, no sums), (sums for diagnostics), (guard): 3 stages x 3 for each of the
-    // three reducing kinds, 1 + 2 + 3 for mixing.
-    assert_eq!(count, 4 * (3 * 9 + 6));
+    // f32: per kind, with read-only and writable inputs and with and without subgroups (x4),
+    // and for (no guard, no sums), (sums for diagnostics), (guard): 3 stages x 3 for each of
+    // the three reducing kinds, 1 + 2 + 3 for mixing. 16-bit: read-only and writable inputs,
+    // three 16-bit storages, four role mixes (x24), guard off and on: 3 x 2 x 3 stages for the
+    // reducing kinds, 1 + 3 for mixing.
+    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4));
 }
 
 #[test]
@@ -79,7 +90,7 @@ fn every_variant_translates_to_hlsl() {
 fn a_broken_shader_is_rejected() {
     // The checks above must be able to fail: a typo in an otherwise valid stage.
     let source = Variant::all()[0].source(Stage::Apply);
-    let broken = source.replace("= ema_step(main_ema", "= ema_stepp(main_ema");
+    let broken = source.replace("= ema_step(load_main_ema", "= ema_stepp(load_main_ema");
     assert_ne!(source, broken);
     assert!(naga::front::wgsl::parse_str(&broken).is_err());
 }
@@ -94,7 +105,7 @@ fn preprocessor_selects_branches() {
     assert!(with_subgroups.source(Stage::Accumulate).contains("subgroupAdd"));
     assert!(!pcgrad.source(Stage::Accumulate).contains("subgroupAdd"));
     let p = pcgrad.source(Stage::Apply);
-    assert!(p.contains("aux_ema[seg.aux_ema + i] = a;") && !p.contains("read_write> g_main"));
+    assert!(p.contains("store_aux_ema(seg.aux_ema + i, x.a);") && !p.contains("read_write> g_main"));
     let m = mixed.source(Stage::Apply);
     assert!(!m.contains("read_write> main_ema") && m.contains("read_write> g_main"));
     assert!(!p.contains('#') && !m.contains('#'), "no directive survives");
