@@ -177,16 +177,18 @@ impl Checkpoint {
                 .map(|leaf| {
                     let name = format!("{prefix}/{}", leaf.name);
                     let t = tensors.tensor(&name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
-                    if t.dtype() != safetensors::Dtype::F32 || t.shape() != tensor_shape(leaf).as_slice() {
+                    let dtype = config.types.ema;
+                    if t.dtype() != safe_dtype(dtype) || t.shape() != tensor_shape(leaf).as_slice() {
                         return Err(bad(format!(
-                            "tensor `{name}` is {:?} {:?}, expected F32 {:?}",
+                            "tensor `{name}` is {:?} {:?}, expected {:?} {:?}",
                             t.dtype(),
                             t.shape(),
+                            safe_dtype(dtype),
                             tensor_shape(leaf)
                         )));
                     }
                     expected += 1;
-                    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+                    Ok(dtype.decode(t.data()))
                 })
                 .collect()
         };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::config::{Config, EmaInit, EmaInits, Method};
+use crate::dtype::{DType, ElementTypes};
 use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::layout::{Layout, LeafBuffer};
@@ -18,6 +19,20 @@ use crate::state::{BloopState, EmaRole, ExternalGradients, Output};
 
 /// Largest relative error a float32 implementation may show on any step.
 pub const F32_BOUND: f64 = 1e-5;
+
+/// The bound for a storage configuration: half-precision runs are judged against the f64
+/// reference on the same rounded inputs (and with its averages rounded as they are stored),
+/// so what is left is the rounding of what the GPU writes: at most half an ulp per element,
+/// 2^-11 relative for f16 and 2^-8 for bf16, with room for a few values that round the
+/// other way after f32 arithmetic.
+pub fn bound(types: ElementTypes) -> f64 {
+    let written = |d: DType| match d {
+        DType::F32 => F32_BOUND,
+        DType::F16 => 1e-3,
+        DType::Bf16 => 8e-3,
+    };
+    written(types.output).max(written(types.ema))
+}
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct CaseConfig {
@@ -103,8 +118,11 @@ pub enum GradientPath {
     /// The library's pool.
     Pool,
     /// User-owned buffers: main and aux interleaved in one flat buffer, outputs in another,
-    /// leaves at unaligned element offsets with guard elements between them.
+    /// leaves at unaligned element offsets with 0 to 3 guard elements between them.
     External,
+    /// Main, aux and output leaves interleaved in one flat buffer (the inputs are then bound
+    /// writable); needs the output in the gradients' type.
+    SharedBuffer,
 }
 
 /// Worst relative error over the steps of a case, per output.
@@ -136,10 +154,6 @@ impl CaseReport {
     }
 }
 
-fn narrow(leaves: &[Vec<f64>]) -> Vec<Vec<f32>> {
-    leaves.iter().map(|l| l.iter().map(|&x| x as f32).collect()).collect()
-}
-
 /// Replays a case on the CPU reference.
 pub fn run_reference(case: &Case) -> std::result::Result<CaseReport, String> {
     let config = case.config().map_err(|e| e.to_string())?;
@@ -160,116 +174,192 @@ pub fn run_reference(case: &Case) -> std::result::Result<CaseReport, String> {
     Ok(report)
 }
 
-/// Guard value written around external leaves; any change to it is corruption.
-const GUARD: f32 = -7.25e13;
+/// Guard value written around external leaves (as each type stores it); any change to it is
+/// corruption.
+const GUARD: f32 = -1234.0;
 
-/// Flat buffers holding every leaf at an unaligned offset, with guard elements around.
-struct FlatLeaves {
+/// A user-style flat buffer: leaves of one element type at unaligned element offsets (16-bit
+/// leaves may share a word with a neighbour), guards between them, and a host copy of its
+/// bytes so leaves that do not start on a word boundary can be written.
+struct Flat {
     buffer: wgpu::Buffer,
-    leaves: Vec<LeafBuffer>,
-    contents: Vec<f32>,
+    bytes: Vec<u8>,
+    dtype: DType,
+    /// Per role: one leaf per layout leaf.
+    roles: Vec<Vec<LeafBuffer>>,
 }
 
-fn flat_leaves(device: &wgpu::Device, sizes: &[u64], copies: usize, label: &str) -> Vec<FlatLeaves> {
-    let mut offset = 0u64;
-    let mut places = vec![Vec::new(); copies];
-    for (i, &len) in sizes.iter().enumerate() {
-        for (c, place) in places.iter_mut().enumerate() {
-            offset += 1 + ((i * 5 + c * 3) % 7) as u64; // a few guard elements, never aligned
-            place.push((offset, len));
-            offset += len;
+impl Flat {
+    fn new(device: &wgpu::Device, sizes: &[u64], roles: usize, dtype: DType, label: &str) -> Flat {
+        let mut at = 0u64;
+        let mut places = vec![Vec::new(); roles];
+        for (i, &len) in sizes.iter().enumerate() {
+            for (r, place) in places.iter_mut().enumerate() {
+                at += ((i * 5 + r * 3) % 4) as u64; // 0 to 3 guard elements: neighbours may share a word
+                place.push((at, len));
+                at += len;
+            }
         }
+        let size = ((at + 3) * dtype.size()).next_multiple_of(4);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: crate::pool::POOL_USAGE,
+            mapped_at_creation: false,
+        });
+        let guard = dtype.encode(&[GUARD]);
+        let bytes = guard.iter().copied().cycle().take(size as usize).collect();
+        let roles = places
+            .into_iter()
+            .map(|p| p.iter().map(|&(o, n)| LeafBuffer::typed(&buffer, o * dtype.size(), n, dtype)).collect())
+            .collect();
+        Flat { buffer, bytes, dtype, roles }
     }
-    let total = offset + 3;
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: total * 4,
-        usage: crate::pool::POOL_USAGE,
-        mapped_at_creation: false,
-    });
-    places
-        .into_iter()
-        .map(|place| FlatLeaves {
-            buffer: buffer.clone(),
-            leaves: place.iter().map(|&(o, len)| LeafBuffer::new(&buffer, o * 4, len)).collect(),
-            contents: vec![GUARD; total as usize],
-        })
-        .collect()
+
+    fn set(&mut self, leaf: &LeafBuffer, values: &[f32]) {
+        let at = leaf.offset as usize;
+        let encoded = self.dtype.encode(values);
+        self.bytes[at..at + encoded.len()].copy_from_slice(&encoded);
+    }
+
+    fn upload(&self, queue: &wgpu::Queue) {
+        queue.write_buffer(&self.buffer, 0, &self.bytes);
+    }
+
+    /// Elements outside every leaf (its own and `more`) that no longer hold the guard.
+    fn corrupted(&self, device: &wgpu::Device, queue: &wgpu::Queue, more: &[Vec<LeafBuffer>]) -> Result<usize> {
+        let size = self.dtype.size();
+        let whole = LeafBuffer::typed(&self.buffer, 0, self.bytes.len() as u64 / size, self.dtype);
+        let after = &read_leaves(device, queue, &[whole])?[0];
+        let mut inside = vec![false; after.len()];
+        for leaf in self.roles.iter().chain(more).flatten() {
+            let start = (leaf.offset / size) as usize;
+            inside[start..start + leaf.len as usize].fill(true);
+        }
+        let guard = self.dtype.round(GUARD).to_bits();
+        Ok(after.iter().zip(&inside).filter(|(v, inside)| !**inside && v.to_bits() != guard).count())
+    }
 }
 
 /// Replays a case through the public GPU API and measures every step against the case.
 pub fn run_gpu(kernels: &Arc<Kernels>, queue: &wgpu::Queue, case: &Case, path: GradientPath) -> Result<CaseReport> {
+    run_gpu_typed(kernels, queue, case, path, ElementTypes::default())
+}
+
+/// [`run_gpu`] with gradients, output and averages stored as `types` says. The case's inputs
+/// and initial averages are rounded to their storage types; with any 16-bit storage the
+/// expected values come from the f64 reference on those rounded inputs (averages rounded as
+/// stored), judged against [`bound`].
+pub fn run_gpu_typed(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    path: GradientPath,
+    types: ElementTypes,
+) -> Result<CaseReport> {
     let device = kernels.device();
-    let config = case.config()?;
+    let config = case.config()?.types(types);
     let layout = Layout::from_lengths(&case.leaf_sizes)?;
-    let inits = EmaInits {
-        main: EmaInit::Values(narrow(&case.init.main_ema)),
-        aux: EmaInit::Values(narrow(case.initial_aux())),
+    let round = |leaves: &[Vec<f64>], d: DType| -> Vec<Vec<f32>> {
+        leaves.iter().map(|l| l.iter().map(|&x| d.round(x as f32)).collect()).collect()
     };
+    let (init_main, init_aux) = (round(&case.init.main_ema, types.ema), round(case.initial_aux(), types.ema));
+    let inits = EmaInits { main: EmaInit::Values(init_main.clone()), aux: EmaInit::Values(init_aux.clone()) };
     let mut state = BloopState::new(kernels, queue, &layout, config, inits)?;
-    let (bindings, main, aux, output_buffer) = match path {
+    // f32 storage is judged against the case itself; 16-bit storage against the reference.
+    let mut reference = (types != ElementTypes::default()).then(|| {
+        let kept = |on: bool, v: &[Vec<f32>]| if on { widen(v) } else { vec![] };
+        ReferenceState::new(
+            config,
+            kept(config.method.has_main_ema(), &init_main),
+            kept(config.method.has_aux_ema(), &init_aux),
+        )
+    });
+    let (bindings, pool, mut inputs, mut outputs) = match path {
         GradientPath::Pool => {
-            let pool = GradientPool::new(device, &layout, false)?;
-            let bindings = state.bind_pool(&pool)?;
-            (bindings, pool.main_leaves().to_vec(), pool.aux_leaves().to_vec(), None)
+            let pool = GradientPool::typed(device, &layout, false, types)?;
+            (state.bind_pool(&pool)?, Some(pool), None, None)
+        }
+        GradientPath::SharedBuffer => {
+            let mut shared = Flat::new(device, &case.leaf_sizes, 3, types.gradients, "conformance shared");
+            let out = shared.roles.pop().unwrap();
+            let bindings = state.bind_external(&ExternalGradients {
+                main: &shared.roles[0],
+                aux: &shared.roles[1],
+                output: Output::Buffers(&out),
+            })?;
+            // The output role lives in the same buffer: one host copy serves both.
+            let outputs =
+                Flat { buffer: shared.buffer.clone(), bytes: Vec::new(), dtype: shared.dtype, roles: vec![out] };
+            (bindings, None, Some(shared), Some(outputs))
         }
         GradientPath::External => {
-            let mut inputs = flat_leaves(device, &case.leaf_sizes, 2, "conformance inputs");
-            let out = flat_leaves(device, &case.leaf_sizes, 1, "conformance outputs").remove(0);
-            queue.write_buffer(&inputs[0].buffer, 0, bytemuck::cast_slice(&inputs[0].contents));
-            let aux = inputs.pop().unwrap().leaves;
-            let main = inputs.pop().unwrap().leaves;
+            let inputs = Flat::new(device, &case.leaf_sizes, 2, types.gradients, "conformance inputs");
+            let outputs = Flat::new(device, &case.leaf_sizes, 1, types.output, "conformance outputs");
             let bindings = state.bind_external(&ExternalGradients {
-                main: &main,
-                aux: &aux,
-                output: Output::Buffers(&out.leaves),
+                main: &inputs.roles[0],
+                aux: &inputs.roles[1],
+                output: Output::Buffers(&outputs.roles[0]),
             })?;
-            (bindings, main, aux, Some(out))
+            (bindings, None, Some(inputs), Some(outputs))
         }
     };
     let mut report = CaseReport::default();
     for step in &case.steps {
-        crate::readback::write_leaves(queue, &main, &narrow(&step.grad_main));
-        crate::readback::write_leaves(queue, &aux, &narrow(&step.grad_aux));
-        match &output_buffer {
-            // Guards everywhere, NaN where the leaves go: stale or skipped outputs show.
-            Some(out) => {
-                let mut poisoned = out.contents.clone();
-                for leaf in &out.leaves {
-                    let start = (leaf.offset / 4) as usize;
-                    poisoned[start..start + leaf.len as usize].fill(f32::NAN);
+        let (g_main, g_aux) = (round(&step.grad_main, types.gradients), round(&step.grad_aux, types.gradients));
+        let nan: Vec<Vec<f32>> = layout.lengths().iter().map(|&n| vec![f32::NAN; n as usize]).collect();
+        // NaN where the outputs go: stale or skipped outputs show.
+        match (&pool, &mut inputs, &mut outputs) {
+            (Some(pool), _, _) => {
+                crate::readback::write_leaves(queue, pool.main_leaves(), &g_main);
+                crate::readback::write_leaves(queue, pool.aux_leaves(), &g_aux);
+                crate::readback::write_leaves(queue, pool.output_leaves(), &nan);
+            }
+            (None, Some(inputs), Some(outputs)) => {
+                for (role, values) in [(0, &g_main), (1, &g_aux)] {
+                    for (leaf, v) in inputs.roles[role].clone().iter().zip(values) {
+                        inputs.set(leaf, v);
+                    }
                 }
-                queue.write_buffer(&out.buffer, 0, bytemuck::cast_slice(&poisoned));
+                // A shared buffer's outputs are poisoned in the inputs' host copy.
+                let out_leaves = outputs.roles[0].clone();
+                let target = if outputs.bytes.is_empty() { &mut *inputs } else { &mut *outputs };
+                for (leaf, v) in out_leaves.iter().zip(&nan) {
+                    target.set(leaf, v);
+                }
+                inputs.upload(queue);
+                if !outputs.bytes.is_empty() {
+                    outputs.upload(queue);
+                }
             }
-            None => {
-                let nan: Vec<Vec<f32>> = layout.lengths().iter().map(|&n| vec![f32::NAN; n as usize]).collect();
-                crate::readback::write_leaves(queue, bindings.output_leaves(), &nan);
-            }
+            _ => unreachable!("one of the two paths"),
         }
         let mut encoder = device.create_command_encoder(&Default::default());
         state.record_step(&mut encoder, &bindings)?;
         queue.submit([encoder.finish()]);
 
+        let expected = match &mut reference {
+            Some(reference) => {
+                let direction = reference.step(&widen(&g_main), &widen(&g_aux));
+                (direction, reference.main_ema.clone(), Some(reference.aux_ema.clone()))
+            }
+            None => (step.direction.clone(), step.main_ema.clone(), step.aux_ema.clone()),
+        };
         let direction = widen(&read_leaves(device, queue, bindings.output_leaves())?);
-        report.record("direction", relative_error(&direction, &step.direction));
+        report.record("direction", relative_error(&direction, &expected.0));
         if config.method.has_main_ema() {
             let ema = widen(&state.read_ema(EmaRole::Main)?);
-            report.record("main", relative_error(&ema, &step.main_ema));
+            report.record("main", relative_error(&ema, &expected.1));
         }
-        if let (true, Some(expected)) = (config.method.has_aux_ema(), &step.aux_ema) {
+        if let (true, Some(expected)) = (config.method.has_aux_ema(), &expected.2) {
             let ema = widen(&state.read_ema(EmaRole::Aux)?);
             report.record("aux", relative_error(&ema, expected));
         }
-        if let Some(out) = &output_buffer {
-            let whole = LeafBuffer::new(&out.buffer, 0, out.contents.len() as u64);
-            let after = &read_leaves(device, queue, &[whole])?[0];
-            let mut inside = vec![false; after.len()];
-            for leaf in &out.leaves {
-                let start = (leaf.offset / 4) as usize;
-                inside[start..start + leaf.len as usize].fill(true);
+        if let (Some(inputs), Some(outputs)) = (&inputs, &outputs) {
+            report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles)?;
+            if !outputs.bytes.is_empty() {
+                report.corrupted_guards += outputs.corrupted(device, queue, &[])?;
             }
-            report.corrupted_guards +=
-                after.iter().zip(&inside).filter(|(v, inside)| !**inside && v.to_bits() != GUARD.to_bits()).count();
         }
     }
     Ok(report)

@@ -2,6 +2,7 @@
 //! directly from the formulas in the paper's reference code as possible.
 
 use crate::config::{Config, Method};
+use crate::dtype::DType;
 
 /// Per-leaf values, in layout order.
 pub type Leaves = Vec<Vec<f64>>;
@@ -50,14 +51,30 @@ pub struct ReferenceState {
     pub skipped_steps: u64,
 }
 
+/// Rounds every value to what `dtype` stores (f64 -> f32 -> dtype).
+fn round_to(leaves: &mut Leaves, dtype: DType) {
+    if dtype != DType::F32 {
+        leaves.iter_mut().flatten().for_each(|x| *x = dtype.round(*x as f32) as f64);
+    }
+}
+
 impl ReferenceState {
     pub fn new(config: Config, main_ema: Leaves, aux_ema: Leaves) -> ReferenceState {
         ReferenceState { config, main_ema, aux_ema, skipped_steps: 0 }
     }
 
     /// One step: updates the averages and returns the direction. With the guard, a step whose
-    /// gradients hold an inf or NaN returns zeros and leaves the averages as they were.
+    /// gradients hold an inf or NaN returns zeros and leaves the averages as they were. Averages
+    /// stored in 16 bits are rounded after the step, as the GPU stores them; the direction uses
+    /// them unrounded, as the GPU computes it.
     pub fn step(&mut self, g_main: &[Vec<f64>], g_aux: &[Vec<f64>]) -> Leaves {
+        let direction = self.unrounded_step(g_main, g_aux);
+        round_to(&mut self.main_ema, self.config.types.ema);
+        round_to(&mut self.aux_ema, self.config.types.ema);
+        direction
+    }
+
+    fn unrounded_step(&mut self, g_main: &[Vec<f64>], g_aux: &[Vec<f64>]) -> Leaves {
         let c = self.config;
         let finite = |leaves: &[Vec<f64>]| leaves.iter().flatten().all(|x| x.is_finite());
         if c.guard && !(finite(g_main) && finite(g_aux)) {

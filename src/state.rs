@@ -481,7 +481,12 @@ impl BloopState {
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let bytes =
             std::fs::read(path.as_ref()).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.as_ref().display())))?;
-        self.restore(&Checkpoint::from_bytes(&bytes)?)
+        self.load_checkpoint_bytes(&bytes)
+    }
+
+    /// [`BloopState::load_checkpoint`] from bytes already in memory.
+    pub fn load_checkpoint_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.restore(&Checkpoint::from_bytes(bytes)?)
     }
 
     /// A new state with the config, layout, averages and counters of a checkpoint.
