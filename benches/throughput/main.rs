@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use bloop::rng::SplitMix64;
 use bloop::{
-    BloopState, Config, EmaInits, ExternalGradients, GpuContext, GradientPool, Kernels, Layout, LeafBuffer, Method,
-    Output,
+    BloopState, Config, DType, ElementTypes, EmaInits, ExternalGradients, GpuContext, GradientPool, Kernels, Layout,
+    LeafBuffer, Method, Output,
 };
 use serde::Serialize;
 
@@ -183,6 +183,7 @@ struct Row {
     method: &'static str,
     guard: bool,
     dtype: &'static str,
+    ema_dtype: &'static str,
     layout: String,
     leaves: usize,
     path: &'static str,
@@ -201,18 +202,29 @@ struct Row {
     cpu_f64_reference_ms: Option<f64>,
 }
 
-/// (name, method, ratio_only, guard). The guard is on by default; the unguarded rows measure
-/// what it costs.
-const METHODS: [(&str, Method, bool, bool); 8] = [
-    ("bloop", Method::Bloop, false, true),
-    ("dynamic_barrier", Method::DynamicBarrier, false, true),
-    ("pcgrad", Method::PcGrad, false, true),
-    ("mixed", Method::Mixed, false, true),
-    ("bloop_ratio_only", Method::Bloop, true, true),
-    ("bloop_unguarded", Method::Bloop, false, false),
-    ("mixed_unguarded", Method::Mixed, false, false),
-    ("bloop_ratio_only_unguarded", Method::Bloop, true, false),
+/// (name, method, ratio_only, guard, gradient and output type, averages' type). The guard is
+/// on by default; the unguarded rows measure what it costs, the 16-bit rows what halving the
+/// bytes buys.
+const METHODS: [(&str, Method, bool, bool, DType, DType); 13] = [
+    ("bloop", Method::Bloop, false, true, DType::F32, DType::F32),
+    ("dynamic_barrier", Method::DynamicBarrier, false, true, DType::F32, DType::F32),
+    ("pcgrad", Method::PcGrad, false, true, DType::F32, DType::F32),
+    ("mixed", Method::Mixed, false, true, DType::F32, DType::F32),
+    ("bloop_ratio_only", Method::Bloop, true, true, DType::F32, DType::F32),
+    ("bloop_unguarded", Method::Bloop, false, false, DType::F32, DType::F32),
+    ("mixed_unguarded", Method::Mixed, false, false, DType::F32, DType::F32),
+    ("bloop_ratio_only_unguarded", Method::Bloop, true, false, DType::F32, DType::F32),
+    ("bloop_f16", Method::Bloop, false, true, DType::F16, DType::F16),
+    ("bloop_f16_f32ema", Method::Bloop, false, true, DType::F16, DType::F32),
+    ("bloop_bf16", Method::Bloop, false, true, DType::Bf16, DType::Bf16),
+    ("mixed_f16", Method::Mixed, false, true, DType::F16, DType::F16),
+    ("mixed_bf16", Method::Mixed, false, true, DType::Bf16, DType::Bf16),
 ];
+
+/// Rows `--quick` keeps: the f32 methods with the guard, one unguarded and the all-16-bit bloop.
+fn in_quick(name: &str) -> bool {
+    !name.contains("unguarded") && !name.contains("f32ema") && !name.starts_with("mixed_") || name == "bloop_unguarded"
+}
 
 fn uniform(rng: &mut SplitMix64, n: u64) -> Vec<f32> {
     (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()
@@ -220,7 +232,44 @@ fn uniform(rng: &mut SplitMix64, n: u64) -> Vec<f32> {
 
 fn fill(gpu: &GpuContext, leaves: &[LeafBuffer], rng: &mut SplitMix64) {
     for leaf in leaves {
-        gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&uniform(rng, leaf.len)));
+        let mut bytes = leaf.dtype.encode(&uniform(rng, leaf.len));
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        gpu.queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
+    }
+}
+
+/// Gradient buffers of one element type: a pool, and a buffer of its own per leaf and role.
+struct Buffers {
+    pool: GradientPool,
+    main: Vec<LeafBuffer>,
+    aux: Vec<LeafBuffer>,
+    out: Vec<LeafBuffer>,
+}
+
+impl Buffers {
+    fn new(gpu: &GpuContext, layout: &Layout, dtype: DType, rng: &mut SplitMix64) -> Buffers {
+        let pool = GradientPool::typed(&gpu.device, layout, false, ElementTypes::gradients_and_output(dtype)).unwrap();
+        fill(gpu, pool.main_leaves(), rng);
+        fill(gpu, pool.aux_leaves(), rng);
+        let per_leaf = |label: &str| -> Vec<LeafBuffer> {
+            layout
+                .lengths()
+                .iter()
+                .map(|&n| {
+                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: (n * dtype.size()).next_multiple_of(4),
+                        usage: bloop::pool::POOL_USAGE,
+                        mapped_at_creation: false,
+                    });
+                    LeafBuffer::typed(&b, 0, n, dtype)
+                })
+                .collect()
+        };
+        let (main, aux, out) = (per_leaf("main"), per_leaf("aux"), per_leaf("out"));
+        fill(gpu, &main, rng);
+        fill(gpu, &aux, rng);
+        Buffers { pool, main, aux, out }
     }
 }
 
@@ -345,28 +394,7 @@ fn main() {
         let layout = &workload.layout;
         let elements = layout.total_elements();
         let copy = copy_gbps(&gpu, &clock, args.reps, elements);
-        let pool = GradientPool::new(&gpu.device, layout, false).unwrap();
-        fill(&gpu, pool.main_leaves(), &mut rng);
-        fill(&gpu, pool.aux_leaves(), &mut rng);
-        // External: a buffer of its own per leaf and role.
-        let per_leaf = |label: &str| -> Vec<LeafBuffer> {
-            layout
-                .lengths()
-                .iter()
-                .map(|&n| {
-                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some(label),
-                        size: n * 4,
-                        usage: bloop::pool::POOL_USAGE,
-                        mapped_at_creation: false,
-                    });
-                    LeafBuffer::new(&b, 0, n)
-                })
-                .collect()
-        };
-        let (main, aux, out) = (per_leaf("main"), per_leaf("aux"), per_leaf("out"));
-        fill(&gpu, &main, &mut rng);
-        fill(&gpu, &aux, &mut rng);
+        let mut buffers: Vec<(DType, Buffers)> = Vec::new();
         let host = args.cpu && elements <= 1 << 24;
         let (cpu_main, cpu_aux) =
             if host { (uniform(&mut rng, elements), uniform(&mut rng, elements)) } else { (vec![], vec![]) };
@@ -374,11 +402,16 @@ fn main() {
         // Baselines do not depend on the guard: measured once per method, reused by its
         // unguarded row.
         let mut baselines: Vec<(Method, bool, Stats, u64, Option<f64>, Option<f64>)> = Vec::new();
-        for (name, method, ratio_only, guard) in METHODS {
-            if args.quick && !guard && name != "bloop_unguarded" {
+        for (name, method, ratio_only, guard, dtype, ema_dtype) in METHODS {
+            if args.quick && !in_quick(name) {
                 continue;
             }
-            let config = Config::new(method).ema(0.01).lambda(0.5).ratio_only(ratio_only).guard(guard);
+            let types = ElementTypes { gradients: dtype, output: dtype, ema: ema_dtype };
+            let config = Config::new(method).ema(0.01).lambda(0.5).ratio_only(ratio_only).guard(guard).types(types);
+            if !buffers.iter().any(|(d, _)| *d == dtype) {
+                buffers.push((dtype, Buffers::new(&gpu, layout, dtype, &mut rng)));
+            }
+            let data = &buffers.iter().find(|(d, _)| *d == dtype).unwrap().1;
             let known = baselines.iter().find(|b| b.0 == method && b.1 == ratio_only).cloned();
             let (unfused, unfused_bytes, cpu32, cpu64) = match known {
                 Some((_, _, unfused, bytes, cpu32, cpu64)) => (unfused, bytes, cpu32, cpu64),
@@ -424,9 +457,13 @@ fn main() {
             for path in ["pool", "external"] {
                 let mut state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
                 let bindings = match path {
-                    "pool" => state.bind_pool(&pool).unwrap(),
+                    "pool" => state.bind_pool(&data.pool).unwrap(),
                     _ => state
-                        .bind_external(&ExternalGradients { main: &main, aux: &aux, output: Output::Buffers(&out) })
+                        .bind_external(&ExternalGradients {
+                            main: &data.main,
+                            aux: &data.aux,
+                            output: Output::Buffers(&data.out),
+                        })
                         .unwrap(),
                 };
                 let stats = clock
@@ -440,7 +477,8 @@ fn main() {
                     clock: clock.name(),
                     method: name,
                     guard,
-                    dtype: "f32",
+                    dtype: dtype.name(),
+                    ema_dtype: ema_dtype.name(),
                     layout: workload.name.clone(),
                     leaves: layout.len(),
                     path,
