@@ -52,7 +52,7 @@ fn parse_args() -> Args {
             "--quick" => {
                 args.quick = true;
                 args.max_log2 = 20;
-                args.layout_scale = 128;
+                args.layout_scale = 256;
                 args.reps = 20;
             }
             "--max-log2" => args.max_log2 = value().parse().expect("--max-log2 N"),
@@ -221,9 +221,9 @@ const METHODS: [(&str, Method, bool, bool, DType, DType); 13] = [
     ("mixed_bf16", Method::Mixed, false, true, DType::Bf16, DType::Bf16),
 ];
 
-/// Rows `--quick` keeps: the f32 methods with the guard, one unguarded and the all-16-bit bloop.
+/// Rows `--quick` keeps: the f32 methods with the guard, unguarded bloop and all-f16 bloop.
 fn in_quick(name: &str) -> bool {
-    !name.contains("unguarded") && !name.contains("f32ema") && !name.starts_with("mixed_") || name == "bloop_unguarded"
+    !name.contains('_') || ["bloop_ratio_only", "dynamic_barrier", "bloop_unguarded", "bloop_f16"].contains(&name)
 }
 
 fn uniform(rng: &mut SplitMix64, n: u64) -> Vec<f32> {
