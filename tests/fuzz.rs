@@ -35,7 +35,7 @@ fn mutate(rng: &mut SplitMix64, seed: &[u8]) -> Vec<u8> {
         if bytes.is_empty() {
             break;
         }
-        let limit = if rng.next_u64() % 4 == 0 { bytes.len() } else { header.min(bytes.len()) };
+        let limit = if rng.next_u64().is_multiple_of(4) { bytes.len() } else { header.min(bytes.len()) };
         let i = (rng.next_u64() as usize) % limit;
         match rng.next_u64() % 5 {
             0 => bytes[i] ^= 1 << (rng.next_u64() % 8),

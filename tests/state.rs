@@ -90,11 +90,9 @@ fn states_on_one_device_share_compiled_kernels() {
     let _c = new_state(&kernels, Method::PcGrad, EmaInits::zeros());
     assert_eq!(kernels.compiled_variants(), 2);
     kernels.compile_all().unwrap();
-    assert_eq!(
-        kernels.compiled_variants(),
-        bloop::shaders::Variant::all().len() / 2,
-        "one reduction flavour per device"
-    );
+    // Every f32 variant of this device's reduction: 4 kinds x 2 input bindings x 3 settings of
+    // the guard and diagnostics.
+    assert_eq!(kernels.compiled_variants(), 4 * 2 * 3);
 }
 
 #[test]

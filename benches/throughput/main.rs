@@ -161,6 +161,9 @@ impl Clock {
     }
 }
 
+/// The unfused baseline's time and bytes, and the host baselines' times.
+type Baseline = (Stats, u64, Option<f64>, Option<f64>);
+
 #[derive(Clone, Copy, Debug, Serialize)]
 struct Stats {
     median_ms: f64,
@@ -401,7 +404,7 @@ fn main() {
 
         // Baselines do not depend on the guard: measured once per method, reused by its
         // unguarded row.
-        let mut baselines: Vec<(Method, bool, Stats, u64, Option<f64>, Option<f64>)> = Vec::new();
+        let mut baselines: Vec<(Method, bool, Baseline)> = Vec::new();
         for (name, method, ratio_only, guard, dtype, ema_dtype) in METHODS {
             if args.quick && !in_quick(name) {
                 continue;
@@ -412,9 +415,9 @@ fn main() {
                 buffers.push((dtype, Buffers::new(&gpu, layout, dtype, &mut rng)));
             }
             let data = &buffers.iter().find(|(d, _)| *d == dtype).unwrap().1;
-            let known = baselines.iter().find(|b| b.0 == method && b.1 == ratio_only).cloned();
+            let known = baselines.iter().find(|b| b.0 == method && b.1 == ratio_only).map(|b| b.2);
             let (unfused, unfused_bytes, cpu32, cpu64) = match known {
-                Some((_, _, unfused, bytes, cpu32, cpu64)) => (unfused, bytes, cpu32, cpu64),
+                Some(known) => known,
                 None => {
                     let (eager, _buffers) = eager::Eager::new(&gpu.device, elements, &config);
                     let unfused = clock.stats(&gpu, args.reps, &mut |encoder, t| eager.record(encoder, t));
@@ -450,7 +453,7 @@ fn main() {
                     } else {
                         (None, None)
                     };
-                    baselines.push((method, ratio_only, unfused, eager.bytes_per_element, cpu32, cpu64));
+                    baselines.push((method, ratio_only, (unfused, eager.bytes_per_element, cpu32, cpu64)));
                     (unfused, eager.bytes_per_element, cpu32, cpu64)
                 }
             };
