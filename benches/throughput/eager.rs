@@ -49,6 +49,20 @@ struct OpSpec {
     workgroups: [u32; 2],
 }
 
+/// A compute-stage storage buffer entry of a bind group layout (shared with the copy kernel).
+pub fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
 pub struct Eager {
     pipelines: [wgpu::ComputePipeline; 4],
     ops: Vec<(usize, wgpu::BindGroup, [u32; 2])>,
@@ -209,16 +223,6 @@ impl Eager {
             label: Some("eager"),
             source: wgpu::ShaderSource::Wgsl(SOURCE.into()),
         });
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: None,
             entries: &[

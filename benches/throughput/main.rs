@@ -293,19 +293,9 @@ fn copy_gbps(gpu: &GpuContext, clock: &Clock, reps: usize, elements: u64) -> f64
         label: Some("copy"),
         source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()),
     });
-    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: None,
-        entries: &[storage(0, true), storage(1, false)],
+        entries: &[eager::storage(0, true), eager::storage(1, false)],
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: None,
