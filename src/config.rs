@@ -1,7 +1,7 @@
 //! What a step computes: the method, its constants, and where the averages start.
 //!
 //! Values are kept in f64 so the CPU reference sees exactly what the user wrote; the GPU gets
-//! them rounded to f32 once, in [`Config::gpu_constants`].
+//! them rounded to f32 once, when a state uploads its constants.
 
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
