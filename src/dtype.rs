@@ -85,6 +85,21 @@ impl ElementTypes {
         ElementTypes { gradients: dtype, output: dtype, ema: DType::F32 }
     }
 
+    /// In place, the direction overwrites the main gradient, so it must be stored in the
+    /// gradients' type.
+    pub(crate) fn check_in_place(&self) -> crate::Result<()> {
+        if self.output == self.gradients {
+            return Ok(());
+        }
+        Err(crate::Error::InvalidConfig {
+            field: "types.output",
+            problem: format!(
+                "in place needs the output in the gradients' type ({}), got {}",
+                self.gradients, self.output
+            ),
+        })
+    }
+
     /// Everything in `dtype`, the averages included.
     pub fn all(dtype: DType) -> ElementTypes {
         ElementTypes { gradients: dtype, output: dtype, ema: dtype }

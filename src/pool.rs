@@ -30,14 +30,8 @@ impl GradientPool {
     /// A pool whose gradients and output have the element types of `types` (the averages'
     /// type does not matter here). In place needs the output's type to be the gradients'.
     pub fn typed(device: &wgpu::Device, layout: &Layout, in_place: bool, types: ElementTypes) -> Result<GradientPool> {
-        if in_place && types.output != types.gradients {
-            return Err(crate::Error::InvalidConfig {
-                field: "types.output",
-                problem: format!(
-                    "in place needs the output in the gradients' type ({}), got {}",
-                    types.gradients, types.output
-                ),
-            });
+        if in_place {
+            types.check_in_place()?;
         }
         let max = device.limits().max_buffer_size;
         let mut buffers = Vec::new();

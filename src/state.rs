@@ -334,16 +334,10 @@ impl BloopState {
         validate::leaves(layout, Role::MainGrad, gradients.main, storage, types.gradients)?;
         validate::leaves(layout, Role::AuxGrad, gradients.aux, storage, types.gradients)?;
         let output = match gradients.output {
-            Output::InPlace if types.output != types.gradients => {
-                return Err(Error::InvalidConfig {
-                    field: "types.output",
-                    problem: format!(
-                        "in place needs the output in the gradients' type ({}), got {}",
-                        types.gradients, types.output
-                    ),
-                });
+            Output::InPlace => {
+                types.check_in_place()?;
+                gradients.main
             }
-            Output::InPlace => gradients.main,
             Output::Buffers(out) => {
                 validate::leaves(layout, Role::Output, out, storage, types.output)?;
                 out

@@ -40,6 +40,17 @@ fn elementwise(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgr
 
 var<workgroup> scratch: array<f32, 256>;
 
+// Leaves the workgroup's total of `value` in scratch[0].
+fn workgroup_sum(lid: u32, value: f32) {
+    scratch[lid] = value;
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        workgroupBarrier();
+        if lid < stride {
+            scratch[lid] += scratch[lid + stride];
+        }
+    }
+}
+
 // Partial dot products, one per workgroup of 256 x 16 elements, into `out`.
 @compute @workgroup_size(256)
 fn dot_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) num_wg: vec3<u32>) {
@@ -51,13 +62,7 @@ fn dot_partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             sum += x[i] * y[i];
         }
     }
-    scratch[lid] = sum;
-    for (var stride = 128u; stride > 0u; stride >>= 1u) {
-        workgroupBarrier();
-        if lid < stride {
-            scratch[lid] += scratch[lid + stride];
-        }
-    }
+    workgroup_sum(lid, sum);
     if lid == 0u {
         out[tile] = scratch[0];
     }
@@ -70,13 +75,7 @@ fn dot_final(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < op.len; i += 256u) {
         sum += x[i];
     }
-    scratch[lid] = sum;
-    for (var stride = 128u; stride > 0u; stride >>= 1u) {
-        workgroupBarrier();
-        if lid < stride {
-            scratch[lid] += scratch[lid + stride];
-        }
-    }
+    workgroup_sum(lid, sum);
     if lid == 0u {
         scalars[op.out] = scratch[0];
     }
