@@ -16,13 +16,17 @@ use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Leaf};
 
+/// The `format` entry of a checkpoint's metadata.
 pub const FORMAT: &str = "bloop-checkpoint";
+/// The format version this library writes and reads.
 pub const VERSION: &str = "1";
 
 /// The contents of a checkpoint, on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
+    /// The configuration of the state that was saved.
     pub config: Config,
+    /// The leaves the averages belong to.
     pub layout: Layout,
     /// Steps recorded before the checkpoint.
     pub steps: u64,

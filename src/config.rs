@@ -21,6 +21,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's name as configs and golden cases spell it (`bloop`, `dynamic_barrier`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Method::Bloop => "bloop",
@@ -49,6 +50,7 @@ impl Method {
 /// One step's constants. Build with [`Config::new`] and the setters, then the state validates.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config {
+    /// Which combination rule a step applies.
     pub method: Method,
     /// EMA rate `b` in `e <- e + b * (g - e)`, in [0, 1].
     pub ema: f64,
@@ -87,41 +89,49 @@ impl Config {
         }
     }
 
+    /// Sets the EMA rate `b` in `e <- e + b (g - e)`, in (0, 1].
     pub fn ema(mut self, ema: f64) -> Config {
         self.ema = ema;
         self
     }
 
+    /// Sets the weight `lambda` of the auxiliary gradient (finite, >= 0).
     pub fn lambda(mut self, lambda: f64) -> Config {
         self.lambda = lambda;
         self
     }
 
+    /// Sets `eps`, added to `<e, e>` in the projection ratio's denominator (finite, >= 0).
     pub fn eps(mut self, eps: f64) -> Config {
         self.eps = eps;
         self
     }
 
+    /// Scales the direction by `1 / (1 + lambda)`.
     pub fn rescale(mut self, rescale: bool) -> Config {
         self.rescale = rescale;
         self
     }
 
+    /// Applies the projection as a scalar on `g_main` instead of subtracting `r e` from `g_aux`.
     pub fn ratio_only(mut self, ratio_only: bool) -> Config {
         self.ratio_only = ratio_only;
         self
     }
 
+    /// Skips steps whose gradients hold inf or NaN (on by default).
     pub fn guard(mut self, guard: bool) -> Config {
         self.guard = guard;
         self
     }
 
+    /// Computes gradient norms and `<g_main, g_aux>` for diagnostics even without the guard.
     pub fn diagnostics(mut self, diagnostics: bool) -> Config {
         self.diagnostics = diagnostics;
         self
     }
 
+    /// Sets the element types of gradients, output and averages.
     pub fn types(mut self, types: ElementTypes) -> Config {
         self.types = types;
         self
@@ -189,12 +199,12 @@ impl Config {
     /// `2g + o`. The fused kernels move exactly this much.
     pub fn bytes_per_element(&self) -> u64 {
         let (g, e, o) = (self.types.gradients.size(), self.types.ema.size(), self.types.output.size());
-        match crate::shaders::Kind::of(self) {
-            crate::shaders::Kind::Project => 4 * g + 3 * e + o,
-            crate::shaders::Kind::RatioOnly if self.guard => 4 * g + 3 * e + o,
-            crate::shaders::Kind::RatioOnly => 4 * g + 2 * e + o,
-            crate::shaders::Kind::PcGrad => 4 * g + 6 * e + o,
-            crate::shaders::Kind::Mixed => 2 * g + o,
+        match Kind::of(self) {
+            Kind::Project => 4 * g + 3 * e + o,
+            Kind::RatioOnly if self.guard => 4 * g + 3 * e + o,
+            Kind::RatioOnly => 4 * g + 2 * e + o,
+            Kind::PcGrad => 4 * g + 6 * e + o,
+            Kind::Mixed => 2 * g + o,
         }
     }
 
@@ -230,7 +240,10 @@ pub enum EmaInit {
     Zeros,
     /// Independent standard normal values from [`crate::rng::normal_leaves`] with this seed:
     /// the same seed gives the same values on every machine.
-    Normal { seed: u64 },
+    Normal {
+        /// The seed of the stream.
+        seed: u64,
+    },
     /// Host values, one vector per leaf.
     Values(Vec<Vec<f32>>),
     /// Copied on the GPU from the user's buffers (for example the first main gradient).
@@ -241,7 +254,9 @@ pub enum EmaInit {
 /// Initial values of the averages a method keeps. Methods without an aux EMA ignore `aux`.
 #[derive(Clone, Debug)]
 pub struct EmaInits {
+    /// Initial value of the main-gradient average.
     pub main: EmaInit,
+    /// Initial value of the aux-gradient average (used by `pcgrad` only).
     pub aux: EmaInit,
 }
 
@@ -255,7 +270,43 @@ impl EmaInits {
         EmaInits { main: init, aux }
     }
 
+    /// Both averages start at zero.
     pub fn zeros() -> EmaInits {
         EmaInits::both(EmaInit::Zeros)
+    }
+}
+
+/// The computation a kernel set specialises in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `bloop` and `dynamic_barrier` (they differ only in the ratio cap, a uniform).
+    Project,
+    /// `bloop` / `dynamic_barrier` with `ratio_only`.
+    RatioOnly,
+    /// `pcgrad`: projections against both averages.
+    PcGrad,
+    /// `mixed`: no projection.
+    Mixed,
+}
+
+impl Kind {
+    /// The kernel family `config` needs.
+    pub fn of(config: &Config) -> Kind {
+        match config.method {
+            Method::Bloop | Method::DynamicBarrier if config.ratio_only => Kind::RatioOnly,
+            Method::Bloop | Method::DynamicBarrier => Kind::Project,
+            Method::PcGrad => Kind::PcGrad,
+            Method::Mixed => Kind::Mixed,
+        }
+    }
+
+    /// Whether this family keeps an average of the main gradient.
+    pub fn has_main_ema(self) -> bool {
+        self != Kind::Mixed
+    }
+
+    /// Whether this family keeps an average of the aux gradient.
+    pub fn has_aux_ema(self) -> bool {
+        self == Kind::PcGrad
     }
 }

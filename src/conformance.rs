@@ -34,42 +34,64 @@ pub fn bound(types: ElementTypes) -> f64 {
     written(types.output).max(written(types.ema))
 }
 
+/// The hyperparameters of a golden case.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CaseConfig {
+    /// EMA rate.
     pub ema: f64,
+    /// Weight of the auxiliary gradient.
     pub lambda: f64,
+    /// Denominator epsilon.
     pub eps: f64,
+    /// Whether the direction is scaled by `1 / (1 + lambda)`.
     pub rescale: bool,
+    /// Whether the projection is applied as a scalar on the main gradient.
     pub ratio_only: bool,
 }
 
+/// The averages a golden case starts from.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CaseInit {
+    /// Initial main-gradient average, per leaf.
     pub main_ema: Leaves,
+    /// Initial aux-gradient average (`pcgrad` only).
     pub aux_ema: Option<Leaves>,
 }
 
+/// One step of a golden case: its inputs and the expected results.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CaseStep {
+    /// Main gradient, per leaf.
     pub grad_main: Leaves,
+    /// Auxiliary gradient, per leaf.
     pub grad_aux: Leaves,
+    /// Expected direction.
     pub direction: Leaves,
+    /// Expected main average after the step.
     pub main_ema: Leaves,
+    /// Expected aux average after the step (`pcgrad` only).
     pub aux_ema: Option<Leaves>,
 }
 
 /// One scenario: a method, its config, a layout, initial averages and steps to replay.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Case {
+    /// The case's file name.
     pub name: String,
+    /// Method name (see `Method::from_name`).
     pub method: String,
+    /// Hyperparameters.
     pub config: CaseConfig,
+    /// Element count of every leaf.
     pub leaf_sizes: Vec<u64>,
+    /// Initial averages.
     pub init: CaseInit,
+    /// Steps in order.
     pub steps: Vec<CaseStep>,
 }
 
 impl Case {
+    /// Reads a case from its JSON file; the message names what is wrong.
     pub fn from_file(path: &Path) -> std::result::Result<Case, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let case: Case = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -128,18 +150,23 @@ pub enum GradientPath {
 /// Worst relative error over the steps of a case, per output.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CaseReport {
+    /// Worst relative error of the direction.
     pub direction: f64,
+    /// Worst relative error of the main average, where the method keeps one.
     pub main_ema: Option<f64>,
+    /// Worst relative error of the aux average, where the method keeps one.
     pub aux_ema: Option<f64>,
     /// Output elements outside every leaf that changed (external path only).
     pub corrupted_guards: usize,
 }
 
 impl CaseReport {
+    /// The worst relative error over every output.
     pub fn worst(&self) -> f64 {
         self.direction.max(self.main_ema.unwrap_or(0.0)).max(self.aux_ema.unwrap_or(0.0))
     }
 
+    /// Whether every error is within `bound` and no guard word changed.
     pub fn passes(&self, bound: f64) -> bool {
         self.worst() <= bound && self.corrupted_guards == 0
     }

@@ -12,9 +12,13 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
 /// `wgpu::Device` / `wgpu::Queue`, so a trainer that already has them never needs this.
 #[derive(Clone, Debug)]
 pub struct GpuContext {
+    /// The wgpu instance the adapter came from.
     pub instance: wgpu::Instance,
+    /// The adapter (its name and limits are in `adapter.get_info()`).
     pub adapter: wgpu::Adapter,
+    /// The device every state and kernel set of this context uses.
     pub device: wgpu::Device,
+    /// The device's queue.
     pub queue: wgpu::Queue,
 }
 

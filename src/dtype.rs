@@ -7,6 +7,7 @@ use std::fmt;
 /// How one role's elements are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float.
     #[default]
     F32,
     /// IEEE half precision.
@@ -24,6 +25,7 @@ impl DType {
         }
     }
 
+    /// The lowercase name (`f32`, `f16`, `bf16`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -32,6 +34,7 @@ impl DType {
         }
     }
 
+    /// The type named `name`, if any.
     pub fn from_name(name: &str) -> Option<DType> {
         [DType::F32, DType::F16, DType::Bf16].into_iter().find(|d| d.name() == name)
     }
@@ -74,8 +77,11 @@ impl fmt::Display for DType {
 /// averages are f32 or the gradients' type (half the memory).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ElementTypes {
+    /// Type of the main and aux gradients.
     pub gradients: DType,
+    /// Type of the output direction.
     pub output: DType,
+    /// Type of the averages.
     pub ema: DType,
 }
 

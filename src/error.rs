@@ -1,14 +1,20 @@
 //! One error type for every fallible call. Each variant names what was wrong and where,
 //! so a user can fix their input without reading the library's source.
 
-use crate::layout::Role;
+use crate::role::Role;
 
 /// Everything the library can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A configuration value is outside its domain.
     #[error("invalid config: `{field}` {problem}")]
-    InvalidConfig { field: &'static str, problem: String },
+    InvalidConfig {
+        /// The config field.
+        field: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
 
     /// The leaf layout itself is unusable.
     #[error("invalid layout: {0}")]
@@ -16,35 +22,118 @@ pub enum Error {
 
     /// Per-leaf input does not have one entry per leaf of the layout.
     #[error("{role}: expected one entry per leaf ({expected} leaves), got {got}")]
-    LeafCount { role: Role, expected: usize, got: usize },
+    LeafCount {
+        /// The part the buffer plays.
+        role: Role,
+        /// What the layout or config says.
+        expected: usize,
+        /// What was handed in.
+        got: usize,
+    },
 
     /// A leaf's length differs from the layout's.
     #[error("leaf `{leaf}` ({role}): layout says {expected} elements, got {got}")]
-    LeafLength { leaf: String, role: Role, expected: u64, got: u64 },
+    LeafLength {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// What the layout or config says.
+        expected: u64,
+        /// What was handed in.
+        got: u64,
+    },
+
+    /// A host value handed in as an initial average is inf or NaN.
+    #[error("leaf `{leaf}` ({role}): element {index} is {value}; initial values must be finite")]
+    NonFiniteValue {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// The element's index in the leaf.
+        index: u64,
+        /// The value.
+        value: f32,
+    },
 
     /// A leaf's element type is not the one the config gives its role.
     #[error("leaf `{leaf}` ({role}): element type {got}, but the config stores this role as {expected}")]
-    WrongType { leaf: String, role: Role, expected: crate::dtype::DType, got: crate::dtype::DType },
+    WrongType {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// What the layout or config says.
+        expected: crate::dtype::DType,
+        /// What was handed in.
+        got: crate::dtype::DType,
+    },
 
     /// A buffer lacks a usage flag the library needs.
     #[error("leaf `{leaf}` ({role}): buffer usage {actual:?} lacks {missing:?}")]
-    MissingUsage { leaf: String, role: Role, actual: wgpu::BufferUsages, missing: wgpu::BufferUsages },
+    MissingUsage {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// The buffer's usages.
+        actual: wgpu::BufferUsages,
+        /// The usages it lacks.
+        missing: wgpu::BufferUsages,
+    },
 
     /// A byte offset is not a multiple of what the element type needs.
     #[error("leaf `{leaf}` ({role}): byte offset {offset} is not a multiple of {alignment}")]
-    MisalignedOffset { leaf: String, role: Role, offset: u64, alignment: u64 },
+    MisalignedOffset {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// The byte offset given.
+        offset: u64,
+        /// The alignment in bytes it needs.
+        alignment: u64,
+    },
 
     /// A leaf's byte range runs past the end of its buffer.
     #[error("leaf `{leaf}` ({role}): bytes {start}..{end} exceed the buffer's {buffer_size} bytes")]
-    OutOfRange { leaf: String, role: Role, start: u64, end: u64, buffer_size: u64 },
+    OutOfRange {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// First byte of the range.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// The buffer's size in bytes.
+        buffer_size: u64,
+    },
 
     /// An output range overlaps another range the same step reads or writes.
     #[error("leaf `{leaf}` (output) overlaps leaf `{other}` ({other_role}) in the same buffer")]
-    OverlappingOutput { leaf: String, other: String, other_role: Role },
+    OverlappingOutput {
+        /// The leaf's name.
+        leaf: String,
+        /// The leaf it overlaps.
+        other: String,
+        /// That leaf's role.
+        other_role: Role,
+    },
 
     /// A leaf, pool or state does not fit the device's limits even after chunking.
     #[error("{what} needs {needed} bytes but the device allows at most {limit} (`{limit_name}`)")]
-    ExceedsLimit { what: String, needed: u64, limit: u64, limit_name: &'static str },
+    ExceedsLimit {
+        /// What does not fit.
+        what: String,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes the device allows.
+        limit: u64,
+        /// The `wgpu::Limits` field.
+        limit_name: &'static str,
+    },
 
     /// Bindings, pools or data prepared for one state were handed to another.
     #[error("{0}")]
@@ -52,11 +141,21 @@ pub enum Error {
 
     /// The method has no such EMA (for example the aux EMA of `bloop`).
     #[error("method `{method}` keeps no {role} EMA")]
-    NoSuchEma { method: &'static str, role: &'static str },
+    NoSuchEma {
+        /// The method's name.
+        method: &'static str,
+        /// The part the buffer plays.
+        role: &'static str,
+    },
 
     /// No GPU adapter could be found.
     #[error("no GPU adapter found{detail}. {hint}")]
-    NoAdapter { detail: String, hint: &'static str },
+    NoAdapter {
+        /// What wgpu said.
+        detail: String,
+        /// How to get an adapter.
+        hint: &'static str,
+    },
 
     /// The adapter refused the device request.
     #[error("requesting a device failed: {0}")]
@@ -64,7 +163,12 @@ pub enum Error {
 
     /// wgpu reported an error (validation, out of memory, internal) inside one of our calls.
     #[error("GPU error while {during}: {message}")]
-    Gpu { during: &'static str, message: String },
+    Gpu {
+        /// What the library was doing.
+        during: &'static str,
+        /// wgpu's message.
+        message: String,
+    },
 
     /// A checkpoint could not be read, or does not fit the state.
     #[error("checkpoint: {0}")]
@@ -72,7 +176,10 @@ pub enum Error {
 
     /// The device ran out of memory.
     #[error("the GPU ran out of memory while {during}")]
-    OutOfMemory { during: &'static str },
+    OutOfMemory {
+        /// What the library was doing.
+        during: &'static str,
+    },
 
     /// The device was lost (driver reset, `Device::destroy`, unplugged GPU); make a new one.
     #[error("the GPU device was lost: {0}")]
@@ -83,6 +190,7 @@ pub enum Error {
     Readback(String),
 }
 
+/// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The hint printed when there is no adapter at all: CI machines and containers usually have

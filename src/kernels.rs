@@ -130,6 +130,7 @@ impl Kernels {
         self.native_f16
     }
 
+    /// The device the kernels were built for.
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }

@@ -1,9 +1,8 @@
 //! A model's parameter leaves, and where each leaf's data lives in GPU buffers.
 
-use std::fmt;
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+pub use crate::role::Role;
 
 /// Byte alignment of every leaf the library places itself (pools, EMA state). 256 is the
 /// largest `min_storage_buffer_offset_alignment` WebGPU allows, so a user's kernel can bind
@@ -13,7 +12,9 @@ pub const PLACEMENT_ALIGNMENT: u64 = 256;
 /// One named parameter leaf.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leaf {
+    /// The leaf's name (a parameter path such as `encoder.0.weight`); unique and not empty.
     pub name: String,
+    /// Number of elements.
     pub len: u64,
     /// Optional tensor shape; when given, its product must equal `len`.
     pub shape: Option<Vec<u64>>,
@@ -45,13 +46,18 @@ impl Layout {
         Layout::new(lengths.iter().enumerate().map(|(i, &len)| (format!("leaf{i}"), len)))
     }
 
+    /// Leaves as given; refuses an empty list, empty or duplicate names, empty leaves, shapes that do not match the length, and leaves over 2^31 - 1 elements.
     pub fn from_leaves(leaves: impl IntoIterator<Item = Leaf>) -> Result<Layout> {
         let leaves: Vec<Leaf> = leaves.into_iter().collect();
         if leaves.is_empty() {
             return Err(Error::InvalidLayout("a layout needs at least one leaf".into()));
         }
         let mut names = std::collections::HashSet::new();
-        for leaf in &leaves {
+        for (index, leaf) in leaves.iter().enumerate() {
+            // Errors, checkpoints and diagnostics name leaves; an empty name names nothing.
+            if leaf.name.is_empty() {
+                return Err(Error::InvalidLayout(format!("leaf {index} has an empty name")));
+            }
             if !names.insert(leaf.name.as_str()) {
                 return Err(Error::InvalidLayout(format!("duplicate leaf name `{}`", leaf.name)));
             }
@@ -80,14 +86,17 @@ impl Layout {
         Ok(Layout { leaves })
     }
 
+    /// The leaves in order.
     pub fn leaves(&self) -> &[Leaf] {
         &self.leaves
     }
 
+    /// Number of leaves.
     pub fn len(&self) -> usize {
         self.leaves.len()
     }
 
+    /// Whether there are no leaves (never true for a layout that was built).
     pub fn is_empty(&self) -> bool {
         self.leaves.is_empty()
     }
@@ -97,6 +106,7 @@ impl Layout {
         self.leaves.iter().map(|l| l.len).sum()
     }
 
+    /// Element count of every leaf, in order.
     pub fn lengths(&self) -> Vec<u64> {
         self.leaves.iter().map(|l| l.len).collect()
     }
@@ -107,34 +117,16 @@ impl Layout {
     }
 }
 
-/// The part a buffer plays in a step; errors use it to say which buffer is wrong.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    MainGrad,
-    AuxGrad,
-    Output,
-    MainEma,
-    AuxEma,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::MainGrad => "main gradient",
-            Role::AuxGrad => "aux gradient",
-            Role::Output => "output",
-            Role::MainEma => "main EMA",
-            Role::AuxEma => "aux EMA",
-        })
-    }
-}
-
 /// One leaf's data: `len` elements of type `dtype` starting `offset` bytes into `buffer`.
 #[derive(Clone, Debug)]
 pub struct LeafBuffer {
+    /// The buffer holding the leaf.
     pub buffer: wgpu::Buffer,
+    /// Byte offset of the leaf's first element.
     pub offset: u64,
+    /// Number of elements.
     pub len: u64,
+    /// Element type.
     pub dtype: DType,
 }
 

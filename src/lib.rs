@@ -11,6 +11,24 @@
 //! projection over all of a model's parameter leaves. Steps are recorded into the caller's
 //! `wgpu::CommandEncoder`; the library never submits or waits on the hot path.
 //!
+//! # Layers
+//!
+//! Each module uses only modules of the layers below it (`tests/layering.rs` checks that the
+//! imports form no cycle):
+//!
+//! 1. Types and errors: [`dtype`], [`role`], [`error`], [`rng`], [`context`] (the device).
+//! 2. What a step is: [`layout`] (leaves and where they live), [`config`] (the method and its
+//!    hyperparameters), [`shaders`] (the WGSL variants a config needs), [`scalars`] (what a
+//!    step leaves on the GPU), [`reference`](mod@reference) (the same math in f64 on the host).
+//! 3. Running it: [`kernels`] (compiled pipelines), the private planner and validator,
+//!    [`pool`], [`readback`], [`checkpoint`] (the file format).
+//! 4. [`state`]: the averages of one model and the steps recorded over them.
+//! 5. Reading results while training: [`diagnostics`].
+//!
+//! Integrations live in crates of their own that depend on this one. The golden-case runner and
+//! the fuzz targets' bodies (`conformance`, `fuzzing`) are test scaffolding behind the
+//! `testing` feature, not part of the stable API.
+//!
 //! ```no_run
 //! use bloop::{BloopState, Config, EmaInits, GpuContext, GradientPool, Kernels, Layout, Method};
 //! # fn main() -> bloop::Result<()> {
@@ -29,13 +47,17 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod context;
 pub mod diagnostics;
 pub mod dtype;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod kernels;
 pub mod layout;
@@ -44,6 +66,8 @@ pub mod pool;
 pub mod readback;
 pub mod reference;
 pub mod rng;
+pub mod role;
+pub mod scalars;
 pub mod shaders;
 pub mod state;
 mod validate;

@@ -47,10 +47,12 @@ impl GradientPool {
         Ok(GradientPool { layout: layout.clone(), main, aux, output, buffers })
     }
 
+    /// The layout the pool was made for.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
 
+    /// Whether the output shares the main gradient's storage.
     pub fn in_place(&self) -> bool {
         self.output.is_none()
     }
@@ -70,14 +72,17 @@ impl GradientPool {
         self.output.as_ref().map_or(&self.main[i], |o| &o[i])
     }
 
+    /// Every leaf's main-gradient view.
     pub fn main_leaves(&self) -> &[LeafBuffer] {
         &self.main
     }
 
+    /// Every leaf's aux-gradient view.
     pub fn aux_leaves(&self) -> &[LeafBuffer] {
         &self.aux
     }
 
+    /// Every leaf's output view.
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         self.output.as_deref().unwrap_or(&self.main)
     }

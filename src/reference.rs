@@ -42,6 +42,7 @@ fn combine(
 /// The CPU counterpart of a GPU state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReferenceState {
+    /// The configuration the steps follow.
     pub config: Config,
     /// EMA of the main gradient (empty for `mixed`).
     pub main_ema: Leaves,
@@ -59,6 +60,7 @@ fn round_to(leaves: &mut Leaves, dtype: DType) {
 }
 
 impl ReferenceState {
+    /// A reference state starting from these averages.
     pub fn new(config: Config, main_ema: Leaves, aux_ema: Leaves) -> ReferenceState {
         ReferenceState { config, main_ema, aux_ema, skipped_steps: 0 }
     }

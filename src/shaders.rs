@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::config::{Config, Method};
+pub use crate::config::Kind;
 
 const SOURCES: &[(&str, &str)] = &[
     ("bindings", include_str!("../shaders/bindings.wgsl")),
@@ -25,6 +25,7 @@ const SOURCES: &[(&str, &str)] = &[
 /// How a role's elements are laid out for the shader.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Storage {
+    /// `array<f32>`.
     #[default]
     F32,
     /// `array<f16>` through `Features::SHADER_F16`.
@@ -63,25 +64,19 @@ impl Storage {
 /// The storage of each role.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Storages {
+    /// Storage of both gradients.
     pub gradients: Storage,
+    /// Storage of the output.
     pub output: Storage,
+    /// Storage of the averages.
     pub ema: Storage,
 }
 
-/// The computation a kernel set specialises in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// `bloop` and `dynamic_barrier` (they differ only in the ratio cap, a uniform).
-    Project,
-    /// `bloop` / `dynamic_barrier` with `ratio_only`.
-    RatioOnly,
-    PcGrad,
-    Mixed,
-}
 
 /// Everything that changes the generated code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
+    /// The computation.
     pub kind: Kind,
     /// The output shares a buffer with an input, so the inputs must be bound writable.
     pub inputs_writable: bool,
@@ -98,14 +93,18 @@ pub struct Variant {
 /// The stages a step runs, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// Dot products of the averages with the gradients, one partial sum per tile.
     Accumulate,
+    /// One workgroup sums the partials into the ratios (and the guard's decision).
     Finalize,
+    /// Writes the direction and the averages.
     Apply,
     /// Zeros the output of a skipped step (mixing with the guard only).
     Clear,
 }
 
 impl Stage {
+    /// The stage's file name in `shaders/` and entry point.
     pub fn name(self) -> &'static str {
         match self {
             Stage::Accumulate => "accumulate",
@@ -116,24 +115,6 @@ impl Stage {
     }
 }
 
-impl Kind {
-    pub fn of(config: &Config) -> Kind {
-        match config.method {
-            Method::Bloop | Method::DynamicBarrier if config.ratio_only => Kind::RatioOnly,
-            Method::Bloop | Method::DynamicBarrier => Kind::Project,
-            Method::PcGrad => Kind::PcGrad,
-            Method::Mixed => Kind::Mixed,
-        }
-    }
-
-    pub fn has_main_ema(self) -> bool {
-        self != Kind::Mixed
-    }
-
-    pub fn has_aux_ema(self) -> bool {
-        self == Kind::PcGrad
-    }
-}
 
 impl Variant {
     /// Every variant the library can build; the cross-compilation test walks this list.

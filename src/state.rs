@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
-use crate::diagnostics::{StepDiagnostics, SCALARS_BYTES};
+use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantKernels};
@@ -54,8 +54,11 @@ pub enum Output<'a> {
 /// mix (one flat buffer with offsets, a buffer per leaf, ...). Buffers need `STORAGE` usage.
 #[derive(Clone, Copy, Debug)]
 pub struct ExternalGradients<'a> {
+    /// Main gradient of every leaf.
     pub main: &'a [LeafBuffer],
+    /// Aux gradient of every leaf.
     pub aux: &'a [LeafBuffer],
+    /// Where the direction goes.
     pub output: Output<'a>,
 }
 
@@ -228,10 +231,12 @@ impl BloopState {
         Ok(state)
     }
 
+    /// The current configuration.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The layout the state was made for.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -241,6 +246,7 @@ impl BloopState {
         self.steps
     }
 
+    /// The kernel set the state records with.
     pub fn kernels(&self) -> &Arc<Kernels> {
         &self.kernels
     }
@@ -514,6 +520,11 @@ fn check_init(layout: &Layout, role: Role, init: &EmaInit, dtype: DType) -> Resu
                         expected: leaf.len,
                         got: v.len() as u64,
                     });
+                }
+                // A non-finite average would poison every later projection, and the guard
+                // checks gradients only.
+                if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                    return Err(Error::NonFiniteValue { leaf: leaf.name.clone(), role, index: index as u64, value });
                 }
             }
             Ok(())

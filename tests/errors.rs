@@ -74,6 +74,8 @@ fn invalid_layouts_are_refused() {
     let leaf = bloop::Leaf { name: "a".into(), len: 5, shape: Some(vec![2, 3]) };
     assert!(matches!(Layout::from_leaves([leaf]), Err(Error::InvalidLayout(m)) if m.contains("shape")));
     assert_eq!(Layout::from_shapes([("a", vec![2u64, 3])]).unwrap().total_elements(), 6);
+    let err = Layout::new([("a", 3u64), ("", 4)]).unwrap_err();
+    assert!(matches!(&err, Error::InvalidLayout(m) if m.contains("leaf 1 has an empty name")), "{err}");
 }
 
 #[test]
@@ -87,6 +89,15 @@ fn invalid_initial_values_are_refused() {
     let (_, [main, ..]) = flat(wgpu::BufferUsages::STORAGE);
     let err = new(EmaInit::Buffers(main)).unwrap_err();
     assert!(matches!(err, Error::MissingUsage { missing: wgpu::BufferUsages::COPY_SRC, .. }), "{err}");
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut values = vec![vec![0.5; 300], vec![0.25; 7]];
+        values[1][6] = bad;
+        let err = new(EmaInit::Values(values)).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteValue { leaf, index: 6, value, .. } if leaf == "b" && value.to_bits() == bad.to_bits()),
+            "{err}"
+        );
+    }
 }
 
 /// Asserts `bind_external` refuses `gradients` with an error `check` accepts, and changes
@@ -206,6 +217,10 @@ fn ema_access_errors_leave_the_ema_alone() {
         Err(Error::LeafLength { expected: 7, got: 6, .. })
     ));
     assert!(matches!(state.write_ema(EmaRole::Main, &[vec![1.0; 300]]), Err(Error::LeafCount { .. })));
+    assert!(matches!(
+        state.write_ema(EmaRole::Main, &[vec![f32::NAN; 300], vec![1.0; 7]]),
+        Err(Error::NonFiniteValue { index: 0, .. })
+    ));
     let (_, [sources, ..]) = flat(wgpu::BufferUsages::STORAGE);
     let mut encoder = gpu().device.create_command_encoder(&Default::default());
     assert!(matches!(
