@@ -1,8 +1,8 @@
 //! Replays every golden case (`*.json` in the given folders) through the public API on the GPU,
 //! over the library's pool and over external buffers, and checks each against the bound.
 //!
-//! `cargo run --release --example conformance -- [--dtype f16|bf16] [--ema-dtype f32|f16|bf16]
-//! [--packed-f16] tests/golden [MORE_DIRS...]`
+//! `cargo run --release --example conformance -- tests/golden [MORE_DIRS...]`; `--help` lists the
+//! options.
 //!
 //! With `--dtype`, gradients and output are stored in that type and the averages in
 //! `--ema-dtype` (default f32); inputs are rounded to their types and each step is judged
@@ -13,35 +13,38 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use bloop::conformance::{bound, load_cases, run_gpu_typed, run_reference, GradientPath};
 use bloop::{DType, ElementTypes, GpuContext, KernelOptions, Kernels};
 
-const USAGE: &str = "usage: conformance [--dtype f32|f16|bf16] [--ema-dtype f32|f16|bf16] [--packed-f16] DIR [DIR...]";
+/// Replays golden cases (`*.json` in the given folders) on the GPU, over the library's pool and
+/// over external buffers, and checks each step against the bound.
+#[derive(clap::Parser)]
+struct Args {
+    /// Element type of gradients and output.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
+    /// Element type of the averages.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    ema_dtype: DType,
+    /// Store f16 in u32 words even where the adapter has `SHADER_F16`.
+    #[arg(long)]
+    packed_f16: bool,
+    /// Folders of golden-case `*.json` files.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+}
+
+fn parse_dtype(name: &str) -> Result<DType, String> {
+    DType::from_name(name).ok_or_else(|| format!("`{name}` is not one of f32, f16, bf16"))
+}
 
 fn main() -> ExitCode {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut types = ElementTypes::default();
-    let mut options = KernelOptions::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut dtype = || args.next().as_deref().and_then(DType::from_name);
-        match arg.as_str() {
-            "--dtype" => match dtype() {
-                Some(d) => (types.gradients, types.output) = (d, d),
-                None => return usage(),
-            },
-            "--packed-f16" => options.native_f16 = false,
-            "--ema-dtype" => match dtype() {
-                Some(d) => types.ema = d,
-                None => return usage(),
-            },
-            _ if arg.starts_with("--") => return usage(),
-            _ => dirs.push(PathBuf::from(arg)),
-        }
-    }
-    if dirs.is_empty() {
-        return usage();
-    }
+    let args = Args::parse();
+    let dirs = args.dirs;
+    let types = ElementTypes { gradients: args.dtype, output: args.dtype, ema: args.ema_dtype };
+    let options = KernelOptions { native_f16: !args.packed_f16, ..KernelOptions::default() };
     let cases = match load_cases(&dirs) {
         Ok(cases) if cases.is_empty() => {
             eprintln!("no *.json cases in {dirs:?}");
@@ -115,7 +118,3 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage() -> ExitCode {
-    eprintln!("{USAGE}   (folders of golden-case *.json files)");
-    ExitCode::from(2)
-}

@@ -1,7 +1,6 @@
 //! Throughput of one full step of every method, against the best the adapter can do.
 //!
-//! `cargo bench --bench throughput -- [--quick] [--max-log2 N] [--layout-scale K] [--reps N]
-//!  [--no-models] [--no-cpu] [--out DIR] [--layouts-json PATH]`
+//! `cargo bench --bench throughput -- --quick` for a short run; `-- --help` lists the options.
 //!
 //! Times a step with timestamp queries where the adapter has them (else wall time around
 //! submit-and-wait), after warm-up, over at least 20 repetitions; reports the median, min and
@@ -16,7 +15,11 @@ mod eager;
 mod layouts;
 mod plot;
 
+use std::process::ExitCode;
 use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use bloop::rng::SplitMix64;
 use bloop::{
@@ -24,6 +27,41 @@ use bloop::{
     LeafBuffer, Method, Output,
 };
 use serde::Serialize;
+
+/// Throughput of one full step of every method against a copy kernel on the same adapter, with
+/// the unfused baseline and host implementations beside it.
+#[derive(clap::Parser)]
+#[command(name = "throughput")]
+struct Cli {
+    /// A short run (under 2 min on lavapipe): sizes up to 2^20, model layouts scaled down 256
+    /// times, 20 repetitions, and only the f32 methods with the guard, unguarded and f16 bloop.
+    #[arg(long)]
+    quick: bool,
+    /// Largest single-leaf size, as a power of two [default: 26, or 20 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=30))]
+    max_log2: Option<u32>,
+    /// Divide every leaf of the model layouts by this [default: 1, or 256 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    layout_scale: Option<u64>,
+    /// Timed repetitions per row, at least 20 [default: 30, or 20 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(20..))]
+    reps: Option<u64>,
+    /// Leave out the model layouts (ResNet-50, GPT-2 small).
+    #[arg(long)]
+    no_models: bool,
+    /// Leave out the host baselines.
+    #[arg(long)]
+    no_cpu: bool,
+    /// Folder for throughput.json and throughput.svg.
+    #[arg(long, default_value = "target/bench")]
+    out: std::path::PathBuf,
+    /// Write the model layouts as JSON to this file (for the GPU peers script) and exit.
+    #[arg(long, value_name = "PATH")]
+    layouts_json: Option<std::path::PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
 
 struct Args {
     max_log2: u32,
@@ -35,44 +73,20 @@ struct Args {
     quick: bool,
 }
 
-fn parse_args() -> Args {
-    let mut args = Args {
-        max_log2: 26,
-        layout_scale: 1,
-        reps: 30,
-        models: true,
-        cpu: true,
-        out: "target/bench".into(),
-        quick: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--quick" => {
-                args.quick = true;
-                args.max_log2 = 20;
-                args.layout_scale = 256;
-                args.reps = 20;
-            }
-            "--max-log2" => args.max_log2 = value().parse().expect("--max-log2 N"),
-            "--layout-scale" => args.layout_scale = value().parse().expect("--layout-scale K"),
-            "--reps" => args.reps = value().parse::<usize>().expect("--reps N").max(20),
-            "--no-models" => args.models = false,
-            "--no-cpu" => args.cpu = false,
-            "--out" => args.out = value().into(),
-            "--layouts-json" => {
-                // For the GPU peers script: the model layouts, then exit.
-                let layouts =
-                    serde_json::json!({ "resnet50": layouts::resnet50(), "gpt2-small": layouts::gpt2_small() });
-                std::fs::write(value(), serde_json::to_string(&layouts).unwrap()).unwrap();
-                std::process::exit(0);
-            }
-            "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other}"),
+impl Args {
+    /// Explicit values win over `--quick`'s, which win over the defaults.
+    fn from(cli: Cli) -> Args {
+        let (max_log2, layout_scale, reps) = if cli.quick { (20, 256, 20) } else { (26, 1, 30) };
+        Args {
+            max_log2: cli.max_log2.unwrap_or(max_log2),
+            layout_scale: cli.layout_scale.unwrap_or(layout_scale),
+            reps: cli.reps.map_or(reps, |r| r as usize),
+            models: !cli.no_models,
+            cpu: !cli.no_cpu,
+            out: cli.out,
+            quick: cli.quick,
         }
     }
-    args
 }
 
 /// How step times are taken.
@@ -336,24 +350,45 @@ struct Workload {
     layout: Layout,
 }
 
-fn workloads(args: &Args) -> Vec<Workload> {
+fn workloads(args: &Args) -> bloop::Result<Vec<Workload>> {
     let mut list: Vec<Workload> = (16..=args.max_log2)
         .step_by(2)
-        .map(|k| Workload { name: format!("leaf 2^{k}"), layout: Layout::from_lengths(&[1 << k]).unwrap() })
-        .collect();
+        .map(|k| Ok(Workload { name: format!("leaf 2^{k}"), layout: Layout::from_lengths(&[1 << k])? }))
+        .collect::<bloop::Result<_>>()?;
     if args.models {
         for (name, leaves) in [("resnet50", layouts::resnet50()), ("gpt2-small", layouts::gpt2_small())] {
             let scaled = leaves.into_iter().map(|(n, len)| (n, len.div_ceil(args.layout_scale)));
             let name = if args.layout_scale == 1 { name.to_string() } else { format!("{name}/{}", args.layout_scale) };
-            list.push(Workload { name, layout: Layout::new(scaled).unwrap() });
+            list.push(Workload { name, layout: Layout::new(scaled)? });
         }
     }
-    list
+    Ok(list)
 }
 
-fn main() {
-    let args = parse_args();
-    let gpu = GpuContext::from_env().unwrap_or_else(|e| panic!("{e}"));
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.layouts_json {
+        Some(path) => write_layouts(path),
+        None => run(Args::from(cli)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The model layouts, for the GPU peers script.
+fn write_layouts(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let layouts = serde_json::json!({ "resnet50": layouts::resnet50(), "gpt2-small": layouts::gpt2_small() });
+    std::fs::write(path, serde_json::to_string(&layouts)?)?;
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = GpuContext::from_env()?;
     let clock = Clock::new(&gpu);
     let kernels = Kernels::new(&gpu.device);
     let info = gpu.adapter.get_info();
@@ -383,7 +418,11 @@ fn main() {
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = SplitMix64::new(1);
-    for workload in workloads(&args) {
+    let workloads = workloads(&args)?;
+    let rows_per_workload = METHODS.iter().filter(|m| !args.quick || in_quick(m.0)).count();
+    let bar = ProgressBar::new((workloads.len() * rows_per_workload) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} methods, {elapsed} elapsed, ETA {eta}")?);
+    for workload in workloads {
         let layout = &workload.layout;
         let elements = layout.total_elements();
         let copy = copy_gbps(&gpu, &clock, args.reps, elements);
@@ -399,6 +438,7 @@ fn main() {
             if args.quick && !in_quick(name) {
                 continue;
             }
+            bar.inc(1);
             let types = ElementTypes { gradients: dtype, output: dtype, ema: ema_dtype };
             let config = Config::new(method).ema(0.01).lambda(0.5).ratio_only(ratio_only).guard(guard).types(types);
             if !buffers.iter().any(|(d, _)| *d == dtype) {
@@ -489,19 +529,23 @@ fn main() {
                     cpu_f64_reference_ms: cpu64,
                 };
                 let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-                println!(
+                // Rows go to stdout whether or not the bar is drawn (it hides itself off a terminal).
+                bar.suspend(|| println!(
                     "{:<18} {:>10} {:<17} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
                     row.layout, row.elements, row.method, row.path, stats.median_ms, stats.min_ms, stats.max_ms,
                     row.elements_per_s / 1e9, row.gbps, row.roofline_fraction, row.unfused_median_ms, row.fused_speedup, opt(cpu32), opt(cpu64)
-                );
+                ));
                 rows.push(row);
             }
         }
-        println!("{:<18} {:>10} {:<17} {:<8} copy kernel: {copy:.2} GB/s", workload.name, elements, "(roofline)", "");
+        bar.suspend(|| {
+            println!("{:<18} {:>10} {:<17} {:<8} copy kernel: {copy:.2} GB/s", workload.name, elements, "(roofline)", "")
+        });
     }
-    std::fs::create_dir_all(&args.out).unwrap();
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("throughput.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
     let svg = args.out.join("throughput.svg");
     plot::gbps_by_size(
         &rows
@@ -517,6 +561,7 @@ fn main() {
             .collect::<Vec<_>>(),
         &format!("{} ({:?})", info.name, info.backend),
         &svg,
-    );
+    )?;
     println!("wrote {} and {}{}", json.display(), svg.display(), if args.quick { " (quick run)" } else { "" });
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! The paper's quadratic experiment, end to end on the GPU: `cargo run --release --example
-//! quadratics -- [--epochs N | --paper] [--seed S] [--out DIR]`.
+//! quadratics -- --help` lists the options.
 //!
 //! Trains every method over the lambda grid `logspace(-3, 3, 10)` and once more at lambda = 1
 //! for the loss curves; gradients come from a WGSL kernel straight into the library's pool, the
@@ -10,31 +10,30 @@
 mod experiment;
 mod plots;
 
-use std::io::Write;
+use std::process::ExitCode;
 use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use experiment::{batch_order, lambda_grid, run_cpu, run_gpu, runs_at, History, Problem, Run};
 
+/// The paper's quadratic experiment on the GPU: every method over the lambda grid, with the f64
+/// host reference beside it.
+#[derive(clap::Parser)]
 struct Args {
-    epochs: usize,
+    /// Epochs of 4 SGD steps each (mini-batches of 64 rows).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    epochs: u64,
+    /// The paper's 1000 epochs (overrides --epochs).
+    #[arg(long)]
+    paper: bool,
+    /// Seed of the problem and of the batch order.
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Folder for the CSV files and the plots.
+    #[arg(long, default_value = "target/quadratics")]
     out: std::path::PathBuf,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args { epochs: 200, seed: 0, out: "target/quadratics".into() };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--epochs" => args.epochs = value().parse().expect("--epochs N"),
-            "--paper" => args.epochs = 1000,
-            "--seed" => args.seed = value().parse().expect("--seed S"),
-            "--out" => args.out = value().into(),
-            other => panic!("unknown argument {other} (expected --epochs N, --paper, --seed S, --out DIR)"),
-        }
-    }
-    args
 }
 
 /// How a point (aux, main) compares with another method's curve of (aux, main) points:
@@ -61,12 +60,32 @@ fn beaten_by(curve: &[(f64, f64)], (aux, main): (f64, f64)) -> Option<bool> {
     }
 }
 
-fn main() {
-    let args = parse_args();
-    let gpu = bloop::GpuContext::from_env().unwrap_or_else(|e| panic!("{e}"));
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A bar with an ETA on a terminal; hidden (and silent) when stderr is not one.
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_message(what.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("  {msg}: {bar:30} {pos}/{len} epochs, {elapsed} elapsed, ETA {eta}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let epochs = if args.paper { 1000 } else { args.epochs as usize };
+    let gpu = bloop::GpuContext::from_env()?;
     let kernels = bloop::Kernels::new(&gpu.device);
     let problem = Problem::generate(args.seed);
-    let order = batch_order(args.seed + 1, args.epochs);
+    let order = batch_order(args.seed + 1, epochs);
     let grid = lambda_grid();
     let mut runs: Vec<(f64, Run)> = grid.iter().flat_map(|&l| runs_at(l).map(|r| (l, r))).collect();
     runs.extend(runs_at(1.0).map(|r| (1.0, r)));
@@ -76,25 +95,23 @@ fn main() {
         runs.len(),
         4,
         grid.len(),
-        args.epochs,
+        epochs,
         experiment::STEPS_PER_EPOCH,
         args.seed
     );
 
     let started = Instant::now();
     let configs: Vec<Run> = runs.iter().map(|(_, r)| *r).collect();
-    let gpu_histories = run_gpu(&gpu, &kernels, &problem, &order, &configs, args.epochs, |epoch, _| {
-        print!("\r  GPU: epoch {epoch}/{} done", args.epochs);
-        let _ = std::io::stdout().flush();
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let bar = progress_bar(epochs as u64, "GPU");
+    let gpu_histories = run_gpu(&gpu, &kernels, &problem, &order, &configs, epochs, |epoch, _| bar.set_position(epoch as u64))?;
+    bar.finish_and_clear();
     let gpu_seconds = started.elapsed().as_secs_f64();
-    println!("\r  GPU: {} epochs in {gpu_seconds:.1} s", args.epochs);
+    println!("  GPU: {epochs} epochs in {gpu_seconds:.1} s");
     let started = Instant::now();
-    let cpu_histories: Vec<History> = configs.iter().map(|r| run_cpu(&problem, &order, r, args.epochs)).collect();
+    let cpu_histories: Vec<History> = configs.iter().map(|r| run_cpu(&problem, &order, r, epochs)).collect();
     println!("  CPU f64 reference: {:.1} s", started.elapsed().as_secs_f64());
 
-    std::fs::create_dir_all(&args.out).unwrap();
+    std::fs::create_dir_all(&args.out)?;
     let mut csv = String::from("method,lambda,gpu_best_main,gpu_aux_at_best,cpu_best_main,cpu_aux_at_best\n");
     println!("\nbest main loss over the run, and the aux loss at that point (GPU; f64 host reference)");
     println!(
@@ -118,10 +135,10 @@ fn main() {
             None => pareto.push((run.name, vec![(ga, gm)])),
         }
     }
-    std::fs::write(args.out.join("pareto.csv"), csv).unwrap();
+    std::fs::write(args.out.join("pareto.csv"), csv)?;
 
     // Where bloop's points lie against the other methods' curves at the same aux loss.
-    let (_, bloop) = pareto.iter().find(|(n, _)| *n == "bloop").unwrap();
+    let (_, bloop) = pareto.iter().find(|(n, _)| *n == "bloop").ok_or("the grid has no bloop run")?;
     let (mut lower, mut comparable) = (0, 0);
     for (i, &point) in bloop.iter().enumerate() {
         let verdicts: Vec<(&str, Option<bool>)> =
@@ -158,9 +175,10 @@ fn main() {
             csv += &format!("{name},{e},{},{},{},{}\n", g.main[e], g.aux[e], c.main[e], c.aux[e]);
         }
     }
-    std::fs::write(args.out.join("curves.csv"), csv).unwrap();
-    let title = format!("{} epochs, {}", args.epochs, gpu.adapter.get_info().name);
-    plots::pareto(&pareto, &title, &args.out.join("pareto.svg"));
-    plots::curves(&curves.iter().map(|(n, g, _)| (*n, *g)).collect::<Vec<_>>(), &title, &args.out.join("curves.svg"));
+    std::fs::write(args.out.join("curves.csv"), csv)?;
+    let title = format!("{} epochs, {}", epochs, gpu.adapter.get_info().name);
+    plots::pareto(&pareto, &title, &args.out.join("pareto.svg"))?;
+    plots::curves(&curves.iter().map(|(n, g, _)| (*n, *g)).collect::<Vec<_>>(), &title, &args.out.join("curves.svg"))?;
     println!("wrote pareto.csv, curves.csv, pareto.svg and curves.svg to {}", args.out.display());
+    Ok(())
 }
