@@ -351,8 +351,10 @@ impl BloopState {
         };
         validate::outputs(layout, gradients.main, gradients.aux, output)?;
 
-        let inputs: Vec<&wgpu::Buffer> = gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
-        let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
+        // A set, not a list: a model may have a hundred thousand leaves.
+        let inputs: std::collections::BTreeSet<&wgpu::Buffer> =
+            gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
+        let inputs_writable = output.iter().any(|o| inputs.contains(&o.buffer));
         let c = &self.config;
         let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras(), c.types)?;
 
