@@ -37,7 +37,10 @@ fn run(args: Args) -> bloop::Result<()> {
     let gpu = GpuContext::from_env()?;
     let kernels = Kernels::new(&gpu.device);
     println!("adapter: {}", gpu.describe());
-    println!("{:>8} {:>9} {:>10} {:>10} {:>10} {:>11}", "leaves", "elements", "pool s", "state s", "bind s", "dispatches");
+    println!(
+        "{:>8} {:>9} {:>10} {:>10} {:>10} {:>11}",
+        "leaves", "elements", "pool s", "state s", "bind s", "dispatches"
+    );
     for &count in &args.leaves {
         let layout = Layout::from_lengths(&vec![args.leaf_len; count as usize])?;
         let started = Instant::now();

@@ -72,7 +72,6 @@ pub struct Storages {
     pub ema: Storage,
 }
 
-
 /// Everything that changes the generated code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -114,7 +113,6 @@ impl Stage {
         }
     }
 }
-
 
 impl Variant {
     /// Every variant the library can build; the cross-compilation test walks this list.

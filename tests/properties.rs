@@ -66,6 +66,7 @@ fn check_method(method: Method, first_seed: u64) {
         Arrangement::Flat { in_place: true },
         Arrangement::FlatSeparateOutput,
         Arrangement::PerLeaf,
+        Arrangement::Pages,
     ];
     for (i, arrangement) in arrangements.into_iter().enumerate() {
         for trial in 0..4 {
@@ -98,12 +99,16 @@ fn mixed_matches_reference_on_random_layouts() {
 fn shared_memory_reduction_matches_reference_on_random_layouts() {
     let kernels = bloop::Kernels::with_subgroups(&common::gpu().device, false);
     for (i, method) in [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().enumerate() {
-        for (j, arrangement) in
-            [Arrangement::Pool { in_place: false }, Arrangement::Flat { in_place: true }, Arrangement::PerLeaf]
-                .into_iter()
-                .enumerate()
+        for (j, arrangement) in [
+            Arrangement::Pool { in_place: false },
+            Arrangement::Flat { in_place: true },
+            Arrangement::PerLeaf,
+            Arrangement::Pages,
+        ]
+        .into_iter()
+        .enumerate()
         {
-            check_trial_on(&kernels, 5000 + (i * 3 + j) as u64, method, arrangement);
+            check_trial_on(&kernels, 5000 + (i * 4 + j) as u64, method, arrangement);
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Arrangement {
     FlatSeparateOutput,
     /// Every leaf of every role in a buffer of its own, at a random offset.
     PerLeaf,
+    /// Like a pooled allocator (burn's, cubecl's): a few large pages, each leaf of each role
+    /// placed in a random page after unrelated live data (guards), so main, aux and output
+    /// ranges of different leaves interleave in every page.
+    Pages,
 }
 
 /// A user buffer with the leaf ranges it holds; everything else must keep the guard value.
@@ -144,6 +148,26 @@ impl Leaves {
                 let aux = per_role.pop().unwrap();
                 let main = per_role.pop().unwrap();
                 guarded.insert(0, flat);
+                Leaves { main, aux, output, guarded, pool: None }
+            }
+            Arrangement::Pages => {
+                let pages = 2 + below(rng, 3) as usize;
+                let capacity: u64 = 3 * (lengths.iter().sum::<u64>() + 10 * lengths.len() as u64) + 16;
+                let mut guarded: Vec<GuardedBuffer> =
+                    (0..pages).map(|_| GuardedBuffer::new(device, queue, capacity)).collect();
+                let mut cursors = vec![0u64; pages];
+                let mut roles = vec![Vec::new(); 3];
+                for &n in &lengths {
+                    for role in roles.iter_mut() {
+                        let page = below(rng, pages as u64) as usize;
+                        let at = cursors[page] + gap(rng);
+                        role.push(guarded[page].leaf(at, n));
+                        cursors[page] = at + n;
+                    }
+                }
+                let output = roles.pop();
+                let aux = roles.pop().unwrap();
+                let main = roles.pop().unwrap();
                 Leaves { main, aux, output, guarded, pool: None }
             }
             Arrangement::PerLeaf => {
