@@ -6,6 +6,7 @@
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::LeafBuffer;
+use crate::optimizer::Optimizer;
 
 /// The gradient-combining methods of the paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +70,8 @@ pub struct Config {
     pub diagnostics: bool,
     /// How gradients, output and averages are stored (all f32 by default).
     pub types: ElementTypes,
+    /// An optimizer the direction pass applies to the parameters (none by default).
+    pub optimizer: Option<Optimizer>,
 }
 
 impl Config {
@@ -84,7 +87,14 @@ impl Config {
             guard: true,
             diagnostics: false,
             types: ElementTypes::default(),
+            optimizer: None,
         }
+    }
+
+    /// Fuses `optimizer` into the step: the direction pass updates the parameters.
+    pub fn optimizer(mut self, optimizer: Optimizer) -> Config {
+        self.optimizer = Some(optimizer);
+        self
     }
 
     pub fn ema(mut self, ema: f64) -> Config {
@@ -149,6 +159,9 @@ impl Config {
                 format!("must be f32 or the gradients' type ({}), got {ema}", self.types.gradients),
             );
         }
+        if let Some(optimizer) = &self.optimizer {
+            optimizer.validate()?;
+        }
         // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64).
         let c = self.gpu_constants();
         if !(c.lambda.is_finite() && c.scale.is_finite() && c.eps > 0.0) {
@@ -207,6 +220,7 @@ impl Config {
             // WGSL may assume no infinities at run time, so "no cap" is the largest finite f32.
             ratio_cap: self.ratio_cap().map_or(f32::MAX, |c| c.min(f32::MAX as f64) as f32),
             _pad: [0.0; 3],
+            optimizer: self.optimizer.map_or([0.0; 12], |o| o.gpu_constants()),
         }
     }
 }
@@ -221,6 +235,8 @@ pub(crate) struct GpuConstants {
     pub eps: f32,
     pub ratio_cap: f32,
     pub _pad: [f32; 3],
+    /// The optimizer's constants (`Params` from `momentum` on; see `Optimizer::gpu_constants`).
+    pub optimizer: [f32; 12],
 }
 
 /// Where an EMA starts.

@@ -115,6 +115,10 @@ pub enum Role {
     Output,
     MainEma,
     AuxEma,
+    /// The parameters an optimizer updates.
+    Params,
+    /// The optimizer's state (momentum, moments).
+    OptimizerState,
 }
 
 impl fmt::Display for Role {
@@ -125,6 +129,8 @@ impl fmt::Display for Role {
             Role::Output => "output",
             Role::MainEma => "main EMA",
             Role::AuxEma => "aux EMA",
+            Role::Params => "params",
+            Role::OptimizerState => "optimizer state",
         })
     }
 }

@@ -16,7 +16,8 @@ fn validated(source: &str, what: &str, variant: &Variant) -> (naga::Module, naga
         (Capabilities::empty(), SubgroupOperationSet::empty())
     };
     let s = variant.storages;
-    let uses = |storage| [s.gradients, s.output, s.ema].contains(&storage);
+    let opt = variant.optimizer.map_or(vec![], |o| vec![o.params, o.state]);
+    let uses = |storage| [s.gradients, s.output, s.ema].contains(&storage) || opt.contains(&storage);
     if uses(Storage::F16) {
         capabilities |= Capabilities::SHADER_FLOAT16;
     }
@@ -58,7 +59,11 @@ fn every_variant_translates_to_spirv() {
     // the three reducing kinds, 1 + 2 + 3 for mixing. 16-bit: read-only and writable inputs,
     // three 16-bit storages, four role mixes (x24), guard off and on: 3 x 2 x 3 stages for the
     // reducing kinds, 1 + 3 for mixing.
-    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4));
+    // Optimizers (SGD, momentum, Adam), each: projecting and PCGrad kernels with guard off and
+    // on, direction written or not, both reductions (16 x 3 stages), mixing likewise (8 x 2
+    // without the guard's accumulate stage, 8 x 3 with it... halved: 4 x 2 + 4 x 3), writable
+    // inputs and ratio_only (2 x 3), three 16-bit storages in three mixes (9 x 3).
+    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (48 + 20 + 6 + 27));
 }
 
 #[test]
