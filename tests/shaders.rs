@@ -60,9 +60,9 @@ fn every_variant_translates_to_spirv() {
     // three 16-bit storages, four role mixes (x24), guard off and on: 3 x 2 x 3 stages for the
     // reducing kinds, 1 + 3 for mixing.
     // Optimizers (SGD, momentum, Adam), each: projecting and PCGrad kernels with guard off and
-    // on, direction written or not, both reductions (16 x 3 stages), mixing likewise (8 x 2
-    // without the guard's accumulate stage, 8 x 3 with it... halved: 4 x 2 + 4 x 3), writable
-    // inputs and ratio_only (2 x 3), three 16-bit storages in three mixes (9 x 3).
+    // on, direction written or not, both reductions (16 variants x 3 stages); mixing likewise
+    // (4 x 2 stages without the guard, 4 x 3 with its accumulate stage); writable inputs and
+    // ratio_only (2 x 3); three 16-bit storages in three mixes of params and state (9 x 3).
     assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (48 + 20 + 6 + 27));
 }
 
