@@ -1,9 +1,11 @@
 //! The paper's quadratic experiment, end to end on the GPU: `cargo run --release --example
-//! quadratics -- [--epochs N | --paper] [--seed S] [--out DIR]`.
+//! quadratics -- [--epochs N | --paper] [--seed S] [--out DIR] [--separate-sgd]`.
 //!
 //! Trains every method over the lambda grid `logspace(-3, 3, 10)` and once more at lambda = 1
 //! for the loss curves; gradients come from a WGSL kernel straight into the library's pool, the
-//! library combines them, a WGSL kernel takes the SGD step. The same runs go through the f64
+//! library combines them and takes the SGD step in the same pass (the fused optimizer;
+//! `--separate-sgd` writes the direction and takes the step in a WGSL kernel of the trainer's,
+//! for comparison). The same runs go through the f64
 //! host reference for comparison. Prints the table, writes `pareto.csv`, `curves.csv`,
 //! `pareto.svg` and `curves.svg` into DIR (default `target/quadratics`).
 
@@ -13,16 +15,17 @@ mod plots;
 use std::io::Write;
 use std::time::Instant;
 
-use experiment::{batch_order, lambda_grid, run_cpu, run_gpu, runs_at, History, Problem, Run};
+use experiment::{batch_order, lambda_grid, run_cpu, run_gpu_with, runs_at, History, Problem, Run, SgdStep};
 
 struct Args {
     epochs: usize,
     seed: u64,
     out: std::path::PathBuf,
+    sgd_step: SgdStep,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { epochs: 200, seed: 0, out: "target/quadratics".into() };
+    let mut args = Args { epochs: 200, seed: 0, out: "target/quadratics".into(), sgd_step: SgdStep::Fused };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -31,7 +34,10 @@ fn parse_args() -> Args {
             "--paper" => args.epochs = 1000,
             "--seed" => args.seed = value().parse().expect("--seed S"),
             "--out" => args.out = value().into(),
-            other => panic!("unknown argument {other} (expected --epochs N, --paper, --seed S, --out DIR)"),
+            "--separate-sgd" => args.sgd_step = SgdStep::Separate,
+            other => {
+                panic!("unknown argument {other} (expected --epochs N, --paper, --seed S, --out DIR, --separate-sgd)")
+            }
         }
     }
     args
@@ -83,7 +89,8 @@ fn main() {
 
     let started = Instant::now();
     let configs: Vec<Run> = runs.iter().map(|(_, r)| *r).collect();
-    let gpu_histories = run_gpu(&gpu, &kernels, &problem, &order, &configs, args.epochs, |epoch, _| {
+    println!("SGD step: {:?}", args.sgd_step);
+    let gpu_histories = run_gpu_with(&gpu, &kernels, &problem, &order, &configs, args.epochs, args.sgd_step, |epoch, _| {
         print!("\r  GPU: epoch {epoch}/{} done", args.epochs);
         let _ = std::io::stdout().flush();
     })
