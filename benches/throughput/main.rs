@@ -1,7 +1,7 @@
 //! Throughput of one full step of every method, against the best the adapter can do.
 //!
 //! `cargo bench --bench throughput -- [--quick] [--max-log2 N] [--layout-scale K] [--reps N]
-//!  [--no-models] [--no-cpu] [--out DIR] [--layouts-json PATH]`
+//!  [--no-models] [--no-cpu] [--out DIR] [--layouts-json PATH] [--optimizers-only]`
 //!
 //! Times a step with timestamp queries where the adapter has them (else wall time around
 //! submit-and-wait), after warm-up, over at least 20 repetitions; reports the median, min and
@@ -9,11 +9,14 @@
 //! (`Config::bytes_per_element`); the roofline is a plain vec4 copy kernel over a buffer of
 //! the same size, measured in the same run. Baselines: the unfused (eager) sequence of
 //! operators on the same adapter, the f64 host reference and a multi-threaded f32 host
-//! implementation. Writes a table to stdout, `DIR/throughput.json` and `DIR/throughput.svg`.
+//! implementation. Then the fused optimizer (SGD, momentum, Adam) against the step followed by
+//! a separate optimizer kernel, per layout (`optimizer.rs`). Writes a table to stdout,
+//! `DIR/throughput.json`, `DIR/optimizer.json` and `DIR/throughput.svg`.
 
 mod cpu;
 mod eager;
 mod layouts;
+mod optimizer;
 mod plot;
 
 use std::time::Instant;
@@ -33,6 +36,7 @@ struct Args {
     cpu: bool,
     out: std::path::PathBuf,
     quick: bool,
+    optimizers_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -44,6 +48,7 @@ fn parse_args() -> Args {
         cpu: true,
         out: "target/bench".into(),
         quick: false,
+        optimizers_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -60,6 +65,7 @@ fn parse_args() -> Args {
             "--reps" => args.reps = value().parse::<usize>().expect("--reps N").max(20),
             "--no-models" => args.models = false,
             "--no-cpu" => args.cpu = false,
+            "--optimizers-only" => args.optimizers_only = true,
             "--out" => args.out = value().into(),
             "--layouts-json" => {
                 // For the GPU peers script: the model layouts, then exit.
@@ -383,7 +389,7 @@ fn main() {
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = SplitMix64::new(1);
-    for workload in workloads(&args) {
+    for workload in workloads(&args).into_iter().filter(|_| !args.optimizers_only) {
         let layout = &workload.layout;
         let elements = layout.total_elements();
         let copy = copy_gbps(&gpu, &clock, args.reps, elements);
@@ -499,7 +505,21 @@ fn main() {
         }
         println!("{:<18} {:>10} {:<17} {:<8} copy kernel: {copy:.2} GB/s", workload.name, elements, "(roofline)", "");
     }
+    println!("fused optimizer against the step followed by a separate optimizer kernel (bloop, guard on, f32, pool):");
+    let mut optimizer_rows = Vec::new();
+    for workload in workloads(&args) {
+        for opt in optimizer::optimizers() {
+            let row = optimizer::measure(&gpu, &kernels, &clock, args.reps, &workload.name, &workload.layout, opt);
+            optimizer_rows.push(row);
+        }
+    }
     std::fs::create_dir_all(&args.out).unwrap();
+    let optimizer_json = args.out.join("optimizer.json");
+    std::fs::write(&optimizer_json, serde_json::to_string_pretty(&optimizer_rows).unwrap()).unwrap();
+    println!("wrote {}", optimizer_json.display());
+    if args.optimizers_only {
+        return;
+    }
     let json = args.out.join("throughput.json");
     std::fs::write(&json, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
     let svg = args.out.join("throughput.svg");

@@ -173,7 +173,8 @@ pub enum SgdStep {
     Separate,
 }
 
-/// The experiment on the GPU with the fused SGD step; see [`run_gpu_with`].
+/// The experiment on the GPU with the fused SGD step; see [`run_gpu_with`] (the tests use it).
+#[allow(dead_code)]
 pub fn run_gpu(
     gpu: &GpuContext,
     kernels: &Arc<Kernels>,
