@@ -151,9 +151,9 @@ impl Kernels {
         Variant::all()
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
-            .try_for_each(
-            |v| self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop),
-        )
+            .try_for_each(|v| {
+                self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop)
+            })
     }
 
     pub(crate) fn variant(

@@ -220,7 +220,15 @@ impl Variant {
                 for (guard, extras) in [(false, false), (true, true)] {
                     for write_out in [true, false] {
                         for subgroups in [true, false] {
-                            all.push(Variant { kind, guard, extras, write_out, subgroups, optimizer: f32_opt(opt), ..base });
+                            all.push(Variant {
+                                kind,
+                                guard,
+                                extras,
+                                write_out,
+                                subgroups,
+                                optimizer: f32_opt(opt),
+                                ..base
+                            });
                         }
                     }
                 }
@@ -312,8 +320,12 @@ impl Variant {
         }
         // Apply stores pairs of elements where a written role packs two per word.
         let ema_written = self.kind != Kind::Mixed;
-        let opt_packed = self.optimizer.is_some_and(|o| o.params.packed() || (o.kind != OptKind::Sgd && o.state.packed()));
-        if (self.write_out && self.storages.output.packed()) || (ema_written && self.storages.ema.packed()) || opt_packed {
+        let opt_packed =
+            self.optimizer.is_some_and(|o| o.params.packed() || (o.kind != OptKind::Sgd && o.state.packed()));
+        if (self.write_out && self.storages.output.packed())
+            || (ema_written && self.storages.ema.packed())
+            || opt_packed
+        {
             defines.insert("PAIRS");
         }
         if self.inputs_writable {
@@ -328,7 +340,8 @@ impl Variant {
     /// The roles this variant binds: (name, binding, storage, writable).
     fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
         let s = self.storages;
-        let mut roles = vec![("g_main", 1, s.gradients, self.inputs_writable), ("g_aux", 2, s.gradients, self.inputs_writable)];
+        let mut roles =
+            vec![("g_main", 1, s.gradients, self.inputs_writable), ("g_aux", 2, s.gradients, self.inputs_writable)];
         if self.write_out {
             roles.push(("out", 5, s.output, true));
         }

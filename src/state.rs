@@ -331,7 +331,10 @@ impl BloopState {
         self.kernels.check_device()?;
         let store = self.optimizer_store()?;
         if !(lr.is_finite() && lr >= 0.0 && (lr as f32).is_finite()) {
-            return Err(Error::InvalidConfig { field: "optimizer.lr", problem: format!("must be finite and >= 0, got {lr}") });
+            return Err(Error::InvalidConfig {
+                field: "optimizer.lr",
+                problem: format!("must be finite and >= 0, got {lr}"),
+            });
         }
         self.queue.write_buffer(&store.schedule, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(lr as f32)));
         Ok(())
@@ -528,8 +531,10 @@ impl BloopState {
             write_out,
         )?;
 
-        let mut roles =
-            vec![RoleLeaves { slot: slot::MAIN, leaves: gradients.main }, RoleLeaves { slot: slot::AUX, leaves: gradients.aux }];
+        let mut roles = vec![
+            RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
+            RoleLeaves { slot: slot::AUX, leaves: gradients.aux },
+        ];
         if write_out {
             roles.push(RoleLeaves { slot: slot::OUT, leaves: output });
         }
@@ -558,7 +563,10 @@ impl BloopState {
                 wgpu::BindGroupEntry { binding: 2, resource: partials.as_entire_binding() },
             ];
             if let Some(store) = &self.optimizer {
-                entries.push(wgpu::BindGroupEntry { binding: slot::SCHEDULE, resource: store.schedule.as_entire_binding() });
+                entries.push(wgpu::BindGroupEntry {
+                    binding: slot::SCHEDULE,
+                    resource: store.schedule.as_entire_binding(),
+                });
             }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("bloop state"),

@@ -123,11 +123,7 @@ pub(crate) fn copy_size(leaf: &LeafBuffer) -> u64 {
 
 /// Parameter ranges may overlap nothing else of the step: no gradient, output or other leaf's
 /// parameters.
-pub(crate) fn params(
-    layout: &Layout,
-    others: &[(Role, &[LeafBuffer])],
-    params: &[LeafBuffer],
-) -> Result<()> {
+pub(crate) fn params(layout: &Layout, others: &[(Role, &[LeafBuffer])], params: &[LeafBuffer]) -> Result<()> {
     for (leaf, p) in params.iter().enumerate() {
         for &(role, leaves) in others.iter().chain(std::iter::once(&(Role::Params, params))) {
             for (other, o) in leaves.iter().enumerate() {

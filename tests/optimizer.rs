@@ -83,7 +83,8 @@ impl Setup {
         };
         match path {
             Path::Pool { in_place, discard } => {
-                let pool = GradientPool::typed(device, layout, in_place, types).unwrap().with_params(device, params).unwrap();
+                let pool =
+                    GradientPool::typed(device, layout, in_place, types).unwrap().with_params(device, params).unwrap();
                 Setup {
                     main: pool.main_leaves().to_vec(),
                     aux: pool.aux_leaves().to_vec(),
@@ -205,7 +206,13 @@ struct Run {
     lengths: Vec<u64>,
 }
 
-fn start(rng: &mut SplitMix64, kernels: &std::sync::Arc<bloop::Kernels>, config: Config, path: Path, layout: &Layout) -> Run {
+fn start(
+    rng: &mut SplitMix64,
+    kernels: &std::sync::Arc<bloop::Kernels>,
+    config: Config,
+    path: Path,
+    layout: &Layout,
+) -> Run {
     let lengths = layout.lengths();
     let opt = config.optimizer.unwrap();
     let ema = config.types.ema;
@@ -312,7 +319,11 @@ fn check_trial_on(
         assert!(errors.iter().all(|&e| e <= bound), "step {step}: errors {errors:?}; {context}");
         worst = errors.iter().fold(worst, |w, &e| w.max(e));
     }
-    eprintln!("worst relative error {worst:.2e} (bound {bound:.0e}): {} {} {path:?} {types:?}", method.name(), optimizer.name());
+    eprintln!(
+        "worst relative error {worst:.2e} (bound {bound:.0e}): {} {} {path:?} {types:?}",
+        method.name(),
+        optimizer.name()
+    );
     let (lr, t) = run.state.read_schedule().unwrap();
     assert_eq!((lr, t), (run.optimizer.lr as f32, 4), "{context}");
     assert_eq!(run.setup.corrupted_guards(), 0, "writes outside the leaves; {context}");
@@ -359,7 +370,8 @@ fn shared_memory_reduction_with_optimizers() {
     let kernels = bloop::Kernels::with_subgroups(&gpu().device, false);
     let mut rng = SplitMix64::new(3);
     for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
-        let path = if i % 2 == 0 { Path::Pool { in_place: false, discard: false } } else { Path::Flat { discard: true } };
+        let path =
+            if i % 2 == 0 { Path::Pool { in_place: false, discard: false } } else { Path::Flat { discard: true } };
         check_trial_on(&kernels, 300 + i as u64, Method::Bloop, optimizer, path, ElementTypes::default(), F32_BOUND);
     }
 }
@@ -439,11 +451,19 @@ fn a_skipped_step_leaves_params_and_state_bit_for_bit() {
             let (g_main, g_aux) = run.gradients(&mut rng, DType::F32);
             run.step(&g_main, &g_aux, None);
         }
-        let before = (bits(&read(&run.setup.params)), run.state.read_optimizer_state().unwrap(), run.state.read_schedule().unwrap());
+        let before = (
+            bits(&read(&run.setup.params)),
+            run.state.read_optimizer_state().unwrap(),
+            run.state.read_schedule().unwrap(),
+        );
         let (mut g_main, g_aux) = run.gradients(&mut rng, DType::F32);
         g_main[2][100] = f32::NAN;
         let direction = run.step(&g_main, &g_aux, None);
-        let after = (bits(&read(&run.setup.params)), run.state.read_optimizer_state().unwrap(), run.state.read_schedule().unwrap());
+        let after = (
+            bits(&read(&run.setup.params)),
+            run.state.read_optimizer_state().unwrap(),
+            run.state.read_schedule().unwrap(),
+        );
         assert_eq!(before.0, after.0, "{method:?} {optimizer:?}: params changed");
         let state_bits = |s: &Vec<Vec<Vec<f32>>>| s.iter().map(|t| bits(t)).collect::<Vec<_>>();
         assert_eq!(state_bits(&before.1), state_bits(&after.1), "{method:?}: optimizer state changed");
@@ -466,11 +486,21 @@ fn checkpoint_resumes_the_optimizer_bit_for_bit() {
     let dir = std::env::temp_dir().join(format!("bloop-optimizer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let layout = Layout::from_lengths(&[300, 7, 1025]).unwrap();
-    for (i, optimizer) in [Optimizer::adamw(1e-2), Optimizer::sgd(1e-2).momentum(0.9).nesterov(true)].into_iter().enumerate() {
+    for (i, optimizer) in
+        [Optimizer::adamw(1e-2), Optimizer::sgd(1e-2).momentum(0.9).nesterov(true)].into_iter().enumerate()
+    {
         let config = Config::new(Method::Bloop).lambda(0.4).optimizer(optimizer);
         // Two identical runs; the second is saved after 2 steps and continued in a new state.
         let mut runs: Vec<Run> = (0..2)
-            .map(|_| start(&mut SplitMix64::new(9), &kernels(), config, Path::Pool { in_place: false, discard: true }, &layout))
+            .map(|_| {
+                start(
+                    &mut SplitMix64::new(9),
+                    &kernels(),
+                    config,
+                    Path::Pool { in_place: false, discard: true },
+                    &layout,
+                )
+            })
             .collect();
         let mut rng = SplitMix64::new(10);
         for step in 0..4 {
@@ -485,7 +515,12 @@ fn checkpoint_resumes_the_optimizer_bit_for_bit() {
                 for name in optimizer.kind().state_names() {
                     assert!(file.tensor(&format!("optimizer/{name}/leaf2")).is_ok(), "{name}");
                 }
-                let fresh = BloopState::from_checkpoint(&kernels(), &gpu().queue, &bloop::Checkpoint::from_bytes(&bytes).unwrap()).unwrap();
+                let fresh = BloopState::from_checkpoint(
+                    &kernels(),
+                    &gpu().queue,
+                    &bloop::Checkpoint::from_bytes(&bytes).unwrap(),
+                )
+                .unwrap();
                 assert_eq!(fresh.read_schedule().unwrap(), (0.03, 2));
                 runs[1].state = fresh;
                 runs[1].bindings = runs[1].setup.bind(&runs[1].state);
@@ -496,14 +531,21 @@ fn checkpoint_resumes_the_optimizer_bit_for_bit() {
         }
         let finals: Vec<_> = runs
             .iter()
-            .map(|r| (bits(&read(&r.setup.params)), r.state.read_optimizer_state().unwrap(), r.state.read_schedule().unwrap()))
+            .map(|r| {
+                (
+                    bits(&read(&r.setup.params)),
+                    r.state.read_optimizer_state().unwrap(),
+                    r.state.read_schedule().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(finals[0].0, finals[1].0, "params differ after resuming");
         assert_eq!(finals[0].1, finals[1].1);
         assert_eq!(finals[0].2, finals[1].2);
     }
     // A checkpoint of a state without an optimizer does not fit one with it, and vice versa.
-    let plain = BloopState::new(&kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let plain =
+        BloopState::new(&kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
     let mut with = BloopState::new(
         &kernels(),
         &gpu().queue,
@@ -527,8 +569,11 @@ fn refusals_name_the_problem_and_change_nothing() {
     let pool = GradientPool::new(device, &layout, false).unwrap();
     // An optimizer needs parameters.
     assert!(matches!(state.bind_pool(&pool), Err(Error::Optimizer(_))));
-    let gradients =
-        ExternalGradients { main: pool.main_leaves(), aux: pool.aux_leaves(), output: Output::Buffers(pool.output_leaves()) };
+    let gradients = ExternalGradients {
+        main: pool.main_leaves(),
+        aux: pool.aux_leaves(),
+        output: Output::Buffers(pool.output_leaves()),
+    };
     assert!(matches!(state.bind_external(&gradients), Err(Error::Optimizer(_))));
     // Parameters or a discarded output without an optimizer.
     assert!(matches!(plain.bind_external_with_params(&gradients, pool.output_leaves()), Err(Error::Optimizer(_))));
@@ -540,7 +585,10 @@ fn refusals_name_the_problem_and_change_nothing() {
     let err = state.bind_external_with_params(&gradients, &short).unwrap_err();
     assert!(matches!(&err, Error::LeafLength { role: Role::Params, got: 29, .. }), "{err}");
     let half = [LeafBuffer::typed(&buffer, 0, 100, DType::F16), LeafBuffer::typed(&buffer, 400, 30, DType::F16)];
-    assert!(matches!(state.bind_external_with_params(&gradients, &half), Err(Error::WrongType { role: Role::Params, .. })));
+    assert!(matches!(
+        state.bind_external_with_params(&gradients, &half),
+        Err(Error::WrongType { role: Role::Params, .. })
+    ));
     let uniform = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 1024,
@@ -568,15 +616,24 @@ fn refusals_name_the_problem_and_change_nothing() {
         (Optimizer::adam(0.1).eps(f64::NAN), "optimizer.eps"),
         (Optimizer::adamw(0.1).weight_decay(-1.0), "optimizer.weight_decay"),
     ] {
-        let err = BloopState::new(&kernels(), queue, &layout, Config::new(Method::Bloop).optimizer(optimizer), EmaInits::zeros())
-            .unwrap_err();
+        let err = BloopState::new(
+            &kernels(),
+            queue,
+            &layout,
+            Config::new(Method::Bloop).optimizer(optimizer),
+            EmaInits::zeros(),
+        )
+        .unwrap_err();
         assert!(matches!(&err, Error::InvalidConfig { field: f, .. } if *f == field), "{err}");
     }
     // The learning rate must be finite; the optimizer's kind cannot change.
     let mut state = state;
     assert!(matches!(state.set_learning_rate(f64::NAN), Err(Error::InvalidConfig { .. })));
     assert!(matches!(plain.set_learning_rate(0.1), Err(Error::Optimizer(_))));
-    assert!(matches!(state.set_config(Config::new(Method::Bloop).optimizer(Optimizer::adam(0.1))), Err(Error::Mismatch(_))));
+    assert!(matches!(
+        state.set_config(Config::new(Method::Bloop).optimizer(Optimizer::adam(0.1))),
+        Err(Error::Mismatch(_))
+    ));
     assert!(matches!(state.set_config(Config::new(Method::Bloop)), Err(Error::Mismatch(_))));
     assert_eq!(state.read_schedule().unwrap(), (0.1, 0));
     // Constants and the learning rate may change.
@@ -595,6 +652,7 @@ fn bytes_per_element_of_fused_and_separate_steps() {
         assert_eq!(config.fused_bytes_per_element(true), fused + 4);
     }
     // 16-bit parameters and state halve their share.
-    let half = Config::new(Method::Bloop).optimizer(Optimizer::adam(1e-3).params_type(DType::Bf16).state_type(DType::F16));
+    let half =
+        Config::new(Method::Bloop).optimizer(Optimizer::adam(1e-3).params_type(DType::Bf16).state_type(DType::F16));
     assert_eq!(half.fused_bytes_per_element(false), 28 + 4 + 8);
 }

@@ -78,7 +78,12 @@ fn fused_sgd_matches_the_separate_kernel() {
             for (a, b) in [(f.main[e], s.main[e]), (f.aux[e], s.aux[e])] {
                 let relative = (a - b).abs() / b.abs();
                 worst = worst.max(relative);
-                assert!(relative <= 1e-5, "{} lambda {}: epoch {e}: fused {f:?} separate {s:?}", r.name, r.config.lambda);
+                assert!(
+                    relative <= 1e-5,
+                    "{} lambda {}: epoch {e}: fused {f:?} separate {s:?}",
+                    r.name,
+                    r.config.lambda
+                );
             }
         }
     }

@@ -2,7 +2,7 @@
 //! momentum or Adam applied in its direction pass (no direction written), against the BLOOP
 //! step writing the direction followed by the trainer's own optimizer kernel
 //! (`optimizer.wgsl`). Both are timed as one span (the first pass's start to the last pass's
-//! end) over the same pool; bytes per f32 element from `Config::fused_bytes_per_element` and
+//! end) over the same pool, in interleaved repetitions; bytes per f32 element from `Config::fused_bytes_per_element` and
 //! `Config::separate_bytes_per_element`.
 
 use bloop::{BloopState, Config, DType, EmaInits, GpuContext, GradientPool, Kernels, Layout, Method, Optimizer};
@@ -72,8 +72,8 @@ pub fn measure(
 
     let mut fused = BloopState::new(kernels, &gpu.queue, layout, fused_config, EmaInits::zeros()).unwrap();
     let fused_bindings = fused.bind_pool_with(&pool, true).unwrap();
-    let fused_stats =
-        clock.stats(gpu, reps, &mut |encoder, t| fused.record_step_timed(encoder, &fused_bindings, t).unwrap());
+    type Record<'a> = dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>) + 'a;
+    let record_fused: &mut Record = &mut |encoder, t| fused.record_step_timed(encoder, &fused_bindings, t).unwrap();
 
     // The separate kernel runs over the pool's flat buffers (leaves and their padding).
     let mut separate = BloopState::new(kernels, &gpu.queue, layout, base, EmaInits::zeros()).unwrap();
@@ -159,7 +159,7 @@ pub fn measure(
     let groups = n.div_ceil(256);
     let max = device.limits().max_compute_workgroups_per_dimension as u64;
     let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
-    let separate_stats = clock.stats(gpu, reps, &mut |encoder, t| {
+    let record_separate: &mut Record = &mut |encoder, t| {
         // One span: the step's pass starts it, the optimizer's pass ends it.
         let first = t.as_ref().map(|w| wgpu::ComputePassTimestampWrites {
             query_set: w.query_set,
@@ -172,12 +172,23 @@ pub fn measure(
             end_of_pass_write_index: w.end_of_pass_write_index,
         });
         separate.record_step_timed(encoder, &separate_bindings, first).unwrap();
-        let mut pass =
-            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("optimizer"), timestamp_writes: last });
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("optimizer"), timestamp_writes: last });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &group, &[]);
         pass.dispatch_workgroups(x as u32, y as u32, 1);
-    });
+    };
+    // Interleaved repetitions, so both see the same load on a shared machine.
+    for _ in 0..3 {
+        clock.time(gpu, record_fused);
+        clock.time(gpu, record_separate);
+    }
+    let (mut fused_ms, mut separate_ms) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        fused_ms.push(clock.time(gpu, record_fused));
+        separate_ms.push(clock.time(gpu, record_separate));
+    }
+    let (fused_stats, separate_stats) = (Stats::of(fused_ms), Stats::of(separate_ms));
     let row = OptimizerRow {
         adapter: gpu.adapter.get_info().name,
         layout: name.to_string(),

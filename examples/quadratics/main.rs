@@ -90,11 +90,12 @@ fn main() {
     let started = Instant::now();
     let configs: Vec<Run> = runs.iter().map(|(_, r)| *r).collect();
     println!("SGD step: {:?}", args.sgd_step);
-    let gpu_histories = run_gpu_with(&gpu, &kernels, &problem, &order, &configs, args.epochs, args.sgd_step, |epoch, _| {
-        print!("\r  GPU: epoch {epoch}/{} done", args.epochs);
-        let _ = std::io::stdout().flush();
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let gpu_histories =
+        run_gpu_with(&gpu, &kernels, &problem, &order, &configs, args.epochs, args.sgd_step, |epoch, _| {
+            print!("\r  GPU: epoch {epoch}/{} done", args.epochs);
+            let _ = std::io::stdout().flush();
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     let gpu_seconds = started.elapsed().as_secs_f64();
     println!("\r  GPU: {} epochs in {gpu_seconds:.1} s", args.epochs);
     let started = Instant::now();
