@@ -201,7 +201,8 @@ impl Variant {
 
     /// The optimizer variants of [`Variant::all`]: each optimizer kind with projecting, PCGrad
     /// and mixing kernels, guard off and on, direction written or not, both reductions; with
-    /// writable inputs; and parameters and state in each 16-bit storage.
+    /// writable inputs; ratio_only with and without the guard; mixing with diagnostics only;
+    /// and parameters and state in each 16-bit storage.
     pub fn with_optimizers() -> Vec<Variant> {
         let mut all = Vec::new();
         let f32_opt = |kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 });
@@ -235,6 +236,10 @@ impl Variant {
             }
             all.push(Variant { inputs_writable: true, optimizer: f32_opt(opt), ..base });
             all.push(Variant { kind: Kind::RatioOnly, optimizer: f32_opt(opt), ..base });
+            // The other stage sets: ratio_only writing its average in the first pass (no
+            // guard), and mixing summing for diagnostics only.
+            all.push(Variant { kind: Kind::RatioOnly, guard: false, extras: false, optimizer: f32_opt(opt), ..base });
+            all.push(Variant { kind: Kind::Mixed, guard: false, extras: true, optimizer: f32_opt(opt), ..base });
             for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
                 let storages = Storages { gradients: half, output: half, ema: half };
                 for (params, state) in [(half, half), (half, Storage::F32), (Storage::F32, half)] {

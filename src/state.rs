@@ -92,7 +92,7 @@ impl StepBindings {
         self.plan.tile_count
     }
 
-    /// Where each leaf's direction lands.
+    /// Where each leaf's direction lands (none with [`Output::Discard`]).
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         &self.output
     }

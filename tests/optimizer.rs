@@ -292,8 +292,22 @@ fn check_trial_on(
     let mut rng = SplitMix64::new(seed);
     let layout = random_layout(&mut rng);
     let config = common::random_config(&mut rng, method).types(types).optimizer(optimizer);
-    let mut run = start(&mut rng, kernels, config, path, &layout);
-    let context = format!("seed {seed}, {path:?}, {config:?}, lengths {:?}", run.lengths);
+    check_config(kernels, &mut rng, &layout, config, path, bound);
+}
+
+/// Four steps of `config` against the reference, with a learning rate changed from the host
+/// before the third and on the GPU before the fourth.
+fn check_config(
+    kernels: &std::sync::Arc<bloop::Kernels>,
+    rng: &mut SplitMix64,
+    layout: &Layout,
+    config: Config,
+    path: Path,
+    bound: f64,
+) {
+    let (method, optimizer, types) = (config.method, config.optimizer.unwrap(), config.types);
+    let mut run = start(rng, kernels, config, path, layout);
+    let context = format!("{path:?}, {config:?}, lengths {:?}", run.lengths);
     let mut worst = 0f64;
     for step in 0..4 {
         // A schedule: the learning rate changes between steps, from the host or on the GPU.
@@ -313,7 +327,7 @@ fn check_trial_on(
             gpu().queue.write_buffer(&buffer, 0, bytemuck::bytes_of(&(run.optimizer.lr as f32)));
             lr_source = Some(buffer);
         }
-        let (g_main, g_aux) = run.gradients(&mut rng, types.gradients);
+        let (g_main, g_aux) = run.gradients(rng, types.gradients);
         let direction = run.step(&g_main, &g_aux, lr_source.as_ref());
         let errors = run.errors(&direction);
         assert!(errors.iter().all(|&e| e <= bound), "step {step}: errors {errors:?}; {context}");
@@ -373,6 +387,24 @@ fn shared_memory_reduction_with_optimizers() {
         let path =
             if i % 2 == 0 { Path::Pool { in_place: false, discard: false } } else { Path::Flat { discard: true } };
         check_trial_on(&kernels, 300 + i as u64, Method::Bloop, optimizer, path, ElementTypes::default(), F32_BOUND);
+    }
+}
+
+#[test]
+fn unguarded_ratio_only_and_mixing_with_diagnostics_only() {
+    // The stage sets the random configs do not reach: ratio_only writing its average in the
+    // first pass, mixing with an accumulate stage for diagnostics but no guard.
+    let mut rng = SplitMix64::new(5);
+    for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
+        let layout = random_layout(&mut rng);
+        let config = if i % 2 == 0 {
+            Config::new(Method::Bloop).ratio_only(true).guard(false).lambda(0.7).ema(0.3)
+        } else {
+            Config::new(Method::Mixed).guard(false).diagnostics(true).lambda(0.7)
+        };
+        let path =
+            if i % 3 == 0 { Path::Flat { discard: true } } else { Path::Pool { in_place: false, discard: false } };
+        check_config(&kernels(), &mut rng, &layout, config.optimizer(optimizer), path, F32_BOUND);
     }
 }
 
