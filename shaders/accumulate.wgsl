@@ -1,7 +1,8 @@
 // Stage 1: the dot products of the updated averages with the gradients, one partial sum per
 // tile. The averages are not written here (except for ratio_only without the guard, whose
 // apply stage never reads them again), so the state stays untouched until the whole step's
-// scalars are known: a step the guard skips leaves it bit for bit as it was.
+// scalars are known: a step the guard skips leaves it bit for bit as it was. Mixing runs this
+// stage only with an optimizer, for the guard's sums, before any parameter is written.
 #import bindings
 #import reduce
 
@@ -28,12 +29,14 @@ fn accumulate(
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
             let gm = load_g_main(seg.main + i);
             let ga = load_g_aux(seg.aux + i);
+#ifdef MAIN_EMA
             let e = ema_step(load_main_ema(seg.main_ema + i), gm);
 #ifdef WRITE_EMA_IN_ACCUMULATE
             store_main_ema(seg.main_ema + i, e);
 #endif
             dots.x += e * ga;
             dots.y += e * e;
+#endif
 #ifdef AUX_EMA
             let a = ema_step(load_aux_ema(seg.aux_ema + i), ga);
             dots.z += a * gm;

@@ -1,6 +1,9 @@
 // Stage 3: the combined direction, written to the output, and the averages' new values. With
 // the guard, a skipped step writes zeros and leaves the averages alone. Mixing has no earlier
-// stage, so with the guard or diagnostics it also sums the gradients' norms here.
+// stage, so with the guard or diagnostics it also sums the gradients' norms here (unless an
+// optimizer gives it one). With an optimizer, the direction `d` also updates the parameters
+// (`weights`) and the optimizer's state (`opt_m`, `opt_v`) in the same pass, and may not be
+// written at all (no WRITE_OUT).
 #import bindings
 #ifdef MIXED_SUMS
 #import reduce
@@ -12,23 +15,65 @@ struct Coefficients {
     l: f32,
     r: f32,
     r_aux: f32,
+    // The optimizer's: learning rate, 1 on its first applied step, 1 - beta1^t, sqrt(1 - beta2^t).
+    lr: f32,
+    first: f32,
+    bc1: f32,
+    bc2_sqrt: f32,
 }
 
-// One element's inputs and results: the direction and the averages' new values.
+// One element's inputs and results: the direction, the averages' new values, and the
+// parameter's and optimizer state's new values.
 struct Element {
     gm: f32,
     ga: f32,
     d: f32,
     e: f32,
     a: f32,
+    p: f32,
+    m: f32,
+    v: f32,
 }
+
+// 1 - exp(y) for y <= 0, accurate also near 0 (where 1 - beta^t cancels): a series there.
+fn one_minus_exp(y: f32) -> f32 {
+    if y > -0.1 {
+        return -y * (1.0 + y * (0.5 + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y / 120.0))));
+    }
+    return 1.0 - exp(y);
+}
+
+#ifdef OPTIMIZER
+// PyTorch's update of one parameter from the direction `d` (see `src/optimizer.rs`).
+fn optimize(seg: Segment, i: u32, d: f32, c: Coefficients, x: ptr<function, Element>) {
+    let p = load_weights(seg.weights + i);
+    var g = d + params.weight_decay * p;
+#ifdef SGD
+#ifdef OPT_M
+    let b = select(params.momentum * load_opt_m(seg.opt_m + i) + params.dampening_c * g, g, c.first != 0.0);
+    (*x).m = b;
+    g = select(b, g + params.momentum * b, params.nesterov != 0.0);
+#endif
+    (*x).p = p - c.lr * g;
+#endif
+#ifdef ADAM
+    let m0 = load_opt_m(seg.opt_m + i);
+    let m = m0 + params.beta1_c * (g - m0);
+    let v = params.beta2 * load_opt_v(seg.opt_v + i) + params.beta2_c * g * g;
+    (*x).m = m;
+    (*x).v = v;
+    let denom = sqrt(v) / c.bc2_sqrt + params.adam_eps;
+    (*x).p = p * (1.0 - c.lr * params.decoupled_decay) - (c.lr / c.bc1) * (m / denom);
+#endif
+}
+#endif
 
 fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
     let s = c.s;
     let l = c.l;
     let gm = load_g_main(seg.main + i);
     let ga = load_g_aux(seg.aux + i);
-    var x = Element(gm, ga, 0.0, 0.0, 0.0);
+    var x = Element(gm, ga, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
 #ifdef UPDATE_EMA_IN_APPLY
     x.e = ema_step(load_main_ema(seg.main_ema + i), gm);
 #endif
@@ -45,6 +90,9 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
 #else
     x.d = s * (gm + l * (ga - c.r * x.e));
 #endif
+#endif
+#ifdef OPTIMIZER
+    optimize(seg, i, x.d, c, &x);
 #endif
     return x;
 }
@@ -71,14 +119,25 @@ fn apply(
     if scalars.skip != 0u {
         for (var k = segments.x; k < segments.y; k++) {
             let seg = segment(k);
+#ifdef WRITE_OUT
             for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
                 store_out(seg.out + i, 0.0);
             }
+#endif
         }
         return;
     }
 #endif
-    let c = Coefficients(params.scale, params.lambda, scalars.ratio_main, scalars.ratio_aux);
+    var c = Coefficients(params.scale, params.lambda, scalars.ratio_main, scalars.ratio_aux, 0.0, 0.0, 1.0, 1.0);
+#ifdef OPTIMIZER
+    let t = f32(schedule.step);
+    c.lr = schedule.lr;
+    c.first = select(0.0, 1.0, schedule.step == 1u);
+#ifdef ADAM
+    c.bc1 = one_minus_exp(t * params.log_beta1);
+    c.bc2_sqrt = sqrt(one_minus_exp(t * params.log_beta2));
+#endif
+#endif
 #ifdef MIXED_SUMS
     var grads = vec4<f32>(0.0);
 #endif
@@ -94,7 +153,18 @@ fn apply(
             if both {
                 y = element(seg, i + 1u, c);
             }
+#ifdef WRITE_OUT
             store_out_pair(seg.out + i, x.d, y.d, both);
+#endif
+#ifdef OPTIMIZER
+            store_weights_pair(seg.weights + i, x.p, y.p, both);
+#endif
+#ifdef OPT_M
+            store_opt_m_pair(seg.opt_m + i, x.m, y.m, both);
+#endif
+#ifdef OPT_V
+            store_opt_v_pair(seg.opt_v + i, x.v, y.v, both);
+#endif
 #ifdef UPDATE_EMA_IN_APPLY
             store_main_ema_pair(seg.main_ema + i, x.e, y.e, both);
 #endif
@@ -111,7 +181,18 @@ fn apply(
 #else
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
             let x = element(seg, i, c);
+#ifdef WRITE_OUT
             store_out(seg.out + i, x.d);
+#endif
+#ifdef OPTIMIZER
+            store_weights(seg.weights + i, x.p);
+#endif
+#ifdef OPT_M
+            store_opt_m(seg.opt_m + i, x.m);
+#endif
+#ifdef OPT_V
+            store_opt_v(seg.opt_v + i, x.v);
+#endif
 #ifdef UPDATE_EMA_IN_APPLY
             store_main_ema(seg.main_ema + i, x.e);
 #endif

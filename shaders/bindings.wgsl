@@ -11,6 +11,28 @@ struct Params {
     eps: f32,
     // Upper bound on the projection ratios (largest f32 when there is none).
     ratio_cap: f32,
+    pad0: f32,
+    pad1: f32,
+    pad2: f32,
+    // The optimizer's constants (`Optimizer::gpu_constants` in `src/optimizer.rs`; zeros
+    // without one).
+    momentum: f32,
+    // 1 - dampening (SGD).
+    dampening_c: f32,
+    // 1 for Nesterov momentum (SGD).
+    nesterov: f32,
+    // L2 weight decay added to the gradient (SGD, Adam).
+    weight_decay: f32,
+    // Decoupled weight decay (AdamW).
+    decoupled_decay: f32,
+    // 1 - beta1, beta2, 1 - beta2, ln(beta1), ln(beta2), eps (Adam).
+    beta1_c: f32,
+    beta2: f32,
+    beta2_c: f32,
+    log_beta1: f32,
+    log_beta2: f32,
+    adam_eps: f32,
+    pad3: f32,
 }
 
 // A run of elements of one leaf. Offsets are element indices into this dispatch's windows.
@@ -20,6 +42,9 @@ struct Segment {
     main_ema: u32,
     aux_ema: u32,
     out: u32,
+    weights: u32,
+    opt_m: u32,
+    opt_v: u32,
     len: u32,
 }
 
@@ -50,10 +75,22 @@ struct Partial {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> scalars: Scalars;
 @group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
+#ifdef OPTIMIZER
+
+// The optimizer's schedule (`BloopState::learning_rate_buffer`): the learning rate, written by
+// the user between steps, and the steps applied so far (advanced by the finalize stage of every
+// step the guard lets through).
+struct Schedule {
+    lr: f32,
+    step: u32,
+}
+
+@group(0) @binding(3) var<storage, read_write> schedule: Schedule;
+#endif
 
 // This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
 // first partial, [2] the word where segments start, [3 + t] the first segment of tile t (one
-// more entry closes the last tile), then 8 words per segment.
+// more entry closes the last tile), then 12 words per segment.
 @group(1) @binding(0) var<storage, read> table: array<u32>;
 // Each role's storage, declared with load_/store_ functions by the preprocessor from
 // `storage_f32.wgsl`, `storage_f16.wgsl` or `storage_packed.wgsl`, for the element type the
@@ -64,6 +101,9 @@ struct Partial {
 #storage main_ema 3
 #storage aux_ema 4
 #storage out 5
+#storage weights 6
+#storage opt_m 7
+#storage opt_v 8
 #ifdef PACKED_F16
 #import half_f16
 #endif
@@ -106,6 +146,9 @@ fn tile_segments(tile: u32) -> vec2<u32> {
 }
 
 fn segment(index: u32) -> Segment {
-    let at = table[2] + index * 8u;
-    return Segment(table[at], table[at + 1u], table[at + 2u], table[at + 3u], table[at + 4u], table[at + 5u]);
+    let at = table[2] + index * 12u;
+    return Segment(
+        table[at], table[at + 1u], table[at + 2u], table[at + 3u], table[at + 4u],
+        table[at + 5u], table[at + 6u], table[at + 7u], table[at + 8u],
+    );
 }

@@ -59,6 +59,11 @@ fn finalize(
 #endif
         scalars.skip = skip;
         scalars.skipped_steps += skip;
+#ifdef OPTIMIZER
+        // The optimizer's step count t (bias correction, SGD's first momentum step) counts
+        // only the steps that update the parameters.
+        schedule.step += 1u - skip;
+#endif
         scalars.dots = dots_total;
         scalars.grads = grads_total;
         scalars.ratio_main = ratio(dots_total.x, dots_total.y);

@@ -6,6 +6,13 @@
 //! rescale, ratio_only, guard, diagnostics, gradients_dtype, output_dtype, ema_dtype), `steps`,
 //! `skipped_steps`, and `layout` (JSON list of `{name, len, shape}`). Python opens it with
 //! `safetensors.numpy.load_file(path)`, and `safe_open(path, "np").metadata()` for the rest.
+//!
+//! With an optimizer, the config's JSON has an `optimizer` object (rule, lr, weight decay,
+//! its constants, `params_dtype`, `state_dtype`), the metadata `optimizer_step` (the steps
+//! applied) and `learning_rate` (the current one, which a schedule may have changed), and the
+//! state tensors are `optimizer/<name>/<leaf name>` in the optimizer's state type, with names
+//! as in PyTorch (`momentum_buffer`; `exp_avg`, `exp_avg_sq`). The parameters are not saved:
+//! they are the user's.
 
 use std::collections::HashMap;
 
@@ -15,6 +22,7 @@ use crate::config::{Config, Method};
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Leaf};
+use crate::optimizer::{Optimizer, Rule};
 
 /// The `format` entry of a checkpoint's metadata.
 pub const FORMAT: &str = "bloop-checkpoint";
@@ -36,6 +44,19 @@ pub struct Checkpoint {
     pub main_ema: Vec<Vec<f32>>,
     /// One vector per leaf (empty unless `pcgrad`).
     pub aux_ema: Vec<Vec<f32>>,
+    /// The optimizer's schedule and state, when the config has one.
+    pub optimizer: Option<OptimizerCheckpoint>,
+}
+
+/// The optimizer's part of a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerCheckpoint {
+    /// The learning rate in the state's buffer when the checkpoint was taken.
+    pub learning_rate: f32,
+    /// Steps the optimizer had applied (skipped steps excluded).
+    pub step: u64,
+    /// Per state tensor ([`crate::OptKind::state_names`]), one vector per leaf.
+    pub tensors: Vec<Vec<Vec<f32>>>,
 }
 
 fn bad(problem: impl Into<String>) -> Error {
@@ -43,10 +64,66 @@ fn bad(problem: impl Into<String>) -> Error {
 }
 
 fn config_json(c: &Config) -> Value {
-    json!({
+    let mut v = json!({
         "method": c.method.name(), "ema": c.ema, "lambda": c.lambda, "eps": c.eps,
         "rescale": c.rescale, "ratio_only": c.ratio_only, "guard": c.guard, "diagnostics": c.diagnostics,
         "gradients_dtype": c.types.gradients.name(), "output_dtype": c.types.output.name(), "ema_dtype": c.types.ema.name(),
+    });
+    if let Some(o) = &c.optimizer {
+        v["optimizer"] = optimizer_json(o);
+    }
+    v
+}
+
+fn optimizer_json(o: &Optimizer) -> Value {
+    let mut v = json!({
+        "lr": o.lr, "weight_decay": o.weight_decay,
+        "params_dtype": o.params.name(), "state_dtype": o.state.name(),
+    });
+    match o.rule {
+        Rule::Sgd { momentum, dampening, nesterov } => {
+            v["rule"] = json!("sgd");
+            v["momentum"] = json!(momentum);
+            v["dampening"] = json!(dampening);
+            v["nesterov"] = json!(nesterov);
+        }
+        Rule::Adam { beta1, beta2, eps, decoupled } => {
+            v["rule"] = json!(if decoupled { "adamw" } else { "adam" });
+            v["beta1"] = json!(beta1);
+            v["beta2"] = json!(beta2);
+            v["eps"] = json!(eps);
+        }
+    }
+    v
+}
+
+fn optimizer_from_json(v: &Value) -> Result<Optimizer> {
+    let number =
+        |k: &str| v.get(k).and_then(Value::as_f64).ok_or_else(|| bad(format!("optimizer has no number `{k}`")));
+    let dtype = |k: &str| {
+        let name = v.get(k).and_then(Value::as_str).ok_or_else(|| bad(format!("optimizer has no `{k}`")))?;
+        DType::from_name(name).ok_or_else(|| bad(format!("`{k}` is `{name}`, not f32, f16 or bf16")))
+    };
+    let rule = match v.get("rule").and_then(Value::as_str) {
+        Some("sgd") => Rule::Sgd {
+            momentum: number("momentum")?,
+            dampening: number("dampening")?,
+            nesterov: v.get("nesterov").and_then(Value::as_bool).ok_or_else(|| bad("optimizer has no `nesterov`"))?,
+        },
+        Some(name @ ("adam" | "adamw")) => Rule::Adam {
+            beta1: number("beta1")?,
+            beta2: number("beta2")?,
+            eps: number("eps")?,
+            decoupled: name == "adamw",
+        },
+        other => return Err(bad(format!("unknown optimizer rule {other:?}"))),
+    };
+    Ok(Optimizer {
+        rule,
+        lr: number("lr")?,
+        weight_decay: number("weight_decay")?,
+        params: dtype("params_dtype")?,
+        state: dtype("state_dtype")?,
     })
 }
 
@@ -71,6 +148,10 @@ fn config_from_json(v: &Value) -> Result<Config> {
         ratio_only: flag("ratio_only")?,
         guard: flag("guard")?,
         diagnostics: flag("diagnostics")?,
+        optimizer: match v.get("optimizer") {
+            None | Some(Value::Null) => None,
+            Some(o) => Some(optimizer_from_json(o)?),
+        },
     };
     config.validate().map_err(|e| bad(format!("config: {e}")))?;
     Ok(config)
@@ -117,7 +198,7 @@ fn tensor_shape(leaf: &Leaf) -> Vec<usize> {
 impl Checkpoint {
     /// The safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let metadata: HashMap<String, String> = [
+        let mut metadata: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
             ("config", config_json(&self.config).to_string()),
@@ -129,16 +210,26 @@ impl Checkpoint {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let mut encoded = Vec::new();
+        let ema = self.config.types.ema;
         for (prefix, values) in [("main_ema", &self.main_ema), ("aux_ema", &self.aux_ema)] {
             for (leaf, v) in self.layout.leaves().iter().zip(values) {
-                encoded.push((format!("{prefix}/{}", leaf.name), tensor_shape(leaf), self.config.types.ema.encode(v)));
+                encoded.push((format!("{prefix}/{}", leaf.name), tensor_shape(leaf), ema, ema.encode(v)));
             }
         }
-        let dtype = safe_dtype(self.config.types.ema);
+        if let (Some(o), Some(saved)) = (&self.config.optimizer, &self.optimizer) {
+            metadata.insert("optimizer_step".into(), saved.step.to_string());
+            metadata.insert("learning_rate".into(), saved.learning_rate.to_string());
+            for (name, values) in o.kind().state_names().iter().zip(&saved.tensors) {
+                for (leaf, v) in self.layout.leaves().iter().zip(values) {
+                    let name = format!("optimizer/{name}/{}", leaf.name);
+                    encoded.push((name, tensor_shape(leaf), o.state, o.state.encode(v)));
+                }
+            }
+        }
         let tensors = encoded
             .iter()
-            .map(|(name, shape, bytes)| {
-                let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
+            .map(|(name, shape, dtype, bytes)| {
+                let view = safetensors::tensor::TensorView::new(safe_dtype(*dtype), shape.clone(), bytes)
                     .map_err(|e| bad(format!("{name}: {e}")))?;
                 Ok((name.clone(), view))
             })
@@ -171,7 +262,7 @@ impl Checkpoint {
             return Err(bad(format!("{skipped_steps} skipped steps out of {steps}")));
         }
         let mut expected = 0;
-        let mut read = |prefix: &str, kept: bool| -> Result<Vec<Vec<f32>>> {
+        let mut read = |prefix: &str, kept: bool, dtype: DType| -> Result<Vec<Vec<f32>>> {
             if !kept {
                 return Ok(Vec::new());
             }
@@ -181,7 +272,6 @@ impl Checkpoint {
                 .map(|leaf| {
                     let name = format!("{prefix}/{}", leaf.name);
                     let t = tensors.tensor(&name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
-                    let dtype = config.types.ema;
                     if t.dtype() != safe_dtype(dtype) || t.shape() != tensor_shape(leaf).as_slice() {
                         return Err(bad(format!(
                             "tensor `{name}` is {:?} {:?}, expected {:?} {:?}",
@@ -196,12 +286,30 @@ impl Checkpoint {
                 })
                 .collect()
         };
-        let main_ema = read("main_ema", config.method.has_main_ema())?;
-        let aux_ema = read("aux_ema", config.method.has_aux_ema())?;
+        let main_ema = read("main_ema", config.method.has_main_ema(), config.types.ema)?;
+        let aux_ema = read("aux_ema", config.method.has_aux_ema(), config.types.ema)?;
+        let optimizer = match &config.optimizer {
+            None => None,
+            Some(o) => {
+                let step = count("optimizer_step")?;
+                let learning_rate = field("learning_rate")?
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|lr| lr.is_finite() && *lr >= 0.0)
+                    .ok_or_else(|| bad("`learning_rate` is not a finite number >= 0"))?;
+                let tensors = o
+                    .kind()
+                    .state_names()
+                    .iter()
+                    .map(|name| read(&format!("optimizer/{name}"), true, o.state))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(OptimizerCheckpoint { learning_rate, step, tensors })
+            }
+        };
         if tensors.len() != expected {
             return Err(bad(format!("{} tensors, expected {expected}", tensors.len())));
         }
-        Ok(Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema })
+        Ok(Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema, optimizer })
     }
 
     /// Checks that this checkpoint fits a state with `layout` and `config`; the error names the
@@ -219,12 +327,22 @@ impl Checkpoint {
             }
         }
         let (file, here) = (config_json(&self.config), config_json(config));
-        if let Some(key) = here.as_object().unwrap().keys().find(|k| file[k.as_str()] != here[k.as_str()]) {
-            return Err(bad(format!(
-                "config `{key}` is {} in the file but {} in the state",
-                file[key.as_str()],
-                here[key.as_str()]
-            )));
+        let keys = here.as_object().unwrap().keys().chain(file.as_object().unwrap().keys());
+        if let Some(key) = keys.into_iter().find(|k| file.get(k.as_str()) != here.get(k.as_str())) {
+            let show = |v: &Value| v.get(key.as_str()).map_or("absent".to_string(), Value::to_string);
+            return Err(bad(format!("config `{key}` is {} in the file but {} in the state", show(&file), show(&here))));
+        }
+        if let Some(o) = &config.optimizer {
+            let tensors = o.kind().state_names().len();
+            let fits = self.optimizer.as_ref().is_some_and(|saved| {
+                saved.tensors.len() == tensors
+                    && saved.tensors.iter().all(|t| {
+                        t.len() == layout.len() && t.iter().zip(layout.leaves()).all(|(v, l)| v.len() as u64 == l.len)
+                    })
+            });
+            if !fits {
+                return Err(bad(format!("the optimizer's state needs {tensors} tensors of the layout's leaves")));
+            }
         }
         Ok(())
     }

@@ -188,6 +188,21 @@ pub enum Error {
     /// Mapping a buffer for readback failed (device lost, or the buffer was in use).
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
+
+    /// A call needs an optimizer the state lacks, or parameters it was not given.
+    #[error("optimizer: {0}")]
+    Optimizer(String),
+
+    /// A parameter range overlaps another range the same step reads or writes.
+    #[error("leaf `{leaf}` (params) overlaps leaf `{other}` ({other_role}) in the same buffer")]
+    OverlappingParams {
+        /// The leaf's name.
+        leaf: String,
+        /// The leaf it overlaps.
+        other: String,
+        /// That leaf's role.
+        other_role: Role,
+    },
 }
 
 /// The library's result type.

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use crate::context::gpu_scope;
 use crate::dtype::ElementTypes;
 use crate::error::Result;
-use crate::shaders::{Kind, Stage, Storage, Storages, Variant};
+use crate::optimizer::Optimizer;
+use crate::shaders::{Kind, OptVariant, Stage, Storage, Storages, Variant};
 
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {
@@ -16,6 +17,11 @@ pub(crate) mod slot {
     pub const MAIN_EMA: u32 = 3;
     pub const AUX_EMA: u32 = 4;
     pub const OUT: u32 = 5;
+    pub const PARAMS: u32 = 6;
+    pub const OPT_M: u32 = 7;
+    pub const OPT_V: u32 = 8;
+    /// Group 0: the optimizer's schedule (learning rate, step count).
+    pub const SCHEDULE: u32 = 3;
 }
 
 /// The pipelines of one variant, one per stage in the order they run.
@@ -143,9 +149,12 @@ impl Kernels {
     /// Compiles every variant now instead of on first use (for start-up latency budgets).
     pub fn compile_all(&self) -> Result<()> {
         let f32_only = Storages::default();
-        Variant::all().into_iter().filter(|v| v.subgroups == self.subgroups && v.storages == f32_only).try_for_each(
-            |v| self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop),
-        )
+        Variant::all()
+            .into_iter()
+            .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
+            .try_for_each(|v| {
+                self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop)
+            })
     }
 
     pub(crate) fn variant(
@@ -156,11 +165,30 @@ impl Kernels {
         extras: bool,
         types: ElementTypes,
     ) -> Result<Arc<VariantKernels>> {
+        self.variant_with(kind, inputs_writable, guard, extras, types, None, true)
+    }
+
+    /// [`Kernels::variant`] with an optimizer fused into the apply stage, and the direction
+    /// written or not.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn variant_with(
+        &self,
+        kind: Kind,
+        inputs_writable: bool,
+        guard: bool,
+        extras: bool,
+        types: ElementTypes,
+        optimizer: Option<&Optimizer>,
+        write_out: bool,
+    ) -> Result<Arc<VariantKernels>> {
         self.check_device()?;
         let storage = |d| Storage::of(d, self.native_f16);
         let storages =
             Storages { gradients: storage(types.gradients), output: storage(types.output), ema: storage(types.ema) };
-        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras, storages };
+        let optimizer =
+            optimizer.map(|o| OptVariant { kind: o.kind(), params: storage(o.params), state: storage(o.state) });
+        let variant =
+            Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras, storages, optimizer, write_out };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
@@ -172,30 +200,41 @@ impl Kernels {
 
     fn build(&self, variant: Variant) -> VariantKernels {
         let device = &self.device;
+        let mut state_entries = vec![
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            },
+            storage_entry(1, false),
+            storage_entry(2, false),
+        ];
+        if variant.optimizer.is_some() {
+            state_entries.push(storage_entry(slot::SCHEDULE, false));
+        }
         let group0 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bloop state"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                storage_entry(1, false),
-                storage_entry(2, false),
-            ],
+            entries: &state_entries,
         });
         let inputs_read_only = !variant.inputs_writable;
         let mut entries = vec![
             storage_entry(slot::TILES, true),
             storage_entry(slot::MAIN, inputs_read_only),
             storage_entry(slot::AUX, inputs_read_only),
-            storage_entry(slot::OUT, false),
         ];
+        if variant.write_out {
+            entries.push(storage_entry(slot::OUT, false));
+        }
+        if let Some(opt) = variant.optimizer {
+            entries.push(storage_entry(slot::PARAMS, false));
+            let tensors = opt.kind.state_names().len();
+            entries.extend([slot::OPT_M, slot::OPT_V][..tensors].iter().map(|&s| storage_entry(s, false)));
+        }
         if variant.kind.has_main_ema() {
             entries.push(storage_entry(slot::MAIN_EMA, false));
         }

@@ -17,8 +17,8 @@
 //! imports form no cycle):
 //!
 //! 1. Types and errors: [`dtype`], [`role`], [`error`], [`rng`], [`context`] (the device).
-//! 2. What a step is: [`layout`] (leaves and where they live), [`config`] (the method and its
-//!    hyperparameters), [`shaders`] (the WGSL variants a config needs), [`scalars`] (what a
+//! 2. What a step is: [`layout`] (leaves and where they live), [`optimizer`] (the update rule
+//!    a step may fuse), [`config`] (the method and its hyperparameters), [`shaders`] (the WGSL variants a config needs), [`scalars`] (what a
 //!    step leaves on the GPU), [`reference`](mod@reference) (the same math in f64 on the host).
 //! 3. Running it: [`kernels`] (compiled pipelines), the private planner and validator,
 //!    [`pool`], [`readback`], [`checkpoint`] (the file format).
@@ -61,6 +61,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod kernels;
 pub mod layout;
+pub mod optimizer;
 mod plan;
 pub mod pool;
 pub mod readback;
@@ -80,8 +81,9 @@ pub use dtype::{DType, ElementTypes};
 pub use error::{Error, Result};
 pub use kernels::{KernelOptions, Kernels};
 pub use layout::{Layout, Leaf, LeafBuffer, Role};
+pub use optimizer::{OptKind, Optimizer, Rule};
 pub use plan::TILE_LEN;
 pub use pool::GradientPool;
 pub use readback::read_leaves;
-pub use reference::ReferenceState;
+pub use reference::{ReferenceOptimizer, ReferenceState};
 pub use state::{BloopState, EmaRole, ExternalGradients, Output, StepBindings};

@@ -27,8 +27,8 @@ const WORKGROUP_SIZE: u64 = 256;
 /// tile holds at most this many small segments, or one full-length one.
 const TILE_ROUNDS: u64 = TILE_LEN / WORKGROUP_SIZE;
 
-/// Words of one segment record (`Segment` in `shaders/bindings.wgsl`, padded to 8).
-const SEGMENT_WORDS: usize = 8;
+/// Words of one segment record (`Segment` in `shaders/bindings.wgsl`, padded to 12).
+const SEGMENT_WORDS: usize = 12;
 
 /// Words before the tile starts in a dispatch's table: tile count, first partial, first
 /// segment word.
@@ -38,10 +38,10 @@ const HEADER_WORDS: usize = 3;
 pub(crate) const PARTIAL_BYTES: u64 = 32;
 
 /// Element offsets of one segment, indexed by binding slot - 1 (main, aux, main_ema, aux_ema,
-/// out), and its length.
+/// out, params, opt_m, opt_v), and its length.
 #[derive(Clone, Copy, Debug, Default)]
 struct Segment {
-    offsets: [u32; 5],
+    offsets: [u32; 8],
     len: u32,
 }
 
@@ -240,7 +240,7 @@ impl Plan {
                 table.push((chunk[count - 1].end - first_segment) as u32);
                 for segment in &segments[first_segment..chunk[count - 1].end] {
                     table.extend(segment.offsets);
-                    table.extend([segment.len, 0, 0]);
+                    table.extend([segment.len, 0, 0, 0]);
                 }
                 regions.push((g, base, table.len() - base, count as u64));
                 tile_count += count as u64;

@@ -16,6 +16,7 @@ pub struct GradientPool {
     main: Vec<LeafBuffer>,
     aux: Vec<LeafBuffer>,
     output: Option<Vec<LeafBuffer>>,
+    params: Option<Vec<LeafBuffer>>,
     buffers: Vec<wgpu::Buffer>,
 }
 
@@ -44,7 +45,27 @@ impl GradientPool {
         let main = role(types.gradients, "bloop pool main")?;
         let aux = role(types.gradients, "bloop pool aux")?;
         let output = if in_place { None } else { Some(role(types.output, "bloop pool output")?) };
-        Ok(GradientPool { layout: layout.clone(), main, aux, output, buffers })
+        Ok(GradientPool { layout: layout.clone(), main, aux, output, params: None, buffers })
+    }
+
+    /// Adds a parameters role of element type `dtype` (zeros; write the initial values into
+    /// [`GradientPool::params`]), for states with an optimizer: `bind_pool` then updates these.
+    pub fn with_params(mut self, device: &wgpu::Device, dtype: DType) -> Result<GradientPool> {
+        let packing = Packing::new(&self.layout, dtype, device.limits().max_buffer_size, "pool")?;
+        let (buffers, leaves) = packing.allocate(device, &self.layout, POOL_USAGE, "bloop pool params")?;
+        self.buffers.extend(buffers);
+        self.params = Some(leaves);
+        Ok(self)
+    }
+
+    /// Leaf `i`'s parameters (pools made [`GradientPool::with_params`] only).
+    pub fn params(&self, i: usize) -> Option<&LeafBuffer> {
+        self.params.as_ref().map(|p| &p[i])
+    }
+
+    /// The parameters role, if the pool has one.
+    pub fn params_leaves(&self) -> Option<&[LeafBuffer]> {
+        self.params.as_deref()
     }
 
     /// The layout the pool was made for.

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Method};
 use crate::dtype::DType;
+use crate::optimizer::{Optimizer, Rule};
 
 /// Per-leaf values, in layout order.
 pub type Leaves = Vec<Vec<f64>>;
@@ -108,6 +109,93 @@ impl ReferenceState {
                     s * ((gm - r2 * a) + l * (ga - r1 * e))
                 })
             }
+        }
+    }
+}
+
+impl ReferenceState {
+    /// One step whose direction `optimizer` applies to its parameters, as the fused GPU step
+    /// does: a step the guard skips leaves the parameters, the optimizer's state and its step
+    /// count as they were.
+    pub fn step_with(&mut self, g_main: &[Vec<f64>], g_aux: &[Vec<f64>], optimizer: &mut ReferenceOptimizer) -> Leaves {
+        let skipped = self.skipped_steps;
+        let direction = self.unrounded_step(g_main, g_aux);
+        if self.skipped_steps == skipped {
+            optimizer.step(&direction);
+        }
+        round_to(&mut self.main_ema, self.config.types.ema);
+        round_to(&mut self.aux_ema, self.config.types.ema);
+        direction
+    }
+}
+
+/// PyTorch's `torch.optim.SGD`, `Adam` and `AdamW` in f64 (see [`crate::optimizer`]), over
+/// per-leaf parameters: the oracle of the fused optimizer stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferenceOptimizer {
+    /// The optimizer and its constants.
+    pub optimizer: Optimizer,
+    /// The current learning rate (a schedule changes it between steps).
+    pub lr: f64,
+    /// The parameters, per leaf.
+    pub params: Leaves,
+    /// Per state tensor ([`crate::OptKind::state_names`]), per leaf.
+    pub state: Vec<Leaves>,
+    /// Steps applied so far.
+    pub step: u64,
+}
+
+impl ReferenceOptimizer {
+    /// Starts from `params` (rounded to the optimizer's parameter type) and zero state.
+    pub fn new(optimizer: Optimizer, mut params: Leaves) -> ReferenceOptimizer {
+        round_to(&mut params, optimizer.params);
+        let zeros: Leaves = params.iter().map(|l| vec![0.0; l.len()]).collect();
+        let state = vec![zeros; optimizer.kind().state_names().len()];
+        ReferenceOptimizer { optimizer, lr: optimizer.lr, params, state, step: 0 }
+    }
+
+    /// Applies one step with the gradient (the direction) `grad`. Parameters and state stored
+    /// in 16 bits are rounded after the step, as the GPU stores them.
+    pub fn step(&mut self, grad: &[Vec<f64>]) {
+        self.step += 1;
+        let (lr, wd, t) = (self.lr, self.optimizer.weight_decay, self.step as f64);
+        match self.optimizer.rule {
+            Rule::Sgd { momentum, dampening, nesterov } => {
+                for (i, leaf) in self.params.iter_mut().enumerate() {
+                    for (j, p) in leaf.iter_mut().enumerate() {
+                        let mut g = grad[i][j] + wd * *p;
+                        if momentum != 0.0 {
+                            let buf = &mut self.state[0][i][j];
+                            *buf = if t == 1.0 { g } else { momentum * *buf + (1.0 - dampening) * g };
+                            g = if nesterov { g + momentum * *buf } else { *buf };
+                        }
+                        *p -= lr * g;
+                    }
+                }
+            }
+            Rule::Adam { beta1, beta2, eps, decoupled } => {
+                let step_size = lr / (1.0 - beta1.powf(t));
+                let bc2_sqrt = (1.0 - beta2.powf(t)).sqrt();
+                let (m, v) = self.state.split_at_mut(1);
+                for (i, leaf) in self.params.iter_mut().enumerate() {
+                    for (j, p) in leaf.iter_mut().enumerate() {
+                        let mut g = grad[i][j];
+                        if decoupled {
+                            *p *= 1.0 - lr * wd;
+                        } else {
+                            g += wd * *p;
+                        }
+                        let (m, v) = (&mut m[0][i][j], &mut v[0][i][j]);
+                        *m += (1.0 - beta1) * (g - *m);
+                        *v = beta2 * *v + (1.0 - beta2) * g * g;
+                        *p -= step_size * (*m / (v.sqrt() / bc2_sqrt + eps));
+                    }
+                }
+            }
+        }
+        round_to(&mut self.params, self.optimizer.params);
+        for tensor in &mut self.state {
+            round_to(tensor, self.optimizer.state);
         }
     }
 }

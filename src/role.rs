@@ -16,6 +16,10 @@ pub enum Role {
     MainEma,
     /// The average of the aux gradient (`pcgrad`).
     AuxEma,
+    /// The parameters an optimizer updates.
+    Params,
+    /// The optimizer's state (momentum, moments).
+    OptimizerState,
 }
 
 impl fmt::Display for Role {
@@ -26,6 +30,8 @@ impl fmt::Display for Role {
             Role::Output => "output",
             Role::MainEma => "main EMA",
             Role::AuxEma => "aux EMA",
+            Role::Params => "params",
+            Role::OptimizerState => "optimizer state",
         })
     }
 }

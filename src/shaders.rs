@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 pub use crate::config::Kind;
+use crate::optimizer::OptKind;
 
 const SOURCES: &[(&str, &str)] = &[
     ("bindings", include_str!("../shaders/bindings.wgsl")),
@@ -72,6 +73,17 @@ pub struct Storages {
     pub ema: Storage,
 }
 
+/// The optimizer fused into the apply stage, and how it stores parameters and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OptVariant {
+    /// The update rule's kernels.
+    pub kind: OptKind,
+    /// How the parameters are stored.
+    pub params: Storage,
+    /// How the optimizer's state is stored.
+    pub state: Storage,
+}
+
 /// Everything that changes the generated code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -87,6 +99,10 @@ pub struct Variant {
     pub extras: bool,
     /// How gradients, output and averages are stored.
     pub storages: Storages,
+    /// An optimizer applied to the parameters in the apply stage.
+    pub optimizer: Option<OptVariant>,
+    /// Whether the direction is written (only an optimizer's variant may skip it).
+    pub write_out: bool,
 }
 
 /// The stages a step runs, in order.
@@ -125,7 +141,16 @@ impl Variant {
                 for subgroups in [false, true] {
                     // The guard needs the extra sums; diagnostics alone ask for the sums only.
                     for (guard, extras) in [(false, false), (false, true), (true, true)] {
-                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages: f32_only });
+                        all.push(Variant {
+                            kind,
+                            inputs_writable,
+                            subgroups,
+                            guard,
+                            extras,
+                            storages: f32_only,
+                            optimizer: None,
+                            write_out: true,
+                        });
                     }
                 }
                 // 16-bit storage, each kind of it in each role, with the default guard.
@@ -144,9 +169,64 @@ impl Variant {
                                 guard,
                                 extras: guard,
                                 storages,
+                                optimizer: None,
+                                write_out: true,
                             });
                         }
                     }
+                }
+            }
+        }
+        all.extend(Variant::with_optimizers());
+        all
+    }
+
+    /// The optimizer variants of [`Variant::all`]: each optimizer kind with projecting, PCGrad
+    /// and mixing kernels, guard off and on, direction written or not, both reductions; with
+    /// writable inputs; ratio_only with and without the guard; mixing with diagnostics only;
+    /// and parameters and state in each 16-bit storage.
+    pub fn with_optimizers() -> Vec<Variant> {
+        let mut all = Vec::new();
+        let f32_opt = |kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 });
+        let base = Variant {
+            kind: Kind::Project,
+            inputs_writable: false,
+            subgroups: true,
+            guard: true,
+            extras: true,
+            storages: Storages::default(),
+            optimizer: None,
+            write_out: true,
+        };
+        for opt in [OptKind::Sgd, OptKind::Momentum, OptKind::Adam] {
+            for kind in [Kind::Project, Kind::PcGrad, Kind::Mixed] {
+                for (guard, extras) in [(false, false), (true, true)] {
+                    for write_out in [true, false] {
+                        for subgroups in [true, false] {
+                            all.push(Variant {
+                                kind,
+                                guard,
+                                extras,
+                                write_out,
+                                subgroups,
+                                optimizer: f32_opt(opt),
+                                ..base
+                            });
+                        }
+                    }
+                }
+            }
+            all.push(Variant { inputs_writable: true, optimizer: f32_opt(opt), ..base });
+            all.push(Variant { kind: Kind::RatioOnly, optimizer: f32_opt(opt), ..base });
+            // The other stage sets: ratio_only writing its average in the first pass (no
+            // guard), and mixing summing for diagnostics only.
+            all.push(Variant { kind: Kind::RatioOnly, guard: false, extras: false, optimizer: f32_opt(opt), ..base });
+            all.push(Variant { kind: Kind::Mixed, guard: false, extras: true, optimizer: f32_opt(opt), ..base });
+            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
+                let storages = Storages { gradients: half, output: half, ema: half };
+                for (params, state) in [(half, half), (half, Storage::F32), (Storage::F32, half)] {
+                    let optimizer = Some(OptVariant { kind: opt, params, state });
+                    all.push(Variant { storages, optimizer, ..base });
                 }
             }
         }
@@ -155,7 +235,16 @@ impl Variant {
 
     /// The stages this variant runs, in order: mixing needs no reduction unless the guard or
     /// diagnostics want the gradients' sums.
+    /// With an optimizer, the finalize stage always runs before apply (it advances the
+    /// optimizer's step count), and mixing sums the guard's norms in an accumulate stage, so
+    /// no parameter is written before the step is known to be finite.
     pub fn stages(self) -> &'static [Stage] {
+        if self.optimizer.is_some() {
+            return match (self.kind, self.extras) {
+                (Kind::Mixed, false) => &[Stage::Finalize, Stage::Apply],
+                _ => &[Stage::Accumulate, Stage::Finalize, Stage::Apply],
+            };
+        }
         match (self.kind, self.extras, self.guard) {
             (Kind::Mixed, false, _) => &[Stage::Apply],
             (Kind::Mixed, true, false) => &[Stage::Apply, Stage::Finalize],
@@ -183,17 +272,29 @@ impl Variant {
             }
             Kind::Mixed => {
                 defines.insert("MIXED");
-                if self.extras {
+                if self.extras && self.optimizer.is_none() {
                     defines.insert("MIXED_SUMS");
                 }
             }
+        }
+        if let Some(opt) = self.optimizer {
+            defines.insert("OPTIMIZER");
+            let names: &[&'static str] = match opt.kind {
+                OptKind::Sgd => &["SGD"],
+                OptKind::Momentum => &["SGD", "OPT_M"],
+                OptKind::Adam => &["ADAM", "OPT_M", "OPT_V"],
+            };
+            defines.extend(names.iter().copied());
+        }
+        if self.write_out {
+            defines.insert("WRITE_OUT");
         }
         if self.extras {
             defines.insert("EXTRAS");
         }
         if self.guard {
             defines.insert("GUARD");
-            if self.kind != Kind::Mixed {
+            if self.kind != Kind::Mixed || self.optimizer.is_some() {
                 defines.insert("GUARD_APPLY");
             }
         }
@@ -206,7 +307,12 @@ impl Variant {
         }
         // Apply stores pairs of elements where a written role packs two per word.
         let ema_written = self.kind != Kind::Mixed;
-        if self.storages.output.packed() || (ema_written && self.storages.ema.packed()) {
+        let opt_packed =
+            self.optimizer.is_some_and(|o| o.params.packed() || (o.kind != OptKind::Sgd && o.state.packed()));
+        if (self.write_out && self.storages.output.packed())
+            || (ema_written && self.storages.ema.packed())
+            || opt_packed
+        {
             defines.insert("PAIRS");
         }
         if self.inputs_writable {
@@ -221,11 +327,21 @@ impl Variant {
     /// The roles this variant binds: (name, binding, storage, writable).
     fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
         let s = self.storages;
-        let mut roles = vec![
-            ("g_main", 1, s.gradients, self.inputs_writable),
-            ("g_aux", 2, s.gradients, self.inputs_writable),
-            ("out", 5, s.output, true),
-        ];
+        let mut roles =
+            vec![("g_main", 1, s.gradients, self.inputs_writable), ("g_aux", 2, s.gradients, self.inputs_writable)];
+        if self.write_out {
+            roles.push(("out", 5, s.output, true));
+        }
+        if let Some(opt) = self.optimizer {
+            roles.push(("weights", 6, opt.params, true));
+            let tensors = opt.kind.state_names().len();
+            if tensors >= 1 {
+                roles.push(("opt_m", 7, opt.state, true));
+            }
+            if tensors >= 2 {
+                roles.push(("opt_v", 8, opt.state, true));
+            }
+        }
         if self.kind.has_main_ema() {
             roles.push(("main_ema", 3, s.ema, true));
         }

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, OptimizerCheckpoint};
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
 use crate::dtype::DType;
@@ -48,6 +48,8 @@ pub enum Output<'a> {
     InPlace,
     /// One leaf buffer per leaf, disjoint from every input.
     Buffers(&'a [LeafBuffer]),
+    /// Write no direction: only the optimizer's update is wanted (states with an optimizer).
+    Discard,
 }
 
 /// Gradients in buffers the user owns: per leaf a buffer, a byte offset and a length, in any
@@ -93,7 +95,7 @@ impl StepBindings {
         self.plan.tile_count
     }
 
-    /// Where each leaf's direction lands.
+    /// Where each leaf's direction lands (none with [`Output::Discard`]).
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         &self.output
     }
@@ -102,6 +104,17 @@ impl StepBindings {
 struct EmaStore {
     _buffers: Vec<wgpu::Buffer>,
     leaves: Vec<LeafBuffer>,
+}
+
+/// Byte offset of the learning rate (f32) in [`BloopState::learning_rate_buffer`].
+pub const LEARNING_RATE_OFFSET: u64 = 0;
+/// Byte offset of the optimizer's step count (u32) in [`BloopState::learning_rate_buffer`].
+pub const OPTIMIZER_STEP_OFFSET: u64 = 4;
+
+/// The optimizer's GPU side: its schedule (learning rate, step count) and state tensors.
+struct OptimizerStore {
+    schedule: wgpu::Buffer,
+    tensors: Vec<EmaStore>,
 }
 
 /// The state of one combined optimisation problem: its configuration, its averages on the
@@ -118,6 +131,7 @@ pub struct BloopState {
     scalars: wgpu::Buffer,
     main_ema: Option<EmaStore>,
     aux_ema: Option<EmaStore>,
+    optimizer: Option<OptimizerStore>,
     steps: u64,
 }
 
@@ -156,7 +170,8 @@ impl BloopState {
             }
         }
         // Compile before allocating so a failure leaves nothing behind.
-        kernels.variant(Kind::of(&config), false, config.guard, config.extras(), config.types)?;
+        let opt = config.optimizer.as_ref();
+        kernels.variant_with(Kind::of(&config), false, config.guard, config.extras(), config.types, opt, true)?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
         let mut stores = [None, None];
@@ -168,6 +183,28 @@ impl BloopState {
             }
         }
         let [main_ema, aux_ema] = stores;
+        let optimizer = match &config.optimizer {
+            None => None,
+            Some(o) => {
+                let packing = Packing::new(layout, o.state, max_buffer, "optimizer state")?;
+                let mut tensors = Vec::new();
+                for name in o.kind().state_names() {
+                    let (buffers, leaves) =
+                        packing.allocate(&device, layout, EMA_USAGE, &format!("bloop optimizer {name}"))?;
+                    tensors.push(EmaStore { _buffers: buffers, leaves });
+                }
+                let schedule = gpu_scope(&device, "allocating the optimizer's schedule", || {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("bloop learning rate"),
+                        size: 16,
+                        usage: EMA_USAGE,
+                        mapped_at_creation: false,
+                    })
+                })?;
+                queue.write_buffer(&schedule, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(o.lr as f32)));
+                Some(OptimizerStore { schedule, tensors })
+            }
+        };
         // Buffers are filled through the queue, never mapped at creation: mapping panics inside
         // wgpu when the device is lost, and a lost device must come back as an error.
         let (params, scalars) = gpu_scope(&device, "allocating the state", || {
@@ -197,6 +234,7 @@ impl BloopState {
             scalars,
             main_ema,
             aux_ema,
+            optimizer,
             steps: 0,
         };
         let mut encoder = None;
@@ -254,19 +292,101 @@ impl BloopState {
     /// Changes the constants (ema, lambda, eps, rescale) for steps submitted from now on: the
     /// new values are written through the queue, so they apply to every command buffer
     /// submitted after this call, including ones recorded before it. The method, `ratio_only`,
-    /// `guard` and `diagnostics` select kernels and cannot change.
+    /// `guard` and `diagnostics` select kernels and cannot change; nor can the optimizer's kind
+    /// (SGD, SGD with momentum, Adam) and element types. The optimizer's other constants change
+    /// here too, and its learning rate is written to the learning-rate buffer when it differs
+    /// from the current config's.
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         config.validate()?;
-        let kernels = |c: &Config| (c.method, c.ratio_only, c.guard, c.diagnostics);
+        let kernels = |c: &Config| {
+            (c.method, c.ratio_only, c.guard, c.diagnostics, c.optimizer.map(|o| (o.kind(), o.params, o.state)))
+        };
         if kernels(&config) != kernels(&self.config) {
             return Err(Error::Mismatch(format!(
-                "a state made for (method, ratio_only, guard, diagnostics) = {:?} cannot switch to {:?}",
+                "a state made for (method, ratio_only, guard, diagnostics, optimizer) = {:?} cannot switch to {:?}",
                 kernels(&self.config),
                 kernels(&config)
             )));
         }
         self.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&config.gpu_constants()));
+        if let (Some(new), Some(old)) = (config.optimizer, self.config.optimizer) {
+            if new.lr != old.lr {
+                self.set_learning_rate(new.lr)?;
+            }
+        }
         self.config = config;
+        Ok(())
+    }
+
+    fn optimizer_store(&self) -> Result<&OptimizerStore> {
+        self.optimizer.as_ref().ok_or_else(|| Error::Optimizer("the state's config has no optimizer".into()))
+    }
+
+    /// The optimizer's schedule buffer (`STORAGE | COPY_SRC | COPY_DST`, 16 bytes): the learning
+    /// rate as f32 at byte [`LEARNING_RATE_OFFSET`], the steps applied so far as u32 at byte
+    /// [`OPTIMIZER_STEP_OFFSET`]. Write the learning rate with `queue.write_buffer`, a buffer
+    /// copy or a kernel of your own at any time: each step reads it when it runs, so a schedule
+    /// needs neither rebinding nor a host sync. Leave the step count to the library.
+    pub fn learning_rate_buffer(&self) -> Result<&wgpu::Buffer> {
+        Ok(&self.optimizer_store()?.schedule)
+    }
+
+    /// Writes the learning rate through the queue: it applies to every step submitted after
+    /// this call (finite and >= 0).
+    pub fn set_learning_rate(&self, lr: f64) -> Result<()> {
+        self.kernels.check_device()?;
+        let store = self.optimizer_store()?;
+        if !(lr.is_finite() && lr >= 0.0 && (lr as f32).is_finite()) {
+            return Err(Error::InvalidConfig {
+                field: "optimizer.lr",
+                problem: format!("must be finite and >= 0, got {lr}"),
+            });
+        }
+        self.queue.write_buffer(&store.schedule, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(lr as f32)));
+        Ok(())
+    }
+
+    /// The learning rate and the optimizer's step count, read from the GPU (blocks).
+    pub fn read_schedule(&self) -> Result<(f32, u64)> {
+        self.kernels.check_device()?;
+        let leaf = LeafBuffer::new(&self.optimizer_store()?.schedule, 0, 2);
+        let words = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
+        Ok((words[0], words[1].to_bits() as u64))
+    }
+
+    /// The optimizer's state tensors' per-leaf buffers, in the order of
+    /// [`crate::OptKind::state_names`] (momentum buffer; or first and second moments).
+    pub fn optimizer_state_leaves(&self) -> Result<Vec<&[LeafBuffer]>> {
+        Ok(self.optimizer_store()?.tensors.iter().map(|t| t.leaves.as_slice()).collect())
+    }
+
+    /// Reads the optimizer's state to the host: per tensor, one vector per leaf (blocks).
+    pub fn read_optimizer_state(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.kernels.check_device()?;
+        let store = self.optimizer_store()?;
+        store.tensors.iter().map(|t| readback::read_leaves(&self.device, &self.queue, &t.leaves)).collect()
+    }
+
+    /// Overwrites the optimizer's state (per tensor, one vector per leaf) and its step count.
+    pub fn write_optimizer_state(&mut self, tensors: &[Vec<Vec<f32>>], step: u64) -> Result<()> {
+        self.kernels.check_device()?;
+        let store = self.optimizer_store()?;
+        if tensors.len() != store.tensors.len() {
+            return Err(Error::Optimizer(format!(
+                "expected {} state tensors, got {}",
+                store.tensors.len(),
+                tensors.len()
+            )));
+        }
+        let dtype = self.config.optimizer.map_or(DType::F32, |o| o.state);
+        for values in tensors {
+            check_init(&self.layout, Role::OptimizerState, &EmaInit::Values(values.clone()), dtype)?;
+        }
+        let step = u32::try_from(step).map_err(|_| Error::Optimizer(format!("step count {step} exceeds u32")))?;
+        for (t, values) in store.tensors.iter().zip(tensors) {
+            readback::write_leaves(&self.queue, &t.leaves, values);
+        }
+        self.queue.write_buffer(&store.schedule, OPTIMIZER_STEP_OFFSET, bytemuck::bytes_of(&step));
         Ok(())
     }
 
@@ -322,17 +442,59 @@ impl BloopState {
         Ok(())
     }
 
-    /// Prepares steps over a pool made for this state's layout.
+    /// Prepares steps over a pool made for this state's layout. With an optimizer, the pool
+    /// needs a params role ([`GradientPool::with_params`]), which the steps update.
     pub fn bind_pool(&self, pool: &GradientPool) -> Result<StepBindings> {
+        self.bind_pool_with(pool, false)
+    }
+
+    /// As [`BloopState::bind_pool`]; with `discard_output`, the direction is not written at
+    /// all (states with an optimizer only).
+    pub fn bind_pool_with(&self, pool: &GradientPool, discard_output: bool) -> Result<StepBindings> {
         if pool.layout() != &self.layout {
             return Err(Error::Mismatch("the pool was made for another layout".into()));
         }
-        let output = if pool.in_place() { Output::InPlace } else { Output::Buffers(pool.output_leaves()) };
-        self.bind_external(&ExternalGradients { main: pool.main_leaves(), aux: pool.aux_leaves(), output })
+        let output = match (discard_output, pool.in_place()) {
+            (true, _) => Output::Discard,
+            (false, true) => Output::InPlace,
+            (false, false) => Output::Buffers(pool.output_leaves()),
+        };
+        let gradients = ExternalGradients { main: pool.main_leaves(), aux: pool.aux_leaves(), output };
+        match (&self.config.optimizer, pool.params_leaves()) {
+            (None, _) => self.bind_inner(&gradients, None),
+            (Some(_), Some(params)) => self.bind_inner(&gradients, Some(params)),
+            (Some(_), None) => Err(Error::Optimizer(
+                "the state's optimizer needs parameters, and the pool has none (GradientPool::with_params)".into(),
+            )),
+        }
     }
 
-    /// Validates the user's buffers and prepares steps over them.
+    /// Validates the user's buffers and prepares steps over them (states without an optimizer;
+    /// see [`BloopState::bind_external_with_params`]).
     pub fn bind_external(&self, gradients: &ExternalGradients) -> Result<StepBindings> {
+        if self.config.optimizer.is_some() {
+            return Err(Error::Optimizer(
+                "the state's optimizer needs parameters: use bind_external_with_params".into(),
+            ));
+        }
+        self.bind_inner(gradients, None)
+    }
+
+    /// Validates the user's gradient and parameter buffers (per leaf, like gradients: a buffer
+    /// with `STORAGE` usage, an element-aligned offset, the optimizer's parameter type;
+    /// overlapping nothing else of the step) and prepares steps that update the parameters.
+    pub fn bind_external_with_params(
+        &self,
+        gradients: &ExternalGradients,
+        params: &[LeafBuffer],
+    ) -> Result<StepBindings> {
+        if self.config.optimizer.is_none() {
+            return Err(Error::Optimizer("parameters were given, but the state's config has no optimizer".into()));
+        }
+        self.bind_inner(gradients, Some(params))
+    }
+
+    fn bind_inner(&self, gradients: &ExternalGradients, params: Option<&[LeafBuffer]>) -> Result<StepBindings> {
         self.kernels.check_device()?;
         let layout = &self.layout;
         let storage = wgpu::BufferUsages::STORAGE;
@@ -348,24 +510,51 @@ impl BloopState {
                 validate::leaves(layout, Role::Output, out, storage, types.output)?;
                 out
             }
+            Output::Discard if self.config.optimizer.is_none() => {
+                return Err(Error::Optimizer("Output::Discard needs an optimizer in the config".into()));
+            }
+            Output::Discard => &[],
         };
+        let write_out = !matches!(gradients.output, Output::Discard);
         validate::outputs(layout, gradients.main, gradients.aux, output)?;
+        let params = params.unwrap_or(&[]);
+        if let Some(opt) = &self.config.optimizer {
+            validate::leaves(layout, Role::Params, params, storage, opt.params)?;
+            let others = [(Role::MainGrad, gradients.main), (Role::AuxGrad, gradients.aux), (Role::Output, output)];
+            validate::params(layout, &others, params)?;
+        }
 
         // A set, not a list: a model may have a hundred thousand leaves.
         let inputs: std::collections::BTreeSet<&wgpu::Buffer> =
             gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
-        let inputs_writable = output.iter().any(|o| inputs.contains(&o.buffer));
+        let inputs_writable = output.iter().chain(params).any(|o| inputs.contains(&o.buffer));
         let c = &self.config;
-        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras(), c.types)?;
+        let kernels = self.kernels.variant_with(
+            Kind::of(c),
+            inputs_writable,
+            c.guard,
+            c.extras(),
+            c.types,
+            c.optimizer.as_ref(),
+            write_out,
+        )?;
 
         let mut roles = vec![
             RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
             RoleLeaves { slot: slot::AUX, leaves: gradients.aux },
-            RoleLeaves { slot: slot::OUT, leaves: output },
         ];
+        if write_out {
+            roles.push(RoleLeaves { slot: slot::OUT, leaves: output });
+        }
         for (store, slot) in [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)] {
             if let Some(store) = store {
                 roles.push(RoleLeaves { slot, leaves: &store.leaves });
+            }
+        }
+        if let Some(store) = &self.optimizer {
+            roles.push(RoleLeaves { slot: slot::PARAMS, leaves: params });
+            for (&slot, t) in [slot::OPT_M, slot::OPT_V].iter().zip(&store.tensors) {
+                roles.push(RoleLeaves { slot, leaves: &t.leaves });
             }
         }
         let plan = Plan::new(&self.device, &self.queue, &kernels.group1, &roles)?;
@@ -376,14 +565,21 @@ impl BloopState {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
+            let mut entries = vec![
+                wgpu::BindGroupEntry { binding: 0, resource: self.params.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: self.scalars.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 2, resource: partials.as_entire_binding() },
+            ];
+            if let Some(store) = &self.optimizer {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: slot::SCHEDULE,
+                    resource: store.schedule.as_entire_binding(),
+                });
+            }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("bloop state"),
                 layout: &kernels.group0,
-                entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: self.params.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 1, resource: self.scalars.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 2, resource: partials.as_entire_binding() },
-                ],
+                entries: &entries,
             })
         })?;
         Ok(StepBindings { state_id: self.id, kernels, state_group, plan, output: output.to_vec() })
@@ -453,6 +649,13 @@ impl BloopState {
             skipped_steps: self.skipped_steps()?,
             main_ema: read(EmaRole::Main, self.config.method.has_main_ema())?,
             aux_ema: read(EmaRole::Aux, self.config.method.has_aux_ema())?,
+            optimizer: match &self.optimizer {
+                None => None,
+                Some(_) => {
+                    let (learning_rate, step) = self.read_schedule()?;
+                    Some(OptimizerCheckpoint { learning_rate, step, tensors: self.read_optimizer_state()? })
+                }
+            },
         })
     }
 
@@ -467,6 +670,15 @@ impl BloopState {
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         self.kernels.check_device()?;
         checkpoint.check_fits(&self.layout, &self.config)?;
+        if let (Some(store), Some(saved)) = (&self.optimizer, &checkpoint.optimizer) {
+            let step = u32::try_from(saved.step)
+                .map_err(|_| Error::Checkpoint(format!("optimizer step {} exceeds u32", saved.step)))?;
+            for (t, values) in store.tensors.iter().zip(&saved.tensors) {
+                readback::write_leaves(&self.queue, &t.leaves, values);
+            }
+            let words = [saved.learning_rate.to_bits(), step];
+            self.queue.write_buffer(&store.schedule, 0, bytemuck::cast_slice(&words));
+        }
         if let Some(store) = &self.main_ema {
             readback::write_leaves(&self.queue, &store.leaves, &checkpoint.main_ema);
         }

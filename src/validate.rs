@@ -120,3 +120,27 @@ pub(crate) fn copies(
 pub(crate) fn copy_size(leaf: &LeafBuffer) -> u64 {
     (leaf.len * leaf.dtype.size()).next_multiple_of(4)
 }
+
+/// Parameter ranges may overlap nothing else of the step: no gradient, output or other leaf's
+/// parameters.
+pub(crate) fn params(layout: &Layout, others: &[(Role, &[LeafBuffer])], params: &[LeafBuffer]) -> Result<()> {
+    for (leaf, p) in params.iter().enumerate() {
+        for &(role, leaves) in others.iter().chain(std::iter::once(&(Role::Params, params))) {
+            for (other, o) in leaves.iter().enumerate() {
+                if o.buffer != p.buffer || (role == Role::Params && other == leaf) {
+                    continue;
+                }
+                // 16-bit leaves may share a word (packed halves are stored atomically).
+                let (a, b) = (p.byte_range(), o.byte_range());
+                if a.start < b.end && b.start < a.end {
+                    return Err(Error::OverlappingParams {
+                        leaf: layout.leaves()[leaf].name.clone(),
+                        other: layout.leaves()[other].name.clone(),
+                        other_role: role,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

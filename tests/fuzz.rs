@@ -8,11 +8,17 @@ use bloop::{Checkpoint, Config, Layout, Method};
 
 fn seeds() -> Vec<Vec<u8>> {
     let layout = Layout::from_shapes([("w", vec![3u64, 4]), ("b", vec![5])]).unwrap();
-    [Method::Bloop, Method::PcGrad, Method::Mixed]
+    let adam = bloop::Optimizer::adamw(1e-3);
+    [(Method::Bloop, None), (Method::PcGrad, None), (Method::Mixed, None), (Method::Bloop, Some(adam))]
         .into_iter()
-        .map(|method| {
-            let config = Config::new(method);
+        .map(|(method, optimizer)| {
+            let config = Config { optimizer, ..Config::new(method) };
             let ema = |on: bool| if on { vec![vec![0.5; 12], vec![-1.0; 5]] } else { vec![] };
+            let optimizer = optimizer.map(|_| bloop::checkpoint::OptimizerCheckpoint {
+                learning_rate: 0.25,
+                step: 7,
+                tensors: vec![ema(true), ema(true)],
+            });
             Checkpoint {
                 config,
                 layout: layout.clone(),
@@ -20,6 +26,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 skipped_steps: 2,
                 main_ema: ema(method.has_main_ema()),
                 aux_ema: ema(method.has_aux_ema()),
+                optimizer,
             }
             .to_bytes()
             .unwrap()

@@ -6,7 +6,7 @@ mod common;
 #[allow(dead_code)] // the example uses the rest
 mod experiment;
 
-use experiment::{batch_order, run_cpu, run_gpu, runs_at, Problem, Run};
+use experiment::{batch_order, run_cpu, run_gpu, run_gpu_with, runs_at, Problem, Run, SgdStep};
 
 /// GPU losses are f32 sums over f32 parameters; the reference is f64 throughout.
 const TOLERANCE: f64 = 1e-3;
@@ -60,4 +60,32 @@ fn a_fixed_seed_gives_the_same_numbers() {
     // And the comparison above can fail: another seed gives other data.
     let other = Problem::generate(8);
     assert_ne!(run_cpu(&problem, &order, &runs[3], epochs), run_cpu(&other, &order, &runs[3], epochs));
+}
+
+#[test]
+fn fused_sgd_matches_the_separate_kernel() {
+    // The default run takes SGD through the library's fused optimizer; the trainer's own SGD
+    // kernel after a written direction must give the same losses within rounding.
+    let epochs = 4;
+    let problem = Problem::generate(3);
+    let order = batch_order(4, epochs);
+    let runs = runs();
+    let run = |step| run_gpu_with(common::gpu(), &common::kernels(), &problem, &order, &runs, epochs, step, |_, _| {});
+    let (fused, separate) = (run(SgdStep::Fused).unwrap(), run(SgdStep::Separate).unwrap());
+    let mut worst = 0f64;
+    for ((f, s), r) in fused.iter().zip(&separate).zip(&runs) {
+        for e in 0..=epochs {
+            for (a, b) in [(f.main[e], s.main[e]), (f.aux[e], s.aux[e])] {
+                let relative = (a - b).abs() / b.abs();
+                worst = worst.max(relative);
+                assert!(
+                    relative <= 1e-5,
+                    "{} lambda {}: epoch {e}: fused {f:?} separate {s:?}",
+                    r.name,
+                    r.config.lambda
+                );
+            }
+        }
+    }
+    eprintln!("fused against separate SGD: worst relative loss difference {worst:.2e}");
 }

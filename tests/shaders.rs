@@ -16,7 +16,8 @@ fn validated(source: &str, what: &str, variant: &Variant) -> (naga::Module, naga
         (Capabilities::empty(), SubgroupOperationSet::empty())
     };
     let s = variant.storages;
-    let uses = |storage| [s.gradients, s.output, s.ema].contains(&storage);
+    let opt = variant.optimizer.map_or(vec![], |o| vec![o.params, o.state]);
+    let uses = |storage| [s.gradients, s.output, s.ema].contains(&storage) || opt.contains(&storage);
     if uses(Storage::F16) {
         capabilities |= Capabilities::SHADER_FLOAT16;
     }
@@ -58,7 +59,12 @@ fn every_variant_translates_to_spirv() {
     // the three reducing kinds, 1 + 2 + 3 for mixing. 16-bit: read-only and writable inputs,
     // three 16-bit storages, four role mixes (x24), guard off and on: 3 x 2 x 3 stages for the
     // reducing kinds, 1 + 3 for mixing.
-    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4));
+    // Optimizers (SGD, momentum, Adam), each: projecting and PCGrad kernels with guard off and
+    // on, direction written or not, both reductions (16 variants x 3 stages); mixing likewise
+    // (4 x 2 stages without the guard, 4 x 3 with its accumulate stage); writable inputs and
+    // ratio_only (2 x 3); ratio_only without the guard and mixing with diagnostics only (2 x 3);
+    // three 16-bit storages in three mixes of params and state (9 x 3).
+    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (48 + 20 + 6 + 6 + 27));
 }
 
 #[test]
@@ -109,4 +115,14 @@ fn preprocessor_selects_branches() {
     let m = mixed.source(Stage::Apply);
     assert!(!m.contains("read_write> main_ema") && m.contains("read_write> g_main"));
     assert!(!p.contains('#') && !m.contains('#'), "no directive survives");
+    // An optimizer that discards the direction binds no output and never stores one; with the
+    // guard, mixing skips in apply (after an accumulate stage) instead of clearing afterwards.
+    let fused = all
+        .iter()
+        .find(|v| v.kind == bloop::shaders::Kind::Mixed && v.guard && !v.write_out && v.optimizer.is_some())
+        .unwrap();
+    assert_eq!(fused.stages(), &[Stage::Accumulate, Stage::Finalize, Stage::Apply]);
+    let f = fused.source(Stage::Apply);
+    assert!(!f.contains("store_out") && f.contains("store_weights(") && f.contains("scalars.skip != 0u"));
+    assert!(fused.source(Stage::Finalize).contains("schedule.step += 1u - skip"));
 }

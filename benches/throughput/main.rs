@@ -8,11 +8,14 @@
 //! (`Config::bytes_per_element`); the roofline is a plain vec4 copy kernel over a buffer of
 //! the same size, measured in the same run. Baselines: the unfused (eager) sequence of
 //! operators on the same adapter, the f64 host reference and a multi-threaded f32 host
-//! implementation. Writes a table to stdout, `DIR/throughput.json` and `DIR/throughput.svg`.
+//! implementation. Then the fused optimizer (SGD, momentum, Adam) against the step followed by
+//! a separate optimizer kernel, per layout (`optimizer.rs`). Writes a table to stdout,
+//! `DIR/throughput.json`, `DIR/optimizer.json` and `DIR/throughput.svg`.
 
 mod cpu;
 mod eager;
 mod layouts;
+mod optimizer;
 mod plot;
 
 use std::process::ExitCode;
@@ -58,6 +61,10 @@ struct Cli {
     /// Write the model layouts as JSON to this file (for the GPU peers script) and exit.
     #[arg(long, value_name = "PATH")]
     layouts_json: Option<std::path::PathBuf>,
+    /// Only the fused-optimizer rows: the step with SGD, momentum and Adam fused, against the
+    /// step followed by a separate optimizer kernel.
+    #[arg(long)]
+    optimizers_only: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -71,6 +78,7 @@ struct Args {
     cpu: bool,
     out: std::path::PathBuf,
     quick: bool,
+    optimizers_only: bool,
 }
 
 impl Args {
@@ -85,6 +93,7 @@ impl Args {
             cpu: !cli.no_cpu,
             out: cli.out,
             quick: cli.quick,
+            optimizers_only: cli.optimizers_only,
         }
     }
 }
@@ -418,11 +427,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = SplitMix64::new(1);
-    let workloads = workloads(&args)?;
+    let step_workloads = if args.optimizers_only { Vec::new() } else { workloads(&args)? };
     let rows_per_workload = METHODS.iter().filter(|m| !args.quick || in_quick(m.0)).count();
-    let bar = ProgressBar::new((workloads.len() * rows_per_workload) as u64);
+    let bar = ProgressBar::new((step_workloads.len() * rows_per_workload) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} methods, {elapsed} elapsed, ETA {eta}")?);
-    for workload in workloads {
+    for workload in step_workloads {
         let layout = &workload.layout;
         let elements = layout.total_elements();
         let copy = copy_gbps(&gpu, &clock, args.reps, elements);
@@ -546,7 +555,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     bar.finish_and_clear();
+    println!("fused optimizer against the step followed by a separate optimizer kernel (bloop, guard on, f32, pool):");
+    let mut optimizer_rows = Vec::new();
+    for workload in workloads(&args)? {
+        for opt in optimizer::optimizers() {
+            let row = optimizer::measure(&gpu, &kernels, &clock, args.reps, &workload.name, &workload.layout, opt);
+            optimizer_rows.push(row);
+        }
+    }
     std::fs::create_dir_all(&args.out)?;
+    let optimizer_json = args.out.join("optimizer.json");
+    std::fs::write(&optimizer_json, serde_json::to_string_pretty(&optimizer_rows)?)?;
+    println!("wrote {}", optimizer_json.display());
+    if args.optimizers_only {
+        return Ok(());
+    }
     let json = args.out.join("throughput.json");
     std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
     let svg = args.out.join("throughput.svg");

@@ -160,11 +160,21 @@ struct GpuRun {
     state: BloopState,
     bindings: bloop::StepBindings,
     group: wgpu::BindGroup,
+    _pool: GradientPool,
+    _theta: wgpu::Buffer,
 }
 
-/// The experiment on the GPU: every run at once, each step recorded without host input.
-/// Evaluation losses accumulate in a GPU buffer; `progress` sees them (up to some epoch) through
-/// non-blocking readbacks while later epochs run.
+/// How the GPU run takes its SGD step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SgdStep {
+    /// The library applies SGD to the parameters in its direction pass (no direction written).
+    Fused,
+    /// The library writes the direction, and the trainer's own `sgd` kernel applies it.
+    Separate,
+}
+
+/// The experiment on the GPU with the fused SGD step; see [`run_gpu_with`] (the tests use it).
+#[allow(dead_code)]
 pub fn run_gpu(
     gpu: &GpuContext,
     kernels: &Arc<Kernels>,
@@ -172,6 +182,23 @@ pub fn run_gpu(
     order: &[u32],
     runs: &[Run],
     epochs: usize,
+    progress: impl FnMut(usize, &[History]),
+) -> bloop::Result<Vec<History>> {
+    run_gpu_with(gpu, kernels, problem, order, runs, epochs, SgdStep::Fused, progress)
+}
+
+/// The experiment on the GPU: every run at once, each step recorded without host input.
+/// Evaluation losses accumulate in a GPU buffer; `progress` sees them (up to some epoch) through
+/// non-blocking readbacks while later epochs run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_gpu_with(
+    gpu: &GpuContext,
+    kernels: &Arc<Kernels>,
+    problem: &Problem,
+    order: &[u32],
+    runs: &[Run],
+    epochs: usize,
+    sgd_step: SgdStep,
     mut progress: impl FnMut(usize, &[History]),
 ) -> bloop::Result<Vec<History>> {
     use wgpu::util::DeviceExt;
@@ -211,7 +238,7 @@ pub fn run_gpu(
         bind_group_layouts: &[Some(&data_layout), Some(&run_layout)],
         immediate_size: 0,
     });
-    let [gradients, sgd, evaluate] = ["gradients", "sgd", "evaluate"].map(|name| {
+    let [gradients, sgd, advance, evaluate] = ["gradients", "sgd", "advance", "evaluate"].map(|name| {
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: Some(&pipeline_layout),
@@ -257,11 +284,18 @@ pub fn run_gpu(
     let layout = Layout::new([("theta", COLS as u64)])?;
     let mut gpu_runs = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        let state = BloopState::new(kernels, &gpu.queue, &layout, run.config, EmaInits::zeros())?;
-        let pool = GradientPool::new(device, &layout, false)?;
-        let bindings = state.bind_pool(&pool)?;
+        let fused = sgd_step == SgdStep::Fused;
+        let config = if fused { run.config.optimizer(bloop::Optimizer::sgd(LEARNING_RATE)) } else { run.config };
+        let state = BloopState::new(kernels, &gpu.queue, &layout, config, EmaInits::zeros())?;
+        let mut pool = GradientPool::new(device, &layout, false)?;
+        if fused {
+            // theta lives in the pool's params role (zeros, as the separate run's buffer).
+            pool = pool.with_params(device, bloop::DType::F32)?;
+        }
+        let bindings = state.bind_pool_with(&pool, fused)?;
         let storage_rw = wgpu::BufferUsages::STORAGE;
-        let theta = init("theta", bytemuck::cast_slice(&[0f32; COLS]), storage_rw);
+        let own_theta = init("theta", bytemuck::cast_slice(&[0f32; COLS]), storage_rw);
+        let theta = if fused { view(pool.params(0).unwrap()) } else { own_theta.as_entire_binding() };
         let step = init("step", bytemuck::cast_slice(&[0u32; 4]), storage_rw);
         fn view(leaf: &bloop::LeafBuffer) -> wgpu::BindingResource<'_> {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -279,7 +313,7 @@ pub fn run_gpu(
             label: Some(run.name),
             layout: &run_layout,
             entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: theta.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 0, resource: theta },
                 wgpu::BindGroupEntry { binding: 1, resource: step.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 2, resource: view(pool.main(0)) },
                 wgpu::BindGroupEntry { binding: 3, resource: view(pool.aux(0)) },
@@ -287,7 +321,7 @@ pub fn run_gpu(
                 wgpu::BindGroupEntry { binding: 5, resource: history },
             ],
         });
-        gpu_runs.push(GpuRun { state, bindings, group });
+        gpu_runs.push(GpuRun { state, bindings, group, _pool: pool, _theta: own_theta });
     }
 
     let dispatch = |encoder: &mut wgpu::CommandEncoder, pipeline: &wgpu::ComputePipeline, group: &wgpu::BindGroup| {
@@ -339,7 +373,10 @@ pub fn run_gpu(
                 for run in &mut gpu_runs {
                     dispatch(&mut encoder, &gradients, &run.group);
                     run.state.record_step(&mut encoder, &run.bindings)?;
-                    dispatch(&mut encoder, &sgd, &run.group);
+                    match sgd_step {
+                        SgdStep::Fused => dispatch(&mut encoder, &advance, &run.group),
+                        SgdStep::Separate => dispatch(&mut encoder, &sgd, &run.group),
+                    }
                 }
             }
         }

@@ -3,7 +3,9 @@
 //!
 //! Trains every method over the lambda grid `logspace(-3, 3, 10)` and once more at lambda = 1
 //! for the loss curves; gradients come from a WGSL kernel straight into the library's pool, the
-//! library combines them, a WGSL kernel takes the SGD step. The same runs go through the f64
+//! library combines them and takes the SGD step in the same pass (the fused optimizer;
+//! `--separate-sgd` writes the direction and takes the step in a WGSL kernel of the trainer's,
+//! for comparison). The same runs go through the f64
 //! host reference for comparison. Prints the table, writes `pareto.csv`, `curves.csv`,
 //! `pareto.svg` and `curves.svg` into DIR (default `target/quadratics`).
 
@@ -16,7 +18,7 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use experiment::{batch_order, lambda_grid, run_cpu, run_gpu, runs_at, History, Problem, Run};
+use experiment::{batch_order, lambda_grid, run_cpu, run_gpu_with, runs_at, History, Problem, Run, SgdStep};
 
 /// The paper's quadratic experiment on the GPU: every method over the lambda grid, with the f64
 /// host reference beside it.
@@ -34,6 +36,10 @@ struct Args {
     /// Folder for the CSV files and the plots.
     #[arg(long, default_value = "target/quadratics")]
     out: std::path::PathBuf,
+    /// Take the SGD step with the trainer's own kernel after the library writes the direction,
+    /// instead of fusing it into the library's direction pass (for comparison: same results).
+    #[arg(long)]
+    separate_sgd: bool,
 }
 
 /// How a point (aux, main) compares with another method's curve of (aux, main) points:
@@ -102,9 +108,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let started = Instant::now();
     let configs: Vec<Run> = runs.iter().map(|(_, r)| *r).collect();
+    let sgd_step = if args.separate_sgd { SgdStep::Separate } else { SgdStep::Fused };
+    println!("SGD step: {sgd_step:?}");
     let bar = progress_bar(epochs as u64, "GPU");
-    let gpu_histories =
-        run_gpu(&gpu, &kernels, &problem, &order, &configs, epochs, |epoch, _| bar.set_position(epoch as u64))?;
+    let gpu_histories = run_gpu_with(&gpu, &kernels, &problem, &order, &configs, epochs, sgd_step, |epoch, _| {
+        bar.set_position(epoch as u64)
+    })?;
     bar.finish_and_clear();
     let gpu_seconds = started.elapsed().as_secs_f64();
     println!("  GPU: {epochs} epochs in {gpu_seconds:.1} s");

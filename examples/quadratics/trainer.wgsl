@@ -71,6 +71,13 @@ fn sgd(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
+// With the library's fused SGD step (the default), the parameters are already updated: only the
+// batch counter advances here.
+@compute @workgroup_size(1)
+fn advance() {
+    step[0] += 1u;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn evaluate(@builtin(local_invocation_index) lid: u32) {
     var partial = vec2<f32>(0.0);
