@@ -81,6 +81,18 @@ pub enum Error {
     /// Mapping a buffer for readback failed (device lost, or the buffer was in use).
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
+
+    /// A collective operation between ranks failed (a peer left, the transport broke).
+    #[error("collective operation `{operation}` failed: {message}")]
+    Collective { operation: &'static str, message: String },
+
+    /// The ranks of a sharded step disagree: configs, layouts or leaf ownership differ.
+    #[error("rank {rank} of {size}: {detail}")]
+    ShardMismatch { rank: usize, size: usize, detail: String },
+
+    /// The phases of a sharded step were called out of order.
+    #[error("sharded step: {0}")]
+    StepOrder(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

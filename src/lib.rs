@@ -30,6 +30,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod conformance;
 pub mod context;
@@ -45,10 +46,12 @@ pub mod readback;
 pub mod reference;
 pub mod rng;
 pub mod shaders;
+pub mod sharded;
 pub mod state;
 mod validate;
 
 pub use checkpoint::Checkpoint;
+pub use collective::{Collective, SingleRank, ThreadGroup};
 pub use config::{Config, EmaInit, EmaInits, Method};
 pub use context::GpuContext;
 pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
@@ -60,4 +63,5 @@ pub use plan::TILE_LEN;
 pub use pool::GradientPool;
 pub use readback::read_leaves;
 pub use reference::ReferenceState;
+pub use sharded::{balanced_shards, GlobalSums, ShardedBindings, ShardedState};
 pub use state::{BloopState, EmaRole, ExternalGradients, Output, StepBindings};
