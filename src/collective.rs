@@ -24,7 +24,8 @@ pub trait Collective {
     fn all_reduce_sum(&self, values: &mut [f64]) -> Result<()>;
 
     /// Replaces `values` by their element-wise maximum over all ranks (a logical or for flags
-    /// that are 0 or 1).
+    /// that are 0 or 1). What a NaN does is up to the implementation; the sharded step only
+    /// passes flags.
     fn all_reduce_max(&self, values: &mut [f64]) -> Result<()>;
 
     /// Every rank's `values`, concatenated in rank order.
