@@ -31,8 +31,8 @@
 //! let owned = &balanced_shards(&layout, comm.size())[comm.rank()]; // this rank's leaves
 //! let config = Config::new(Method::Bloop).ema(0.01).lambda(0.5);
 //! let mut state = ShardedState::new(&kernels, &gpu.queue, &layout, owned, config, EmaInits::zeros(), &comm)?;
-//! let pool = GradientPool::new(&gpu.device, state.local_layout().unwrap(), false)?;
-//! let bindings = state.bind_pool(&pool)?;
+//! let pool = state.local_layout().map(|l| GradientPool::new(&gpu.device, l, false)).transpose()?;
+//! let bindings = state.bind_pool(pool.as_ref())?;                // none for an empty shard
 //! let mut encoder = gpu.device.create_command_encoder(&Default::default());
 //! // ... this rank's global-batch gradients of its leaves into the pool ...
 //! state.record_sums(&mut encoder, &bindings)?;
