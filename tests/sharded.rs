@@ -61,6 +61,9 @@ fn sharded_step(
     sums
 }
 
+/// Per-leaf values of one role.
+type Gradients = Vec<Vec<f32>>;
+
 /// This rank's outputs and averages, as (global leaf index, direction, main EMA, aux EMA).
 type LeafResults = Vec<(usize, Vec<f32>, Vec<f32>, Vec<f32>)>;
 
@@ -118,8 +121,8 @@ fn check_trial(seed: u64, method: Method, size: usize) {
     let config = random_full_config(&mut rng, method);
     let main_init = common::random_init(&mut rng, &lengths);
     let aux_init = common::random_init(&mut rng, &lengths);
-    let shards = random_split(&mut rng, layout.len(), size, seed % 2 == 0);
-    let steps: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = (0..3)
+    let shards = random_split(&mut rng, layout.len(), size, seed.is_multiple_of(2));
+    let steps: Vec<(Gradients, Gradients)> = (0..3)
         .map(|_| {
             let scale = 10f64.powf(rng.next_f64() * 2.0 - 1.0);
             let aux_scale = scale * (0.1 + rng.next_f64());
