@@ -347,7 +347,7 @@ impl ShardedState {
             return Err(Error::StepOrder("record_sums called before the previous step's record_apply"));
         }
         let exchanges = self.exchanges();
-        if let (Some(state), Some(b)) = (self.inner.as_mut(), bindings.inner.as_ref()) {
+        if let Some((state, b)) = local(&mut self.inner, bindings)? {
             let kernels = b.variant_kernels().clone();
             let sharded = kernels.sharded(&self.device)?;
             let first = stage(
@@ -362,8 +362,6 @@ impl ShardedState {
             if let (true, Some(readback)) = (exchanges, &self.readback) {
                 encoder.copy_buffer_to_buffer(state.scalars_buffer(), 0, readback, 0, SCALARS_BYTES);
             }
-        } else if bindings.inner.is_some() != self.inner.is_some() {
-            return Err(Error::Mismatch("these bindings were made for another shard".into()));
         }
         self.phase = Phase::SumsRecorded;
         Ok(())
@@ -423,7 +421,7 @@ impl ShardedState {
             return Err(Error::StepOrder("record_apply needs exchange_sums first"));
         }
         let exchanges = self.exchanges();
-        if let (Some(state), Some(b)) = (self.inner.as_mut(), bindings.inner.as_ref()) {
+        if let Some((state, b)) = local(&mut self.inner, bindings)? {
             let kernels = b.variant_kernels().clone();
             let mut pipelines = Vec::new();
             if exchanges {
@@ -435,12 +433,22 @@ impl ShardedState {
                 pipelines.push((clear, true));
             }
             state.record_pipelines(encoder, b, ("bloop sharded apply", None), &pipelines, true)?;
-        } else if bindings.inner.is_some() != self.inner.is_some() {
-            return Err(Error::Mismatch("these bindings were made for another shard".into()));
         }
         self.phase = Phase::Idle;
         self.steps += 1;
         Ok(())
+    }
+}
+
+/// This rank's state and bindings, or neither for an empty shard.
+fn local<'a>(
+    inner: &'a mut Option<BloopState>,
+    bindings: &'a ShardedBindings,
+) -> Result<Option<(&'a mut BloopState, &'a StepBindings)>> {
+    match (inner.as_mut(), bindings.inner.as_ref()) {
+        (Some(state), Some(b)) => Ok(Some((state, b))),
+        (None, None) => Ok(None),
+        _ => Err(Error::Mismatch("these bindings were made for another shard".into())),
     }
 }
 
