@@ -6,8 +6,8 @@ mod common;
 use bloop::reference::{relative_error, widen, ReferenceState};
 use bloop::rng::SplitMix64;
 use bloop::{
-    read_leaves, Collective, Config, EmaInit, EmaInits, EmaRole, Error, GradientPool, Layout, Method, ShardedBindings,
-    ShardedState, SingleRank, ThreadGroup,
+    read_leaves, BloopState, Collective, Config, EmaInit, EmaInits, EmaRole, Error, GradientPool, Layout, Method,
+    ShardedBindings, ShardedState, SingleRank, ThreadGroup,
 };
 use common::{below, normal_leaves};
 
@@ -442,4 +442,77 @@ fn balanced_shards_checked(layout: &Layout, ranks: usize) -> Vec<Vec<usize>> {
     all.sort();
     assert_eq!(all, (0..layout.len()).collect::<Vec<_>>());
     shards
+}
+
+/// Writes f32 values into leaves of any element type the library placed (word-aligned).
+fn write_typed(leaves: &[bloop::LeafBuffer], values: &[Vec<f32>]) {
+    for (leaf, v) in leaves.iter().zip(values) {
+        let mut bytes = leaf.dtype.encode(v);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        common::gpu().queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
+    }
+}
+
+#[test]
+fn half_precision_sharded_equals_unsharded() {
+    use bloop::{DType, ElementTypes};
+    let gpu = common::gpu();
+    let layout = Layout::from_lengths(&[999, 3, 4097, 18, 255]).unwrap();
+    let lengths = layout.lengths();
+    let shards = [vec![0, 3], vec![], vec![1, 2, 4]];
+    let mut rng = SplitMix64::new(71);
+    let steps: Vec<(Gradients, Gradients)> =
+        (0..2).map(|_| (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 0.7))).collect();
+    for types in [ElementTypes::gradients_and_output(DType::F16), ElementTypes::all(DType::Bf16)] {
+        for method in [Method::Bloop, Method::PcGrad] {
+            let config = Config::new(method).lambda(0.6).ema(0.3).types(types);
+            let mut whole =
+                BloopState::new(&common::kernels(), &gpu.queue, &layout, config, EmaInits::zeros()).unwrap();
+            let pool = GradientPool::typed(&gpu.device, &layout, false, types).unwrap();
+            let bindings = whole.bind_pool(&pool).unwrap();
+            let mut expected = Vec::new();
+            for (g_main, g_aux) in &steps {
+                write_typed(pool.main_leaves(), g_main);
+                write_typed(pool.aux_leaves(), g_aux);
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                whole.record_step(&mut encoder, &bindings).unwrap();
+                gpu.queue.submit([encoder.finish()]);
+                expected.push(read_leaves(&gpu.device, &gpu.queue, pool.output_leaves()).unwrap());
+            }
+            let per_rank = on_ranks(3, |comm| {
+                let owned = &shards[comm.rank()];
+                let mut state =
+                    ShardedState::new(&common::kernels(), &gpu.queue, &layout, owned, config, EmaInits::zeros(), &comm)
+                        .unwrap();
+                let pool = state.local_layout().map(|l| GradientPool::typed(&gpu.device, l, false, types).unwrap());
+                let bindings = state.bind_pool(pool.as_ref()).unwrap();
+                let mut outputs = Vec::new();
+                for (g_main, g_aux) in &steps {
+                    if let Some(pool) = &pool {
+                        write_typed(pool.main_leaves(), &pick(g_main, owned));
+                        write_typed(pool.aux_leaves(), &pick(g_aux, owned));
+                    }
+                    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                    state.record_sums(&mut encoder, &bindings).unwrap();
+                    gpu.queue.submit([encoder.finish()]);
+                    state.exchange_sums(&comm).unwrap();
+                    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                    state.record_apply(&mut encoder, &bindings).unwrap();
+                    gpu.queue.submit([encoder.finish()]);
+                    let out = pool.as_ref().map(|p| read_leaves(&gpu.device, &gpu.queue, p.output_leaves()).unwrap());
+                    outputs.push(owned.iter().copied().zip(out.unwrap_or_default()).collect::<Vec<_>>());
+                }
+                outputs
+            });
+            for (step, expected) in expected.iter().enumerate() {
+                let mut direction = vec![vec![]; layout.len()];
+                for (i, d) in per_rank.iter().flat_map(|r| r[step].clone()) {
+                    direction[i] = d;
+                }
+                // Only the order of the sums differs: a 16-bit rounding may flip, no more.
+                let error = relative_error(&widen(&direction), &widen(expected));
+                assert!(error <= 1e-3, "{types:?} {method:?} step {step}: {error}");
+            }
+        }
+    }
 }
