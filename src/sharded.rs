@@ -8,8 +8,7 @@
 //! therefore split in two around one small exchange:
 //!
 //! 1. [`ShardedState::record_sums`] records the first pass over this rank's leaves and a copy
-//!    of its eight partial sums (32 bytes, in a 48-byte block) into a mappable buffer. The
-//!    caller submits.
+//!    of its eight partial sums (32 bytes) into a mappable buffer. The caller submits.
 //! 2. [`ShardedState::exchange_sums`] waits for that copy: **the one readback of the step, and
 //!    its only synchronisation with the GPU**. It all-reduces the eight sums (as `f64`) through
 //!    a [`Collective`], and with the guard a max of one flag, so that a non-finite value on any
@@ -48,13 +47,17 @@ use std::sync::Arc;
 
 use crate::collective::Collective;
 use crate::config::{Config, EmaInits};
-use crate::diagnostics::SCALARS_BYTES;
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::layout::Layout;
 use crate::pool::GradientPool;
 use crate::shaders::{Kind, Stage};
 use crate::state::{BloopState, ExternalGradients, StepBindings};
+
+/// Where the step's sums lie in the `Scalars` block of `shaders/bindings.wgsl` (`dots` then
+/// `grads`, eight f32), and their size: what each rank reads back and writes back per step.
+const SUMS_OFFSET: u64 = 16;
+const SUMS_BYTES: u64 = 32;
 
 /// Leaves split over `ranks` ranks in layout order, each rank taking a contiguous run of about
 /// the same number of elements. Ranks past the number of leaves get none.
@@ -118,7 +121,7 @@ pub struct ShardedState {
     queue: wgpu::Queue,
     device: wgpu::Device,
     inner: Option<BloopState>,
-    /// Where [`ShardedState::record_sums`] copies this rank's totals (48 bytes, mappable).
+    /// Where [`ShardedState::record_sums`] copies this rank's totals (32 bytes, mappable).
     readback: Option<wgpu::Buffer>,
     phase: Phase,
     steps: u64,
@@ -208,7 +211,7 @@ impl ShardedState {
                 crate::context::gpu_scope(&device, "allocating the sharded readback", || {
                     device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("bloop sharded sums"),
-                        size: SCALARS_BYTES,
+                        size: SUMS_BYTES,
                         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                         mapped_at_creation: false,
                     })
@@ -360,14 +363,14 @@ impl ShardedState {
             }
             state.record_pipelines(encoder, b, ("bloop sharded sums", None), &pipelines, false)?;
             if let (true, Some(readback)) = (exchanges, &self.readback) {
-                encoder.copy_buffer_to_buffer(state.scalars_buffer(), 0, readback, 0, SCALARS_BYTES);
+                encoder.copy_buffer_to_buffer(state.scalars_buffer(), SUMS_OFFSET, readback, 0, SUMS_BYTES);
             }
         }
         self.phase = Phase::SumsRecorded;
         Ok(())
     }
 
-    /// Phase 2: waits for this rank's partial sums (one 48-byte readback: the step's only
+    /// Phase 2: waits for this rank's partial sums (one 32-byte readback: the step's only
     /// synchronisation), reduces them over every rank, decides the guard globally, and writes
     /// the global sums back through the queue. Collective: every rank calls it once per step.
     pub fn exchange_sums(&mut self, collective: &impl Collective) -> Result<GlobalSums> {
@@ -379,13 +382,12 @@ impl ShardedState {
             self.last = Some(GlobalSums::default());
             return Ok(GlobalSums::default());
         }
-        // The block as `Scalars` in shaders/bindings.wgsl: dots at words 4..8, grads at 8..12.
         let mut sums = [0f64; 8];
         if let Some(readback) = &self.readback {
             let receiver = crate::readback::start_map(readback);
             let bytes = crate::readback::finish_map(&self.device, receiver, readback)?;
             let words: &[f32] = bytemuck::cast_slice(&bytes);
-            for (sum, &w) in sums.iter_mut().zip(&words[4..12]) {
+            for (sum, &w) in sums.iter_mut().zip(words) {
                 *sum = w as f64;
             }
         }
@@ -402,7 +404,7 @@ impl ShardedState {
         if let Some(state) = &self.inner {
             let scalars = state.scalars_buffer();
             self.queue.write_buffer(scalars, 8, bytemuck::bytes_of(&(skipped as u32)));
-            self.queue.write_buffer(scalars, 16, bytemuck::cast_slice(&as_f32));
+            self.queue.write_buffer(scalars, SUMS_OFFSET, bytemuck::cast_slice(&as_f32));
         }
         let global = GlobalSums {
             dots: sums[..4].try_into().unwrap_or_default(),

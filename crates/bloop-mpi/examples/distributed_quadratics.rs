@@ -12,7 +12,7 @@
 //!    on the host), and the aux-loss gradient of its own leaves (the aux loss is separable);
 //! 2. **reduce-scatter** (MPI): each rank receives the global-batch main gradient of its leaves;
 //! 3. **the sharded BLOOP step** on this rank's GPU, with this rank's averages only: the sums
-//!    pass, one 48-byte readback and an all-reduce of 8 numbers, the apply pass;
+//!    pass, one 32-byte readback and an all-reduce of 8 numbers, the apply pass;
 //! 4. **all-gather** (MPI) of the directions; every rank takes the SGD step on its copy of theta.
 //!
 //! Rank 0 also trains the same problem in one process with the ordinary step
