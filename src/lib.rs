@@ -11,6 +11,10 @@
 //! projection over all of a model's parameter leaves. Steps are recorded into the caller's
 //! `wgpu::CommandEncoder`; the library never submits or waits on the hot path.
 //!
+//! Past one GPU, [`sharded::ShardedState`] runs the step over a shard of the leaves per rank
+//! (each rank keeping its own averages), with one small exchange of sums per step through a
+//! [`collective::Collective`] (MPI in the workspace's `bloop-mpi` crate).
+//!
 //! ```no_run
 //! use bloop::{BloopState, Config, EmaInits, GpuContext, GradientPool, Kernels, Layout, Method};
 //! # fn main() -> bloop::Result<()> {
