@@ -50,6 +50,12 @@ fn finalize(
     let grads_total = vec4<f32>(0.0);
 #endif
     if lid == 0u {
+#ifdef SHARDED
+        // A sharded step: only this rank's totals. The host reduces them over the ranks, writes
+        // the global totals and the global skip decision back, and `decide_global` takes it on.
+        scalars.dots = dots_total;
+        scalars.grads = grads_total;
+#else
         var skip = 0u;
 #ifdef GUARD
         // Any non-finite gradient element, or sums that overflowed: the ratios would be garbage.
@@ -68,5 +74,19 @@ fn finalize(
         scalars.grads = grads_total;
         scalars.ratio_main = ratio(dots_total.x, dots_total.y);
         scalars.ratio_aux = ratio(dots_total.z, dots_total.w);
+#endif
     }
 }
+
+#ifdef SHARDED
+// The second half of a sharded step's finalize stage: the totals in `scalars` were reduced over
+// every rank and written back by the host, with its global skip decision; the ratios come from
+// them exactly as `finalize` computes them for a step on one device.
+@compute @workgroup_size(1)
+fn decide_global() {
+    let dots = scalars.dots;
+    scalars.skipped_steps += scalars.skip;
+    scalars.ratio_main = ratio(dots.x, dots.y);
+    scalars.ratio_aux = ratio(dots.z, dots.w);
+}
+#endif

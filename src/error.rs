@@ -203,6 +203,30 @@ pub enum Error {
         /// That leaf's role.
         other_role: Role,
     },
+
+    /// A collective operation between ranks failed (a peer left, the transport broke).
+    #[error("collective operation `{operation}` failed: {message}")]
+    Collective {
+        /// The operation (`all_reduce_sum`, ...).
+        operation: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The ranks of a sharded step disagree: configs, layouts or leaf ownership differ.
+    #[error("rank {rank} of {size}: {detail}")]
+    ShardMismatch {
+        /// The rank reporting.
+        rank: usize,
+        /// How many ranks take part.
+        size: usize,
+        /// What differs.
+        detail: String,
+    },
+
+    /// The phases of a sharded step were called out of order.
+    #[error("sharded step: {0}")]
+    StepOrder(&'static str),
 }
 
 /// The library's result type.

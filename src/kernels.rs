@@ -29,6 +29,48 @@ pub(crate) struct VariantKernels {
     pub group0: wgpu::BindGroupLayout,
     pub group1: wgpu::BindGroupLayout,
     pub stages: Vec<(Stage, wgpu::ComputePipeline)>,
+    pub variant: Variant,
+    /// The sharded step's finalize pipelines (this rank's totals, then the global decision),
+    /// built on the first sharded step.
+    pub sharded: std::sync::OnceLock<ShardedFinalize>,
+}
+
+/// The two finalize pipelines of a sharded step ([`crate::sharded`]).
+pub(crate) struct ShardedFinalize {
+    pub local_totals: wgpu::ComputePipeline,
+    pub decide_global: wgpu::ComputePipeline,
+}
+
+impl VariantKernels {
+    /// The sharded finalize pipelines, compiled on first use.
+    pub fn sharded(&self, device: &wgpu::Device) -> Result<&ShardedFinalize> {
+        if let Some(built) = self.sharded.get() {
+            return Ok(built);
+        }
+        let built = gpu_scope(device, "compiling the sharded finalize stage", || {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("bloop sharded finalize"),
+                source: wgpu::ShaderSource::Wgsl(self.variant.sharded_finalize_source().into()),
+            });
+            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("bloop sharded finalize"),
+                bind_group_layouts: &[Some(&self.group0)],
+                immediate_size: 0,
+            });
+            let pipeline = |entry: &str| {
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            };
+            ShardedFinalize { local_totals: pipeline("finalize"), decide_global: pipeline("decide_global") }
+        })?;
+        Ok(self.sharded.get_or_init(|| built))
+    }
 }
 
 /// Choices a [`Kernels`] makes for its device.
@@ -277,6 +319,6 @@ impl Kernels {
                 (stage, pipeline(stage, layout))
             })
             .collect();
-        VariantKernels { group0, group1, stages }
+        VariantKernels { group0, group1, stages, variant, sharded: std::sync::OnceLock::new() }
     }
 }

@@ -18,12 +18,16 @@
 //!
 //! 1. Types and errors: [`dtype`], [`role`], [`error`], [`rng`], [`context`] (the device).
 //! 2. What a step is: [`layout`] (leaves and where they live), [`optimizer`] (the update rule
-//!    a step may fuse), [`config`] (the method and its hyperparameters), [`shaders`] (the WGSL variants a config needs), [`scalars`] (what a
-//!    step leaves on the GPU), [`reference`](mod@reference) (the same math in f64 on the host).
+//!    a step may fuse), [`config`] (the method and its hyperparameters), [`shaders`] (the WGSL
+//!    variants a config needs), [`scalars`] (what a step leaves on the GPU),
+//!    [`reference`](mod@reference) (the same math in f64 on the host).
 //! 3. Running it: [`kernels`] (compiled pipelines), the private planner and validator,
 //!    [`pool`], [`readback`], [`checkpoint`] (the file format).
 //! 4. [`state`]: the averages of one model and the steps recorded over them.
-//! 5. Reading results while training: [`diagnostics`].
+//! 5. Past one GPU: [`collective`] (the few operations between ranks) and [`sharded`] (the
+//!    step over one rank's shard of the leaves, each rank keeping its own averages, with one
+//!    small exchange of sums per step; MPI in the workspace's `bloop-mpi` crate).
+//! 6. Reading results while training: [`diagnostics`].
 //!
 //! Integrations live in crates of their own that depend on this one. The golden-case runner and
 //! the fuzz targets' bodies (`conformance`, `fuzzing`) are test scaffolding behind the
@@ -50,6 +54,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
@@ -70,10 +75,12 @@ pub mod rng;
 pub mod role;
 pub mod scalars;
 pub mod shaders;
+pub mod sharded;
 pub mod state;
 mod validate;
 
 pub use checkpoint::Checkpoint;
+pub use collective::{Collective, SingleRank, ThreadGroup};
 pub use config::{Config, EmaInit, EmaInits, Method};
 pub use context::GpuContext;
 pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
@@ -86,4 +93,5 @@ pub use plan::TILE_LEN;
 pub use pool::GradientPool;
 pub use readback::read_leaves;
 pub use reference::{ReferenceOptimizer, ReferenceState};
+pub use sharded::{balanced_shards, GlobalSums, ShardedBindings, ShardedState};
 pub use state::{BloopState, EmaRole, ExternalGradients, Output, StepBindings};

@@ -70,10 +70,10 @@ pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuf
     Ok(out)
 }
 
-type MapResult = futures::channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+pub(crate) type MapResult = futures::channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
 
 /// Starts mapping a whole `MAP_READ` buffer.
-fn start_map(buffer: &wgpu::Buffer) -> MapResult {
+pub(crate) fn start_map(buffer: &wgpu::Buffer) -> MapResult {
     let (sender, receiver) = futures::channel::oneshot::channel();
     buffer.map_async(wgpu::MapMode::Read, .., move |result| {
         let _ = sender.send(result);
@@ -82,7 +82,7 @@ fn start_map(buffer: &wgpu::Buffer) -> MapResult {
 }
 
 /// Waits for a mapping started by [`start_map`] and copies the buffer out.
-fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+pub(crate) fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
     device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Readback(e.to_string()))?;
     pollster::block_on(receiver)
         .map_err(|_| Error::Readback("the map callback was dropped".into()))?

@@ -351,6 +351,19 @@ impl Variant {
         roles
     }
 
+    /// The finalize stage of a sharded step (`finalize` writing this rank's totals only, and
+    /// `decide_global` turning the totals reduced over every rank into the ratios).
+    pub fn sharded_finalize_source(self) -> String {
+        let roles = self.roles();
+        let mut defines = self.defines();
+        defines.insert("SHARDED");
+        let mut source = preprocess(Stage::Finalize.name(), &defines, &roles);
+        if roles.iter().any(|r| r.2 == Storage::F16) {
+            source.insert_str(0, "enable f16;\n");
+        }
+        source
+    }
+
     /// The WGSL of one stage of this variant.
     pub fn source(self, stage: Stage) -> String {
         let roles = self.roles();

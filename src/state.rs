@@ -99,6 +99,11 @@ impl StepBindings {
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         &self.output
     }
+
+    /// The pipelines these bindings run (the sharded step picks its own stages from them).
+    pub(crate) fn variant_kernels(&self) -> &Arc<VariantKernels> {
+        &self.kernels
+    }
 }
 
 struct EmaStore {
@@ -600,16 +605,33 @@ impl BloopState {
         bindings: &StepBindings,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
+        let pipelines: Vec<(&wgpu::ComputePipeline, bool)> =
+            bindings.kernels.stages.iter().map(|(stage, pipeline)| (pipeline, *stage != Stage::Finalize)).collect();
+        self.record_pipelines(encoder, bindings, ("bloop step", timestamp_writes), &pipelines, true)
+    }
+
+    /// Records `pipelines` in one compute pass, each over the bindings' tiles (`true`) or as a
+    /// single workgroup (`false`): a whole step, or one of the two halves of a sharded step
+    /// ([`crate::sharded`]).
+    /// `completes_step` counts the step.
+    pub(crate) fn record_pipelines(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &StepBindings,
+        (label, timestamp_writes): (&'static str, Option<wgpu::ComputePassTimestampWrites>),
+        pipelines: &[(&wgpu::ComputePipeline, bool)],
+        completes_step: bool,
+    ) -> Result<()> {
         if bindings.state_id != self.id {
             return Err(Error::Mismatch("these bindings were made by another state".into()));
         }
         self.kernels.check_device()?;
         let mut pass =
-            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bloop step"), timestamp_writes });
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
         pass.set_bind_group(0, &bindings.state_group, &[]);
-        for (stage, pipeline) in &bindings.kernels.stages {
+        for &(pipeline, over_tiles) in pipelines {
             pass.set_pipeline(pipeline);
-            if *stage == Stage::Finalize {
+            if !over_tiles {
                 pass.dispatch_workgroups(1, 1, 1);
                 continue;
             }
@@ -619,7 +641,9 @@ impl BloopState {
             }
         }
         drop(pass);
-        self.steps += 1;
+        if completes_step {
+            self.steps += 1;
+        }
         Ok(())
     }
 

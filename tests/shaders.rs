@@ -126,3 +126,30 @@ fn preprocessor_selects_branches() {
     assert!(!f.contains("store_out") && f.contains("store_weights(") && f.contains("scalars.skip != 0u"));
     assert!(fused.source(Stage::Finalize).contains("schedule.step += 1u - skip"));
 }
+
+#[test]
+fn every_sharded_finalize_translates_to_every_backend() {
+    // The sharded step's finalize module: this rank's totals (`finalize`) and `decide_global`.
+    let mut count = 0;
+    for variant in Variant::all().into_iter().filter(|v| v.stages().contains(&Stage::Finalize)) {
+        let what = format!("{variant:?} sharded finalize");
+        let source = variant.sharded_finalize_source();
+        assert!(!source.contains('#') && !source.contains("ratio_main = ratio(dots_total"), "{what}");
+        let (module, info) = validated(&source, &what, &variant);
+        let names: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["finalize", "decide_global"], "{what}");
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let msl = naga::back::msl::Options { lang_version: (2, 1), ..Default::default() };
+        naga::back::msl::write_string(&module, &info, &msl, &Default::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let hlsl =
+            naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
+        let mut out = String::new();
+        naga::back::hlsl::Writer::new(&mut out, &hlsl, &Default::default())
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        count += 1;
+    }
+    // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit ones.
+    assert_eq!(count, Variant::all().len() - 4 - 24);
+}
