@@ -529,7 +529,9 @@ impl BloopState {
             validate::params(layout, &others, params)?;
         }
 
-        // A set, not a list: a model may have a hundred thousand leaves.
+        // A set, not a list: a model may have a hundred thousand leaves. Buffers order by
+        // their identity, which their interior state never changes.
+        #[allow(clippy::mutable_key_type)]
         let inputs: std::collections::BTreeSet<&wgpu::Buffer> =
             gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().chain(params).any(|o| inputs.contains(&o.buffer));
