@@ -3,7 +3,8 @@
 //! Tensors: `main_ema/<leaf name>` (and `aux_ema/<leaf name>` for PCGrad), in the averages'
 //! element type (F32, F16 or BF16), with the leaf's shape (or `[len]`). Metadata (all strings):
 //! `format` = `bloop-checkpoint`, `version` = `1`, `config` (JSON: method, ema, lambda, eps,
-//! rescale, ratio_only, guard, diagnostics, gradients_dtype, output_dtype, ema_dtype), `steps`,
+//! rescale, ratio_only, guard, diagnostics, gradients_dtype, output_dtype, ema_dtype, order; a file
+//! without `order` reads as `update_first`), `steps`,
 //! `skipped_steps`, and `layout` (JSON list of `{name, len, shape}`). Python opens it with
 //! `safetensors.numpy.load_file(path)`, and `safe_open(path, "np").metadata()` for the rest.
 
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, Method};
+use crate::config::{Config, Method, Order};
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Leaf};
@@ -47,6 +48,7 @@ fn config_json(c: &Config) -> Value {
         "method": c.method.name(), "ema": c.ema, "lambda": c.lambda, "eps": c.eps,
         "rescale": c.rescale, "ratio_only": c.ratio_only, "guard": c.guard, "diagnostics": c.diagnostics,
         "gradients_dtype": c.types.gradients.name(), "output_dtype": c.types.output.name(), "ema_dtype": c.types.ema.name(),
+        "order": c.order.name(),
     })
 }
 
@@ -61,7 +63,16 @@ fn config_from_json(v: &Value) -> Result<Config> {
     };
     let types =
         ElementTypes { gradients: dtype("gradients_dtype")?, output: dtype("output_dtype")?, ema: dtype("ema_dtype")? };
+    // Checkpoints written before the order option existed used the reference code's order.
+    let order = match v.get("order") {
+        None => Order::UpdateFirst,
+        Some(o) => o
+            .as_str()
+            .and_then(Order::from_name)
+            .ok_or_else(|| bad(format!("`order` is {o}, not \"update_first\" or \"project_first\"")))?,
+    };
     let config = Config {
+        order,
         types,
         method,
         ema: number("ema")?,

@@ -47,6 +47,34 @@ impl Method {
     }
 }
 
+/// When a step projects relative to when it updates the averages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Order {
+    /// The reference code's order: the averages take the current gradient first and the
+    /// projection uses the new averages.
+    #[default]
+    UpdateFirst,
+    /// The paper's Algorithm 1: the projection uses the averages of the previous steps, then
+    /// the averages take the current gradient (the direction does not depend on the current
+    /// batch through the average). `mixed` ignores it.
+    ProjectFirst,
+}
+
+impl Order {
+    /// The name configs, checkpoints and golden cases use (`update_first`, `project_first`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::UpdateFirst => "update_first",
+            Order::ProjectFirst => "project_first",
+        }
+    }
+
+    /// Parses [`Order::name`].
+    pub fn from_name(name: &str) -> Option<Order> {
+        [Order::UpdateFirst, Order::ProjectFirst].into_iter().find(|o| o.name() == name)
+    }
+}
+
 /// One step's constants. Build with [`Config::new`] and the setters, then the state validates.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config {
@@ -71,6 +99,8 @@ pub struct Config {
     pub diagnostics: bool,
     /// How gradients, output and averages are stored (all f32 by default).
     pub types: ElementTypes,
+    /// Whether the projection uses the averages before or after this step's update.
+    pub order: Order,
 }
 
 impl Config {
@@ -86,6 +116,7 @@ impl Config {
             guard: true,
             diagnostics: false,
             types: ElementTypes::default(),
+            order: Order::UpdateFirst,
         }
     }
 
@@ -135,6 +166,18 @@ impl Config {
     pub fn types(mut self, types: ElementTypes) -> Config {
         self.types = types;
         self
+    }
+
+    /// Sets the order of projecting and averaging ([`Order::ProjectFirst`] is the paper's
+    /// Algorithm 1). Bytes per element do not change.
+    pub fn order(mut self, order: Order) -> Config {
+        self.order = order;
+        self
+    }
+
+    /// Whether the kernels project on the averages of the previous steps.
+    pub(crate) fn project_first(&self) -> bool {
+        self.order == Order::ProjectFirst && self.method != Method::Mixed
     }
 
     /// Checks every field; the error names the first one out of its domain.

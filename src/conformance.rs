@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::{Config, EmaInit, EmaInits, Method};
+use crate::config::{Config, EmaInit, EmaInits, Method, Order};
 use crate::dtype::{DType, ElementTypes};
 use crate::error::Result;
 use crate::kernels::Kernels;
@@ -47,6 +47,9 @@ pub struct CaseConfig {
     pub rescale: bool,
     /// Whether the projection is applied as a scalar on the main gradient.
     pub ratio_only: bool,
+    /// `update_first` (the default when absent) or `project_first`.
+    #[serde(default)]
+    pub order: Option<String>,
 }
 
 /// The averages a golden case starts from.
@@ -107,8 +110,20 @@ impl Case {
         })?;
         let c = &self.config;
         let ratio_only = c.ratio_only && matches!(method, Method::Bloop | Method::DynamicBarrier);
-        let config =
-            Config::new(method).ema(c.ema).lambda(c.lambda).eps(c.eps).rescale(c.rescale).ratio_only(ratio_only);
+        let order = match &c.order {
+            None => Order::UpdateFirst,
+            Some(name) => Order::from_name(name).ok_or_else(|| crate::Error::InvalidConfig {
+                field: "order",
+                problem: format!("`{name}` is not update_first or project_first"),
+            })?,
+        };
+        let config = Config::new(method)
+            .ema(c.ema)
+            .lambda(c.lambda)
+            .eps(c.eps)
+            .rescale(c.rescale)
+            .ratio_only(ratio_only)
+            .order(order);
         config.validate()?;
         Ok(config)
     }
@@ -284,8 +299,30 @@ pub fn run_gpu_typed(
     path: GradientPath,
     types: ElementTypes,
 ) -> Result<CaseReport> {
+    run_gpu_inner(kernels, queue, case, path, types, &|c| c)
+}
+
+/// [`run_gpu`] over the pool with the case's config changed by `tweak` (switches that must not
+/// change the results, such as the guard or diagnostics).
+pub fn run_gpu_with(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    tweak: impl Fn(Config) -> Config,
+) -> Result<CaseReport> {
+    run_gpu_inner(kernels, queue, case, GradientPath::Pool, ElementTypes::default(), &tweak)
+}
+
+fn run_gpu_inner(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    path: GradientPath,
+    types: ElementTypes,
+    tweak: &dyn Fn(Config) -> Config,
+) -> Result<CaseReport> {
     let device = kernels.device();
-    let config = case.config()?.types(types);
+    let config = tweak(case.config()?.types(types));
     let layout = Layout::from_lengths(&case.leaf_sizes)?;
     let round = |leaves: &[Vec<f64>], d: DType| -> Vec<Vec<f32>> {
         leaves.iter().map(|l| l.iter().map(|&x| d.round(x as f32)).collect()).collect()

@@ -18,6 +18,20 @@ pub(crate) mod slot {
     pub const OUT: u32 = 5;
 }
 
+/// The switches of a config that select code (see [`Variant`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VariantFlags {
+    pub guard: bool,
+    pub extras: bool,
+    pub project_first: bool,
+}
+
+impl VariantFlags {
+    pub fn of(config: &crate::config::Config) -> VariantFlags {
+        VariantFlags { guard: config.guard, extras: config.extras(), project_first: config.project_first() }
+    }
+}
+
 /// The pipelines of one variant, one per stage in the order they run.
 pub(crate) struct VariantKernels {
     pub group0: wgpu::BindGroupLayout,
@@ -144,7 +158,10 @@ impl Kernels {
     pub fn compile_all(&self) -> Result<()> {
         let f32_only = Storages::default();
         Variant::all().into_iter().filter(|v| v.subgroups == self.subgroups && v.storages == f32_only).try_for_each(
-            |v| self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop),
+            |v| {
+                let flags = VariantFlags { guard: v.guard, extras: v.extras, project_first: v.project_first };
+                self.variant(v.kind, v.inputs_writable, flags, ElementTypes::default()).map(drop)
+            },
         )
     }
 
@@ -152,15 +169,16 @@ impl Kernels {
         &self,
         kind: Kind,
         inputs_writable: bool,
-        guard: bool,
-        extras: bool,
+        flags: VariantFlags,
         types: ElementTypes,
     ) -> Result<Arc<VariantKernels>> {
+        let VariantFlags { guard, extras, project_first } = flags;
         self.check_device()?;
         let storage = |d| Storage::of(d, self.native_f16);
         let storages =
             Storages { gradients: storage(types.gradients), output: storage(types.output), ema: storage(types.ema) };
-        let variant = Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras, storages };
+        let subgroups = self.subgroups;
+        let variant = Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());

@@ -73,7 +73,7 @@ pub mod state;
 mod validate;
 
 pub use checkpoint::Checkpoint;
-pub use config::{Config, EmaInit, EmaInits, Method};
+pub use config::{Config, EmaInit, EmaInits, Method, Order};
 pub use context::GpuContext;
 pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
 pub use dtype::{DType, ElementTypes};

@@ -72,7 +72,6 @@ pub struct Storages {
     pub ema: Storage,
 }
 
-
 /// Everything that changes the generated code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -88,6 +87,8 @@ pub struct Variant {
     pub extras: bool,
     /// How gradients, output and averages are stored.
     pub storages: Storages,
+    /// Project on the averages of the previous steps, then update them (`Order::ProjectFirst`).
+    pub project_first: bool,
 }
 
 /// The stages a step runs, in order.
@@ -115,7 +116,6 @@ impl Stage {
     }
 }
 
-
 impl Variant {
     /// Every variant the library can build; the cross-compilation test walks this list.
     pub fn all() -> Vec<Variant> {
@@ -127,7 +127,15 @@ impl Variant {
                 for subgroups in [false, true] {
                     // The guard needs the extra sums; diagnostics alone ask for the sums only.
                     for (guard, extras) in [(false, false), (false, true), (true, true)] {
-                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages: f32_only });
+                        all.push(Variant {
+                            kind,
+                            inputs_writable,
+                            subgroups,
+                            guard,
+                            extras,
+                            storages: f32_only,
+                            project_first: false,
+                        });
                     }
                 }
                 // 16-bit storage, each kind of it in each role, with the default guard.
@@ -146,10 +154,37 @@ impl Variant {
                                 guard,
                                 extras: guard,
                                 storages,
+                                project_first: false,
                             });
                         }
                     }
                 }
+            }
+        }
+        // The paper's order, for every kind that keeps averages: f32 with and without the guard,
+        // and 16-bit storage (pairs of stores) with it.
+        for kind in [Kind::Project, Kind::RatioOnly, Kind::PcGrad] {
+            for inputs_writable in [false, true] {
+                for subgroups in [false, true] {
+                    for guard in [false, true] {
+                        let storages = f32_only;
+                        let project_first = true;
+                        all.push(Variant {
+                            kind,
+                            inputs_writable,
+                            subgroups,
+                            guard,
+                            extras: guard,
+                            storages,
+                            project_first,
+                        });
+                    }
+                }
+            }
+            for half in [Storage::F16, Storage::PackedBf16] {
+                let storages = Storages { gradients: half, output: half, ema: half };
+                let (inputs_writable, subgroups, guard, extras, project_first) = (false, true, true, true, true);
+                all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first });
             }
         }
         all
@@ -210,6 +245,9 @@ impl Variant {
         let ema_written = self.kind != Kind::Mixed;
         if self.storages.output.packed() || (ema_written && self.storages.ema.packed()) {
             defines.insert("PAIRS");
+        }
+        if self.project_first && self.kind != Kind::Mixed {
+            defines.insert("PROJECT_FIRST");
         }
         if self.inputs_writable {
             defines.insert("INPUTS_WRITABLE");

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
-use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::{slot, Kernels, VariantKernels};
+use crate::kernels::{slot, Kernels, VariantFlags, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
 use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
+use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
 use crate::shaders::{Kind, Stage};
 use crate::validate;
 
@@ -156,7 +156,7 @@ impl BloopState {
             }
         }
         // Compile before allocating so a failure leaves nothing behind.
-        kernels.variant(Kind::of(&config), false, config.guard, config.extras(), config.types)?;
+        kernels.variant(Kind::of(&config), false, VariantFlags::of(&config), config.types)?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
         let mut stores = [None, None];
@@ -254,13 +254,13 @@ impl BloopState {
     /// Changes the constants (ema, lambda, eps, rescale) for steps submitted from now on: the
     /// new values are written through the queue, so they apply to every command buffer
     /// submitted after this call, including ones recorded before it. The method, `ratio_only`,
-    /// `guard` and `diagnostics` select kernels and cannot change.
+    /// `guard`, `diagnostics` and `order` select kernels and cannot change.
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         config.validate()?;
-        let kernels = |c: &Config| (c.method, c.ratio_only, c.guard, c.diagnostics);
+        let kernels = |c: &Config| (c.method, c.ratio_only, c.guard, c.diagnostics, c.project_first());
         if kernels(&config) != kernels(&self.config) {
             return Err(Error::Mismatch(format!(
-                "a state made for (method, ratio_only, guard, diagnostics) = {:?} cannot switch to {:?}",
+                "a state made for (method, ratio_only, guard, diagnostics, project_first) = {:?} cannot switch to {:?}",
                 kernels(&self.config),
                 kernels(&config)
             )));
@@ -354,7 +354,7 @@ impl BloopState {
         let inputs: Vec<&wgpu::Buffer> = gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
         let c = &self.config;
-        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, c.guard, c.extras(), c.types)?;
+        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, VariantFlags::of(c), c.types)?;
 
         let mut roles = vec![
             RoleLeaves { slot: slot::MAIN, leaves: gradients.main },

@@ -92,6 +92,7 @@ fn random_case(seed: u64) -> Case {
             eps: config.eps,
             rescale: config.rescale,
             ratio_only: config.ratio_only,
+            order: Some(config.order.name().into()),
         },
         leaf_sizes,
         init,

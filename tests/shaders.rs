@@ -58,7 +58,9 @@ fn every_variant_translates_to_spirv() {
     // the three reducing kinds, 1 + 2 + 3 for mixing. 16-bit: read-only and writable inputs,
     // three 16-bit storages, four role mixes (x24), guard off and on: 3 x 2 x 3 stages for the
     // reducing kinds, 1 + 3 for mixing.
-    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4));
+    // Project first: the three kinds with averages, read-only and writable inputs, with and
+    // without subgroups, guard off and on (3 stages each), and f16 and bf16 storage.
+    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (8 * 3 + 2 * 3));
 }
 
 #[test]
@@ -90,7 +92,7 @@ fn every_variant_translates_to_hlsl() {
 fn a_broken_shader_is_rejected() {
     // The checks above must be able to fail: a typo in an otherwise valid stage.
     let source = Variant::all()[0].source(Stage::Apply);
-    let broken = source.replace("= ema_step(load_main_ema", "= ema_stepp(load_main_ema");
+    let broken = source.replace("x.e = ema_step(e_old", "x.e = ema_stepp(e_old");
     assert_ne!(source, broken);
     assert!(naga::front::wgsl::parse_str(&broken).is_err());
 }
@@ -109,4 +111,18 @@ fn preprocessor_selects_branches() {
     let m = mixed.source(Stage::Apply);
     assert!(!m.contains("read_write> main_ema") && m.contains("read_write> g_main"));
     assert!(!p.contains('#') && !m.contains('#'), "no directive survives");
+}
+
+#[test]
+fn project_first_projects_on_the_loaded_average() {
+    let all = Variant::all();
+    for kind in [bloop::shaders::Kind::Project, bloop::shaders::Kind::PcGrad] {
+        let first = all.iter().find(|v| v.kind == kind && v.project_first).unwrap();
+        let apply = first.source(Stage::Apply);
+        assert!(apply.contains("let pe = e_old;") && !apply.contains("let pe = x.e;"), "{kind:?}");
+        let accumulate = first.source(Stage::Accumulate);
+        assert!(accumulate.contains("let e = e_old;"), "{kind:?}");
+        let update = all.iter().find(|v| v.kind == kind && !v.project_first).unwrap();
+        assert!(update.source(Stage::Apply).contains("let pe = x.e;"), "{kind:?}");
+    }
 }

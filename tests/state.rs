@@ -91,8 +91,9 @@ fn states_on_one_device_share_compiled_kernels() {
     assert_eq!(kernels.compiled_variants(), 2);
     kernels.compile_all().unwrap();
     // Every f32 variant of this device's reduction: 4 kinds x 2 input bindings x 3 settings of
-    // the guard and diagnostics.
-    assert_eq!(kernels.compiled_variants(), 4 * 2 * 3);
+    // the guard and diagnostics, and project_first for the 3 kinds with averages x 2 input
+    // bindings x guard off and on.
+    assert_eq!(kernels.compiled_variants(), 4 * 2 * 3 + 3 * 2 * 2);
 }
 
 #[test]
