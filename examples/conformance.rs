@@ -117,3 +117,4 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     }
 }
+

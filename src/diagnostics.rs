@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-pub use crate::scalars::StepDiagnostics;
 use crate::scalars::SCALARS_BYTES;
+pub use crate::scalars::StepDiagnostics;
 use crate::state::BloopState;
 
 const FREE: u8 = 0;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
+use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantFlags, VariantKernels};
@@ -13,7 +14,6 @@ use crate::layout::{Layout, LeafBuffer, Packing, Role};
 use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
-use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
 use crate::shaders::{Kind, Stage};
 use crate::validate;
 

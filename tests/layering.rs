@@ -83,10 +83,7 @@ fn the_cycle_finder_finds_cycles() {
         .collect();
     assert_eq!(cycle_from(&graph, "a"), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
     assert_eq!(cycle_from(&graph, "d"), None);
-    assert_eq!(
-        imports_of("use crate::layout::Role; // crate::state\n/// [`crate::kernels`]\n", "x"),
-        ["layout".to_string()].into()
-    );
+    assert_eq!(imports_of("use crate::layout::Role; // crate::state\n/// [`crate::kernels`]\n", "x"), ["layout".to_string()].into());
 }
 
 #[test]

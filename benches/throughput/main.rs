@@ -539,10 +539,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         bar.suspend(|| {
-            println!(
-                "{:<18} {:>10} {:<17} {:<8} copy kernel: {copy:.2} GB/s",
-                workload.name, elements, "(roofline)", ""
-            )
+            println!("{:<18} {:>10} {:<17} {:<8} copy kernel: {copy:.2} GB/s", workload.name, elements, "(roofline)", "")
         });
     }
     bar.finish_and_clear();

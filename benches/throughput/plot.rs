@@ -27,7 +27,8 @@ pub fn gbps_by_size(points: &[Point], adapter: &str, path: &std::path::Path) -> 
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0 - 0.2)..(x1 + 0.2), 0.0..top)?;
+        .build_cartesian_2d((x0 - 0.2)..(x1 + 0.2), 0.0..top)
+        ?;
     chart
         .configure_mesh()
         .x_desc("elements (log2), one leaf, pool")
@@ -39,7 +40,8 @@ pub fn gbps_by_size(points: &[Point], adapter: &str, path: &std::path::Path) -> 
     copy.sort_by(|a, b| a.0.total_cmp(&b.0));
     copy.dedup_by(|a, b| a.0 == b.0);
     chart
-        .draw_series(LineSeries::new(copy, BLACK.stroke_width(2)))?
+        .draw_series(LineSeries::new(copy, BLACK.stroke_width(2)))
+        ?
         .label("copy kernel (roofline)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     let mut methods: Vec<&str> = singles.iter().map(|p| p.method).collect();
@@ -50,9 +52,11 @@ pub fn gbps_by_size(points: &[Point], adapter: &str, path: &std::path::Path) -> 
         let color = Palette99::pick(i).to_rgba();
         let line: Vec<(f64, f64)> = singles.iter().filter(|p| p.method == method).map(|p| (x(p), p.gbps)).collect();
         chart
-            .draw_series(PointSeries::of_element(line.clone(), 4, color.filled(), &|c, s, st| Circle::new(c, s, st)))?;
+            .draw_series(PointSeries::of_element(line.clone(), 4, color.filled(), &|c, s, st| Circle::new(c, s, st)))
+            ?;
         chart
-            .draw_series(LineSeries::new(line, color.stroke_width(2)))?
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))
+            ?
             .label(method)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }

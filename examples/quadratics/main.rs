@@ -103,8 +103,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let configs: Vec<Run> = runs.iter().map(|(_, r)| *r).collect();
     let bar = progress_bar(epochs as u64, "GPU");
-    let gpu_histories =
-        run_gpu(&gpu, &kernels, &problem, &order, &configs, epochs, |epoch, _| bar.set_position(epoch as u64))?;
+    let gpu_histories = run_gpu(&gpu, &kernels, &problem, &order, &configs, epochs, |epoch, _| bar.set_position(epoch as u64))?;
     bar.finish_and_clear();
     let gpu_seconds = started.elapsed().as_secs_f64();
     println!("  GPU: {epochs} epochs in {gpu_seconds:.1} s");

@@ -15,11 +15,7 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo / 1.5)..(hi * 1.5)
 }
 
-pub fn pareto(
-    curves: &[(&str, Vec<(f64, f64)>)],
-    title: &str,
-    path: &std::path::Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+pub fn pareto(curves: &[(&str, Vec<(f64, f64)>)], title: &str, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let points = || curves.iter().flat_map(|(_, c)| c.iter().copied());
     let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -28,18 +24,19 @@ pub fn pareto(
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(
-            log_range(points().map(|p| p.0)).log_scale(),
-            log_range(points().map(|p| p.1)).log_scale(),
-        )?;
+        .build_cartesian_2d(log_range(points().map(|p| p.0)).log_scale(), log_range(points().map(|p| p.1)).log_scale())
+        ?;
     chart.configure_mesh().x_desc("aux loss at the best main loss").y_desc("best main loss").draw()?;
     for (i, (name, curve)) in curves.iter().enumerate() {
         let c = color(i);
         let finite: Vec<(f64, f64)> =
             curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
-        chart.draw_series(PointSeries::of_element(finite.clone(), 4, c.filled(), &|p, s, st| Circle::new(p, s, st)))?;
         chart
-            .draw_series(LineSeries::new(finite, c.stroke_width(2)))?
+            .draw_series(PointSeries::of_element(finite.clone(), 4, c.filled(), &|p, s, st| Circle::new(p, s, st)))
+            ?;
+        chart
+            .draw_series(LineSeries::new(finite, c.stroke_width(2)))
+            ?
             .label(*name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
     }
@@ -48,16 +45,13 @@ pub fn pareto(
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .draw()?;
+        .draw()
+        ?;
     root.present()?;
     Ok(())
 }
 
-pub fn curves(
-    runs: &[(&str, &History)],
-    title: &str,
-    path: &std::path::Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+pub fn curves(runs: &[(&str, &History)], title: &str, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (1000, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
@@ -69,7 +63,8 @@ pub fn curves(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..epochs, log_range(runs.iter().flat_map(|(_, h)| series(h))).log_scale())?;
+            .build_cartesian_2d(0.0..epochs, log_range(runs.iter().flat_map(|(_, h)| series(h))).log_scale())
+            ?;
         chart.configure_mesh().x_desc("epoch").y_desc(label).draw()?;
         for (i, (name, history)) in runs.iter().enumerate() {
             let c = color(i);
@@ -80,7 +75,8 @@ pub fn curves(
                 .filter(|(_, v)| v.is_finite() && *v > 0.0)
                 .collect();
             chart
-                .draw_series(LineSeries::new(line, c.stroke_width(2)))?
+                .draw_series(LineSeries::new(line, c.stroke_width(2)))
+                ?
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         }
@@ -89,7 +85,8 @@ pub fn curves(
             .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .draw()?;
+            .draw()
+            ?;
     }
     root.present()?;
     Ok(())
