@@ -18,7 +18,15 @@ pub enum Method {
     PcGrad,
     /// `g_main + lambda * g_aux`; keeps no averages.
     Mixed,
+    /// A hierarchy of k >= 1 auxiliary losses in priority order ([`Config::lambdas`]): each
+    /// lower-priority gradient acts only orthogonally (Gram-Schmidt) to the averaged gradients
+    /// of every loss above it. One average per non-last loss; k = 1 is `Bloop`.
+    Hierarchy,
 }
+
+/// Most auxiliary losses a [`Method::Hierarchy`] config holds (a device may allow fewer: each
+/// level binds two more storage buffers).
+pub const MAX_LEVELS: usize = 8;
 
 impl Method {
     /// The method's name as configs and golden cases spell it (`bloop`, `dynamic_barrier`, ...).
@@ -28,12 +36,15 @@ impl Method {
             Method::DynamicBarrier => "dynamic_barrier",
             Method::PcGrad => "pcgrad",
             Method::Mixed => "mixed",
+            Method::Hierarchy => "hierarchy",
         }
     }
 
     /// Parses the names used by the golden cases and [`Method::name`].
     pub fn from_name(name: &str) -> Option<Method> {
-        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().find(|m| m.name() == name)
+        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed, Method::Hierarchy]
+            .into_iter()
+            .find(|m| m.name() == name)
     }
 
     /// Whether the method keeps an EMA of the main gradient.
@@ -101,6 +112,11 @@ pub struct Config {
     pub types: ElementTypes,
     /// Whether the projection uses the averages before or after this step's update.
     pub order: Order,
+    /// Weights of the auxiliary losses of a hierarchy, in priority order (the first
+    /// [`Config::levels`] entries are used); set with [`Config::lambdas`].
+    pub lambdas: [f64; MAX_LEVELS],
+    /// How many auxiliary losses a hierarchy has (k); 0 for the other methods.
+    pub levels: usize,
 }
 
 impl Config {
@@ -117,7 +133,31 @@ impl Config {
             diagnostics: false,
             types: ElementTypes::default(),
             order: Order::UpdateFirst,
+            lambdas: [0.0; MAX_LEVELS],
+            levels: 0,
         }
+    }
+
+    /// A [`Method::Hierarchy`] config with these weights (k = `lambdas.len()`), otherwise the
+    /// defaults of [`Config::new`].
+    pub fn hierarchy(lambdas: &[f64]) -> Config {
+        Config::new(Method::Hierarchy).lambdas(lambdas)
+    }
+
+    /// Sets the weights `l_1 .. l_k` of a hierarchy's auxiliary losses, in priority order; k is
+    /// their count (1 to [`MAX_LEVELS`], checked by [`Config::validate`]).
+    pub fn lambdas(mut self, lambdas: &[f64]) -> Config {
+        self.lambdas = [0.0; MAX_LEVELS];
+        for (slot, &l) in self.lambdas.iter_mut().zip(lambdas) {
+            *slot = l;
+        }
+        self.levels = lambdas.len();
+        self
+    }
+
+    /// The hierarchy's weights (empty for the other methods).
+    pub fn level_lambdas(&self) -> &[f64] {
+        &self.lambdas[..self.levels.min(MAX_LEVELS)]
     }
 
     /// Sets the EMA rate `b` in `e <- e + b (g - e)`, in (0, 1].
@@ -192,6 +232,20 @@ impl Config {
         if !self.eps.is_finite() || self.eps <= 0.0 {
             return bad("eps", format!("must be finite and > 0, got {}", self.eps));
         }
+        if self.method == Method::Hierarchy {
+            if self.levels == 0 || self.levels > MAX_LEVELS {
+                return bad("lambdas", format!("must hold 1 to {MAX_LEVELS} weights, got {}", self.levels));
+            }
+            if let Some(l) = self.level_lambdas().iter().find(|l| !l.is_finite() || **l < 0.0) {
+                return bad("lambdas", format!("must be finite and >= 0, got {l}"));
+            }
+            let total: f64 = self.level_lambdas().iter().sum();
+            if !((total as f32).is_finite() && (self.scale() as f32) > 0.0) {
+                return bad("lambdas", format!("sum {total} overflows f32"));
+            }
+        } else if self.levels != 0 {
+            return bad("lambdas", format!("apply to hierarchy only, not {}", self.method.name()));
+        }
         if self.ratio_only && !matches!(self.method, Method::Bloop | Method::DynamicBarrier) {
             return bad("ratio_only", format!("applies to bloop and dynamic_barrier only, not {}", self.method.name()));
         }
@@ -215,9 +269,11 @@ impl Config {
         self.guard || self.diagnostics
     }
 
-    /// `1 / (1 + lambda)` with `rescale`, else 1.
+    /// `1 / (1 + lambda)` with `rescale` (`1 / (1 + sum l_i)` for a hierarchy), else 1.
     pub fn scale(&self) -> f64 {
-        if self.rescale {
+        if self.rescale && self.method == Method::Hierarchy {
+            1.0 / (1.0 + self.level_lambdas().iter().sum::<f64>())
+        } else if self.rescale {
             1.0 / (1.0 + self.lambda)
         } else {
             1.0
@@ -240,6 +296,10 @@ impl Config {
     /// known to be finite), 44 for `pcgrad`, 12 for `mixed`. With g, e, o the bytes of a
     /// gradient, average and output element: `4g + 3e + o`, `4g + 2e + o`, `4g + 6e + o` and
     /// `2g + o`. The fused kernels move exactly this much.
+    ///
+    /// A hierarchy of k auxiliary losses moves `(2k + 2) g + 3k e + o`, `20k + 12` in f32:
+    /// the first pass reads the k + 1 gradients and the k averages, the second reads them
+    /// again and writes the k averages and the output.
     pub fn bytes_per_element(&self) -> u64 {
         let (g, e, o) = (self.types.gradients.size(), self.types.ema.size(), self.types.output.size());
         match Kind::of(self) {
@@ -248,6 +308,10 @@ impl Config {
             Kind::RatioOnly => 4 * g + 2 * e + o,
             Kind::PcGrad => 4 * g + 6 * e + o,
             Kind::Mixed => 2 * g + o,
+            Kind::Hierarchy(k) => {
+                let k = k as u64;
+                (2 * k + 2) * g + 3 * k * e + o
+            }
         }
     }
 
@@ -260,6 +324,7 @@ impl Config {
             // WGSL may assume no infinities at run time, so "no cap" is the largest finite f32.
             ratio_cap: self.ratio_cap().map_or(f32::MAX, |c| c.min(f32::MAX as f64) as f32),
             _pad: [0.0; 3],
+            lambdas: self.lambdas.map(|l| l as f32),
         }
     }
 }
@@ -274,6 +339,8 @@ pub(crate) struct GpuConstants {
     pub eps: f32,
     pub ratio_cap: f32,
     pub _pad: [f32; 3],
+    /// A hierarchy's weights (`Params.lambdas`, two vec4).
+    pub lambdas: [f32; MAX_LEVELS],
 }
 
 /// Where an EMA starts.
@@ -330,6 +397,8 @@ pub enum Kind {
     PcGrad,
     /// `mixed`: no projection.
     Mixed,
+    /// `hierarchy` with this many auxiliary losses.
+    Hierarchy(u8),
 }
 
 impl Kind {
@@ -340,6 +409,7 @@ impl Kind {
             Method::Bloop | Method::DynamicBarrier => Kind::Project,
             Method::PcGrad => Kind::PcGrad,
             Method::Mixed => Kind::Mixed,
+            Method::Hierarchy => Kind::Hierarchy(config.levels.min(MAX_LEVELS) as u8),
         }
     }
 

@@ -159,6 +159,12 @@ impl Kernels {
         let f32_only = Storages::default();
         Variant::all().into_iter().filter(|v| v.subgroups == self.subgroups && v.storages == f32_only).try_for_each(
             |v| {
+                // Hierarchies past the device's limits are refused when asked for, not here.
+                if let Kind::Hierarchy(k) = v.kind {
+                    if self.check_hierarchy_limits(k as u32).is_err() {
+                        return Ok(());
+                    }
+                }
                 let flags = VariantFlags { guard: v.guard, extras: v.extras, project_first: v.project_first };
                 self.variant(v.kind, v.inputs_writable, flags, ElementTypes::default()).map(drop)
             },
@@ -179,6 +185,9 @@ impl Kernels {
             Storages { gradients: storage(types.gradients), output: storage(types.output), ema: storage(types.ema) };
         let subgroups = self.subgroups;
         let variant = Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first };
+        if let Kind::Hierarchy(k) = kind {
+            self.check_hierarchy_limits(k as u32)?;
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
@@ -186,6 +195,32 @@ impl Kernels {
         let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || self.build(variant))?);
         cache.insert(variant, kernels.clone());
         Ok(kernels)
+    }
+
+    /// A hierarchy of k auxiliary losses binds 2k + 5 storage buffers in its first and last
+    /// stages (scalars, partials, tile table, k + 1 gradients, k averages, output): refused
+    /// here, at state or binding creation, where the device allows fewer.
+    fn check_hierarchy_limits(&self, k: u32) -> Result<()> {
+        let limits = self.device.limits();
+        let storage = 2 * k + 5;
+        if storage > limits.max_storage_buffers_per_shader_stage {
+            return Err(crate::Error::ExceedsCount {
+                what: format!("a hierarchy of {k} auxiliary losses"),
+                needed: storage,
+                limit: limits.max_storage_buffers_per_shader_stage,
+                limit_name: "max_storage_buffers_per_shader_stage",
+            });
+        }
+        let group1 = 2 * k + 3;
+        if group1 > limits.max_bindings_per_bind_group {
+            return Err(crate::Error::ExceedsCount {
+                what: format!("a hierarchy of {k} auxiliary losses"),
+                needed: group1,
+                limit: limits.max_bindings_per_bind_group,
+                limit_name: "max_bindings_per_bind_group",
+            });
+        }
+        Ok(())
     }
 
     fn build(&self, variant: Variant) -> VariantKernels {
@@ -207,19 +242,8 @@ impl Kernels {
                 storage_entry(2, false),
             ],
         });
-        let inputs_read_only = !variant.inputs_writable;
-        let mut entries = vec![
-            storage_entry(slot::TILES, true),
-            storage_entry(slot::MAIN, inputs_read_only),
-            storage_entry(slot::AUX, inputs_read_only),
-            storage_entry(slot::OUT, false),
-        ];
-        if variant.kind.has_main_ema() {
-            entries.push(storage_entry(slot::MAIN_EMA, false));
-        }
-        if variant.kind.has_aux_ema() {
-            entries.push(storage_entry(slot::AUX_EMA, false));
-        }
+        let mut entries = vec![storage_entry(slot::TILES, true)];
+        entries.extend(variant.roles().into_iter().map(|(_, binding, _, writable)| storage_entry(binding, !writable)));
         let group1 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bloop leaves"),
             entries: &entries,

@@ -57,6 +57,7 @@ pub mod context;
 pub mod diagnostics;
 pub mod dtype;
 pub mod error;
+pub mod hierarchy;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod kernels;
@@ -73,7 +74,7 @@ pub mod state;
 mod validate;
 
 pub use checkpoint::Checkpoint;
-pub use config::{Config, EmaInit, EmaInits, Method, Order};
+pub use config::{Config, EmaInit, EmaInits, Method, Order, MAX_LEVELS};
 pub use context::GpuContext;
 pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
 pub use dtype::{DType, ElementTypes};

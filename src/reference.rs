@@ -89,6 +89,15 @@ impl ReferenceState {
             c.ratio_cap().map_or(r, |cap| r.min(cap))
         };
         match c.method {
+            // Two gradients are a hierarchy of one aux loss; more go through `HierarchyReference`.
+            Method::Hierarchy => {
+                assert_eq!(c.levels, 1, "a hierarchy of {} levels steps through HierarchyReference", c.levels);
+                let emas = vec![std::mem::take(&mut self.main_ema)];
+                let mut h = crate::hierarchy::HierarchyReference::new(Config { guard: false, ..c }, emas);
+                let direction = h.step(&[g_main.to_vec(), g_aux.to_vec()]);
+                self.main_ema = h.emas.remove(0);
+                direction
+            }
             Method::Mixed => combine(g_main, g_aux, &[], &[], |gm, ga, _, _| s * (gm + l * ga)),
             Method::Bloop | Method::DynamicBarrier => {
                 // With project_first the projection uses the previous steps' average.

@@ -16,6 +16,10 @@ pub enum Role {
     MainEma,
     /// The average of the aux gradient (`pcgrad`).
     AuxEma,
+    /// The gradient of loss i of a hierarchy (0 is the main loss).
+    Gradient(usize),
+    /// The average of loss j of a hierarchy.
+    LevelEma(usize),
 }
 
 impl fmt::Display for Role {
@@ -26,6 +30,8 @@ impl fmt::Display for Role {
             Role::Output => "output",
             Role::MainEma => "main EMA",
             Role::AuxEma => "aux EMA",
+            Role::Gradient(i) => return write!(f, "gradient of loss {i}"),
+            Role::LevelEma(j) => return write!(f, "EMA of loss {j}"),
         })
     }
 }

@@ -20,6 +20,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("storage_f32", include_str!("../shaders/storage_f32.wgsl")),
     ("storage_f16", include_str!("../shaders/storage_f16.wgsl")),
     ("storage_packed", include_str!("../shaders/storage_packed.wgsl")),
+    ("hierarchy_bindings", include_str!("../shaders/hierarchy_bindings.wgsl")),
+    ("hierarchy_accumulate", include_str!("../shaders/hierarchy_accumulate.wgsl")),
+    ("hierarchy_finalize", include_str!("../shaders/hierarchy_finalize.wgsl")),
+    ("hierarchy_apply", include_str!("../shaders/hierarchy_apply.wgsl")),
 ];
 
 /// How a role's elements are laid out for the shader.
@@ -161,6 +165,31 @@ impl Variant {
                 }
             }
         }
+        // Hierarchies of 1 to 4 auxiliary losses (and the largest), f32 with and without the
+        // guard and in both orders; 16-bit storage with the guard.
+        let f32_only = Storages::default();
+        for k in [1u8, 2, 3, 4, crate::config::MAX_LEVELS as u8] {
+            let kind = Kind::Hierarchy(k);
+            for inputs_writable in [false, true] {
+                for subgroups in [false, true] {
+                    for (guard, extras) in [(false, false), (true, true)] {
+                        for project_first in [false, true] {
+                            let storages = f32_only;
+                            all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first });
+                        }
+                    }
+                }
+            }
+            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
+                for storages in [
+                    Storages { gradients: half, output: half, ema: Storage::F32 },
+                    Storages { gradients: half, output: half, ema: half },
+                ] {
+                    let (inputs_writable, subgroups, guard, extras, project_first) = (false, true, true, true, false);
+                    all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first });
+                }
+            }
+        }
         // The paper's order, for every kind that keeps averages: f32 with and without the guard,
         // and 16-bit storage (pairs of stores) with it.
         for kind in [Kind::Project, Kind::RatioOnly, Kind::PcGrad] {
@@ -204,6 +233,9 @@ impl Variant {
     fn defines(self) -> HashSet<&'static str> {
         let mut defines = HashSet::new();
         match self.kind {
+            Kind::Hierarchy(_) => {
+                defines.insert("HIERARCHY");
+            }
             Kind::Project => {
                 defines.extend(["MAIN_EMA", "PROJECT", "UPDATE_EMA_IN_APPLY"]);
             }
@@ -259,8 +291,16 @@ impl Variant {
     }
 
     /// The roles this variant binds: (name, binding, storage, writable).
-    fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
+    pub(crate) fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
         let s = self.storages;
+        if let Kind::Hierarchy(k) = self.kind {
+            let k = k as u32;
+            let mut roles: Vec<Role> =
+                (0..=k).map(|i| (GRADIENT_ROLES[i as usize], 1 + i, s.gradients, self.inputs_writable)).collect();
+            roles.extend((0..k).map(|j| (EMA_ROLES[j as usize], hierarchy_slots::ema(k, j), s.ema, true)));
+            roles.push(("out", hierarchy_slots::out(k), s.output, true));
+            return roles;
+        }
         let mut roles = vec![
             ("g_main", 1, s.gradients, self.inputs_writable),
             ("g_aux", 2, s.gradients, self.inputs_writable),
@@ -278,12 +318,105 @@ impl Variant {
     /// The WGSL of one stage of this variant.
     pub fn source(self, stage: Stage) -> String {
         let roles = self.roles();
-        let mut source = preprocess(stage.name(), &self.defines(), &roles);
+        let mut source = match self.kind {
+            Kind::Hierarchy(k) => {
+                let file = format!("hierarchy_{}", stage.name());
+                let mut text = hierarchy_prelude(k as u32, self.storages.ema);
+                text.push_str(&preprocess(&file, &self.defines(), &roles));
+                text
+            }
+            _ => preprocess(stage.name(), &self.defines(), &roles),
+        };
         if roles.iter().any(|r| r.2 == Storage::F16) {
             source.insert_str(0, "enable f16;\n");
         }
         source
     }
+}
+
+/// Role names of a hierarchy's gradients `g_0 .. g_k` (`#storage` lines in
+/// `shaders/hierarchy_bindings.wgsl`).
+const GRADIENT_ROLES: [&str; crate::config::MAX_LEVELS + 1] = ["g0", "g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8"];
+/// Role names of a hierarchy's averages `e_0 .. e_{k-1}`.
+const EMA_ROLES: [&str; crate::config::MAX_LEVELS] = ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7"];
+
+/// Binding numbers (group 1) of a hierarchy of k auxiliary losses: the tile table at 0, the
+/// gradients `g_i` at `1 + i`, the averages `e_j` at `k + 2 + j`, the output at `2k + 2`. A
+/// segment record holds each role's offset at `binding - 1` and the length at `2k + 2`.
+pub mod hierarchy_slots {
+    /// Binding of gradient `i`.
+    pub fn gradient(i: u32) -> u32 {
+        1 + i
+    }
+    /// Binding of average `j`.
+    pub fn ema(k: u32, j: u32) -> u32 {
+        k + 2 + j
+    }
+    /// Binding of the output.
+    pub fn out(k: u32) -> u32 {
+        2 * k + 2
+    }
+    /// Words of one segment record.
+    pub fn segment_words(k: u32) -> u32 {
+        (2 * k + 3).max(8)
+    }
+    /// Entries of the Gram matrix's lower triangle (and of the products `<g_i, e_j>`, j < i).
+    pub fn gram(k: u32) -> u32 {
+        k * (k + 1) / 2
+    }
+    /// vec4s of one tile's partial sums: the Gram matrix, the products, then the gradients'
+    /// norms and non-finite count.
+    pub fn partial_vecs(k: u32) -> u32 {
+        (2 * gram(k)).div_ceil(4) + 1
+    }
+    /// Words the finalize stage writes after the common scalars: the coefficients of the
+    /// gradients (k + 1) and of the averages (k), then the ratios `<g_i, u_j> / (<u_j, u_j> +
+    /// eps)` for i = 1..k, j < i, row by row.
+    pub fn level_words(k: u32) -> u32 {
+        (k + 1) + k + gram(k)
+    }
+}
+
+/// The constants and per-level accessors of a hierarchy's stages (WGSL lets module-scope
+/// declarations come in any order, so this goes first).
+fn hierarchy_prelude(k: u32, _ema: Storage) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "const LEVELS: u32 = {k}u;");
+    let _ = writeln!(t, "const GRADS: u32 = {}u;", k + 1);
+    let _ = writeln!(t, "const GRAM: u32 = {}u;", hierarchy_slots::gram(k));
+    let _ = writeln!(t, "const PARTIAL_VECS: u32 = {}u;", hierarchy_slots::partial_vecs(k));
+    let _ = writeln!(t, "const SEG_WORDS: u32 = {}u;", hierarchy_slots::segment_words(k));
+    let _ = writeln!(t, "const LEN_AT: u32 = {}u;", hierarchy_slots::out(k));
+    let _ = writeln!(t, "const OUT_AT: u32 = {}u;", hierarchy_slots::out(k) - 1);
+    let _ = writeln!(t, "const LEVEL_WORDS: u32 = {}u;", hierarchy_slots::level_words(k));
+    let switch = |t: &mut String, head: &str, ret: bool, arms: &mut dyn Iterator<Item = String>| {
+        let _ = writeln!(t, "{head} {{");
+        if ret {
+            t.push_str("    var r = 0.0;\n");
+        }
+        t.push_str("    switch level {\n");
+        for (n, arm) in arms.enumerate() {
+            let _ = writeln!(t, "        case {n}u: {{ {arm} }}");
+        }
+        t.push_str("        default: {}\n    }\n");
+        if ret {
+            t.push_str("    return r;\n");
+        }
+        t.push_str("}\n");
+    };
+    let g = |n: usize| GRADIENT_ROLES[n];
+    let e = |n: usize| EMA_ROLES[n];
+    switch(&mut t, "fn load_g(level: u32, i: u32) -> f32", true, &mut (0..=k as usize).map(|n| format!("r = load_{}(i);", g(n))));
+    switch(&mut t, "fn load_e(level: u32, i: u32) -> f32", true, &mut (0..k as usize).map(|n| format!("r = load_{}(i);", e(n))));
+    switch(&mut t, "fn store_e(level: u32, i: u32, v: f32)", false, &mut (0..k as usize).map(|n| format!("store_{}(i, v);", e(n))));
+    switch(
+        &mut t,
+        "fn store_e_pair(level: u32, i: u32, v0: f32, v1: f32, both: bool)",
+        false,
+        &mut (0..k as usize).map(|n| format!("store_{}_pair(i, v0, v1, both);", e(n))),
+    );
+    t
 }
 
 fn source_file(name: &str) -> &'static str {

@@ -30,6 +30,8 @@ pub enum EmaRole {
     Main,
     /// The EMA of the auxiliary gradient (`pcgrad` only).
     Aux,
+    /// The average `e_j` of loss j of a hierarchy (`Level(0)` is `Main`).
+    Level(usize),
 }
 
 impl EmaRole {
@@ -37,6 +39,7 @@ impl EmaRole {
         match self {
             EmaRole::Main => Role::MainEma,
             EmaRole::Aux => Role::AuxEma,
+            EmaRole::Level(j) => Role::LevelEma(j),
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct BloopState {
     scalars: wgpu::Buffer,
     main_ema: Option<EmaStore>,
     aux_ema: Option<EmaStore>,
+    /// A hierarchy's averages e_1 .. e_{k-1} (e_0 is `main_ema`).
+    levels: Vec<EmaStore>,
     steps: u64,
 }
 
@@ -143,13 +148,54 @@ impl BloopState {
         config: Config,
         init: EmaInits,
     ) -> Result<BloopState> {
+        // A hierarchy's e_0 starts from `main`, e_1 .. from `aux` (normal seeds split per level).
+        let levels = (1..config.levels.min(crate::config::MAX_LEVELS))
+            .map(|j| match &init.aux {
+                EmaInit::Normal { seed } => EmaInit::Normal { seed: crate::rng::derive_seed(*seed, j as u64) },
+                other => other.clone(),
+            })
+            .collect();
+        BloopState::with_levels(kernels, queue, layout, config, init, levels)
+    }
+
+    /// A state for a hierarchy (`Config::hierarchy`) whose averages `e_0 .. e_{k-1}` start from
+    /// `inits`, one per non-last loss ([`Error::LevelCount`] otherwise).
+    pub fn new_hierarchy(
+        kernels: &Arc<Kernels>,
+        queue: &wgpu::Queue,
+        layout: &Layout,
+        config: Config,
+        inits: Vec<EmaInit>,
+    ) -> Result<BloopState> {
+        config.validate()?;
+        if config.method != crate::config::Method::Hierarchy {
+            return Err(Error::Mismatch(format!("new_hierarchy needs a hierarchy config, not {}", config.method.name())));
+        }
+        if inits.len() != config.levels {
+            return Err(Error::LevelCount { what: "initial averages", expected: config.levels, got: inits.len() });
+        }
+        let mut inits = inits.into_iter();
+        let main = inits.next().unwrap_or(EmaInit::Zeros);
+        let init = EmaInits { main, aux: EmaInit::Zeros };
+        BloopState::with_levels(kernels, queue, layout, config, init, inits.collect())
+    }
+
+    fn with_levels(
+        kernels: &Arc<Kernels>,
+        queue: &wgpu::Queue,
+        layout: &Layout,
+        config: Config,
+        init: EmaInits,
+        level_inits: Vec<EmaInit>,
+    ) -> Result<BloopState> {
         config.validate()?;
         kernels.check_device()?;
         let device = kernels.device().clone();
-        let inits = [
+        let mut inits = vec![
             (config.method.has_main_ema(), EmaRole::Main, &init.main),
             (config.method.has_aux_ema(), EmaRole::Aux, &init.aux),
         ];
+        inits.extend(level_inits.iter().enumerate().map(|(j, init)| (true, EmaRole::Level(j + 1), init)));
         for &(kept, role, init) in &inits {
             if kept {
                 check_init(layout, role.role(), init, config.types.ema)?;
@@ -159,15 +205,25 @@ impl BloopState {
         kernels.variant(Kind::of(&config), false, VariantFlags::of(&config), config.types)?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
-        let mut stores = [None, None];
-        for (store, &(kept, role, _)) in stores.iter_mut().zip(&inits) {
+        let mut stores: Vec<Option<EmaStore>> = Vec::new();
+        for &(kept, role, _) in &inits {
+            let mut store = None;
             if kept {
                 let label = format!("bloop {role:?} EMA");
                 let (buffers, leaves) = packing.allocate(&device, layout, EMA_USAGE, &label)?;
-                *store = Some(EmaStore { _buffers: buffers, leaves });
+                store = Some(EmaStore { _buffers: buffers, leaves });
             }
+            stores.push(store);
         }
-        let [main_ema, aux_ema] = stores;
+        let mut stores = stores.into_iter();
+        let (main_ema, aux_ema) = (stores.next().flatten(), stores.next().flatten());
+        let levels: Vec<EmaStore> = stores.flatten().collect();
+        // A hierarchy's finalize stage writes its coefficients and ratios after the scalars.
+        let scalars_bytes = match Kind::of(&config) {
+            Kind::Hierarchy(k) => SCALARS_BYTES + 4 * crate::shaders::hierarchy_slots::level_words(k as u32) as u64,
+            _ => SCALARS_BYTES,
+        }
+        .next_multiple_of(16);
         // Buffers are filled through the queue, never mapped at creation: mapping panics inside
         // wgpu when the device is lost, and a lost device must come back as an error.
         let (params, scalars) = gpu_scope(&device, "allocating the state", || {
@@ -180,7 +236,7 @@ impl BloopState {
             queue.write_buffer(&params, 0, bytemuck::bytes_of(&config.gpu_constants()));
             let scalars = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop scalars"),
-                size: SCALARS_BYTES,
+                size: scalars_bytes,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
@@ -197,6 +253,7 @@ impl BloopState {
             scalars,
             main_ema,
             aux_ema,
+            levels,
             steps: 0,
         };
         let mut encoder = None;
@@ -272,12 +329,17 @@ impl BloopState {
 
     fn store(&self, role: EmaRole) -> Result<&EmaStore> {
         let store = match role {
-            EmaRole::Main => self.main_ema.as_ref(),
+            EmaRole::Main | EmaRole::Level(0) => self.main_ema.as_ref(),
             EmaRole::Aux => self.aux_ema.as_ref(),
+            EmaRole::Level(j) => self.levels.get(j - 1),
         };
         store.ok_or(Error::NoSuchEma {
             method: self.config.method.name(),
-            role: if role == EmaRole::Main { "main" } else { "aux" },
+            role: match role {
+                EmaRole::Main => "main",
+                EmaRole::Aux => "aux",
+                EmaRole::Level(_) => "such level's",
+            },
         })
     }
 
@@ -328,7 +390,83 @@ impl BloopState {
             return Err(Error::Mismatch("the pool was made for another layout".into()));
         }
         let output = if pool.in_place() { Output::InPlace } else { Output::Buffers(pool.output_leaves()) };
+        if self.config.method == crate::config::Method::Hierarchy {
+            let gradients: Vec<&[LeafBuffer]> =
+                (0..pool.gradient_count()).filter_map(|level| pool.gradient_leaves(level)).collect();
+            return self.bind_hierarchy(&gradients, output);
+        }
         self.bind_external(&ExternalGradients { main: pool.main_leaves(), aux: pool.aux_leaves(), output })
+    }
+
+    /// Validates a hierarchy's buffers and prepares steps over them: `gradients[i]` holds every
+    /// leaf's gradient of loss i (k + 1 lists, the main loss first); in place, the direction
+    /// overwrites the main gradient.
+    pub fn bind_hierarchy(&self, gradients: &[&[LeafBuffer]], output: Output) -> Result<StepBindings> {
+        self.kernels.check_device()?;
+        let c = &self.config;
+        if c.method != crate::config::Method::Hierarchy {
+            return Err(Error::Mismatch(format!("bind_hierarchy needs a hierarchy state, not {}", c.method.name())));
+        }
+        let k = c.levels;
+        if gradients.len() != k + 1 {
+            return Err(Error::LevelCount { what: "gradient lists", expected: k + 1, got: gradients.len() });
+        }
+        let layout = &self.layout;
+        let storage = wgpu::BufferUsages::STORAGE;
+        for (i, leaves) in gradients.iter().enumerate() {
+            validate::leaves(layout, Role::Gradient(i), leaves, storage, c.types.gradients)?;
+        }
+        let output = match output {
+            Output::InPlace => {
+                c.types.check_in_place()?;
+                gradients[0]
+            }
+            Output::Buffers(out) => {
+                validate::leaves(layout, Role::Output, out, storage, c.types.output)?;
+                out
+            }
+        };
+        let inputs: Vec<(Role, &[LeafBuffer])> =
+            gradients.iter().enumerate().map(|(i, leaves)| (Role::Gradient(i), *leaves)).collect();
+        validate::outputs_of(layout, &inputs, output)?;
+        let inputs_writable =
+            output.iter().any(|o| gradients.iter().any(|leaves| leaves.iter().any(|l| l.buffer == o.buffer)));
+        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, VariantFlags::of(c), c.types)?;
+        use crate::shaders::hierarchy_slots as slots;
+        let k32 = k as u32;
+        let mut roles: Vec<RoleLeaves> = gradients
+            .iter()
+            .enumerate()
+            .map(|(i, leaves)| RoleLeaves { slot: slots::gradient(i as u32), leaves: *leaves })
+            .collect();
+        for j in 0..k {
+            let store = self.store(EmaRole::Level(j))?;
+            roles.push(RoleLeaves { slot: slots::ema(k32, j as u32), leaves: &store.leaves });
+        }
+        roles.push(RoleLeaves { slot: slots::out(k32), leaves: output });
+        self.finish_bindings(kernels, &roles, 16 * slots::partial_vecs(k32) as u64, output)
+    }
+
+    /// The ratios of the last executed step of a hierarchy, `<g_i, u_j> / (<u_j, u_j> + eps)`
+    /// for each aux loss i = 1..k (row i - 1) against each orthogonalised average u_j above it
+    /// (j < i). Blocks; for tests and debugging.
+    pub fn read_level_ratios(&self) -> Result<Vec<Vec<f32>>> {
+        self.kernels.check_device()?;
+        let Kind::Hierarchy(k) = Kind::of(&self.config) else {
+            return Err(Error::Mismatch(format!("{} has no levels", self.config.method.name())));
+        };
+        let k = k as usize;
+        let words = (SCALARS_BYTES / 4) as usize + crate::shaders::hierarchy_slots::level_words(k as u32) as usize;
+        let leaf = LeafBuffer::new(&self.scalars, 0, words as u64);
+        let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
+        let mut at = (SCALARS_BYTES / 4) as usize + 2 * k + 1;
+        Ok((1..=k)
+            .map(|i| {
+                let row = values[at..at + i].to_vec();
+                at += i;
+                row
+            })
+            .collect())
     }
 
     /// Validates the user's buffers and prepares steps over them.
@@ -350,6 +488,16 @@ impl BloopState {
             }
         };
         validate::outputs(layout, gradients.main, gradients.aux, output)?;
+        if self.config.method == crate::config::Method::Hierarchy {
+            if self.config.levels != 1 {
+                return Err(Error::LevelCount {
+                    what: "gradient lists (main and aux; use bind_hierarchy)",
+                    expected: self.config.levels + 1,
+                    got: 2,
+                });
+            }
+            return self.bind_hierarchy(&[gradients.main, gradients.aux], gradients.output);
+        }
 
         let inputs: Vec<&wgpu::Buffer> = gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().any(|o| inputs.contains(&&o.buffer));
@@ -366,11 +514,21 @@ impl BloopState {
                 roles.push(RoleLeaves { slot, leaves: &store.leaves });
             }
         }
-        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, &roles)?;
+        self.finish_bindings(kernels, &roles, PARTIAL_BYTES, output)
+    }
+
+    fn finish_bindings(
+        &self,
+        kernels: Arc<VariantKernels>,
+        roles: &[RoleLeaves],
+        partial_bytes: u64,
+        output: &[LeafBuffer],
+    ) -> Result<StepBindings> {
+        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop partials"),
-                size: plan.tile_count * PARTIAL_BYTES,
+                size: plan.tile_count * partial_bytes,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
@@ -451,6 +609,7 @@ impl BloopState {
             skipped_steps: self.skipped_steps()?,
             main_ema: read(EmaRole::Main, self.config.method.has_main_ema())?,
             aux_ema: read(EmaRole::Aux, self.config.method.has_aux_ema())?,
+            level_emas: (1..=self.levels.len()).map(|j| self.read_ema(EmaRole::Level(j))).collect::<Result<_>>()?,
         })
     }
 
@@ -470,6 +629,9 @@ impl BloopState {
         }
         if let Some(store) = &self.aux_ema {
             readback::write_leaves(&self.queue, &store.leaves, &checkpoint.aux_ema);
+        }
+        for (store, values) in self.levels.iter().zip(&checkpoint.level_emas) {
+            readback::write_leaves(&self.queue, &store.leaves, values);
         }
         // `Scalars.skipped_steps` is the fourth word of the block.
         self.queue.write_buffer(&self.scalars, 12, bytemuck::bytes_of(&(checkpoint.skipped_steps as u32)));
@@ -491,6 +653,7 @@ impl BloopState {
 
     /// A new state with the config, layout, averages and counters of a checkpoint.
     pub fn from_checkpoint(kernels: &Arc<Kernels>, queue: &wgpu::Queue, checkpoint: &Checkpoint) -> Result<BloopState> {
+        // `new` makes every average a hierarchy's config asks for.
         let mut state = BloopState::new(kernels, queue, &checkpoint.layout, checkpoint.config, EmaInits::zeros())?;
         state.restore(checkpoint)?;
         Ok(state)

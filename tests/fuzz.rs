@@ -20,6 +20,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 skipped_steps: 2,
                 main_ema: ema(method.has_main_ema()),
                 aux_ema: ema(method.has_aux_ema()),
+                level_emas: vec![],
             }
             .to_bytes()
             .unwrap()

@@ -106,3 +106,44 @@ fn project_first_matches_the_extension_cases() {
         assert!(!report.passes(F32_BOUND), "{}: update_first also passes", path.display());
     }
 }
+
+#[test]
+fn hierarchies_match_the_extension_cases() {
+    let cases = extension_cases(|name| name.starts_with("hierarchy"));
+    assert_eq!(cases.len(), 5);
+    let tree = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    for (path, case) in cases {
+        let report = run_reference(&case).unwrap();
+        assert!(report.worst() < 1e-8, "{}: {report:?}", path.display());
+        for gradients in [GradientPath::Pool, GradientPath::External] {
+            for kernels in [common::kernels(), tree.clone()] {
+                let report = run_gpu(&kernels, &common::gpu().queue, &case, gradients).unwrap();
+                assert!(report.passes(F32_BOUND), "{} {gradients:?}: {report:?}", path.display());
+                assert!(report.main_ema.is_some() && report.aux_ema.is_none());
+            }
+        }
+        let report =
+            bloop::conformance::run_gpu_with(&common::kernels(), &common::gpu().queue, &case, |c| c.guard(false))
+                .unwrap();
+        assert!(report.passes(F32_BOUND), "{} unguarded: {report:?}", path.display());
+    }
+}
+
+#[test]
+fn a_one_level_hierarchy_is_bloop() {
+    // The one-level case replayed as bloop (lambda = l_1, the same inputs) meets its bound.
+    let (_, case) = extension_cases(|name| name == "hierarchy_one_level").pop().unwrap();
+    let mut bloop = case.clone();
+    bloop.method = "bloop".into();
+    bloop.config.lambda = case.config.lambdas.as_ref().unwrap()[0];
+    bloop.config.lambdas = None;
+    bloop.init.main_ema = case.init.emas.as_ref().unwrap()[0].clone();
+    for step in &mut bloop.steps {
+        let grads = step.grads.take().unwrap();
+        step.grad_main = grads[0].clone();
+        step.grad_aux = grads[1].clone();
+        step.main_ema = step.emas.take().unwrap().remove(0);
+    }
+    let report = run_gpu(&common::kernels(), &common::gpu().queue, &bloop, GradientPath::Pool).unwrap();
+    assert!(report.passes(F32_BOUND), "{report:?}");
+}

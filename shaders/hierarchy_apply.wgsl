@@ -1,0 +1,94 @@
+// Stage 3 of a hierarchy: d = sum_l cg[l] g_l - sum_m ce[m] e_m with the coefficients of the
+// finalize stage (e_m the updated averages, or with PROJECT_FIRST the previous steps'), and
+// the updated averages e_m + b (g_m - e_m). With the guard, a skipped step writes zeros and
+// leaves the averages alone.
+#import bindings
+
+var<private> cg: array<f32, GRADS>;
+var<private> ce: array<f32, LEVELS>;
+
+struct Element {
+    d: f32,
+    e: array<f32, LEVELS>,
+}
+
+fn element(at: u32, i: u32) -> Element {
+    var x: Element;
+    var d = 0.0;
+    for (var l = 0u; l < GRADS; l++) {
+        let g = load_g(l, table[at + l] + i);
+        d += cg[l] * g;
+        if l < LEVELS {
+            let e_old = load_e(l, table[at + GRADS + l] + i);
+            let e_new = ema_step(e_old, g);
+            x.e[l] = e_new;
+#ifdef PROJECT_FIRST
+            d -= ce[l] * e_old;
+#else
+            d -= ce[l] * e_new;
+#endif
+        }
+    }
+    x.d = d;
+    return x;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn apply(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+) {
+    let tile = tile_index(wg, num_wg);
+    if tile >= tile_count() {
+        return;
+    }
+    let segments = tile_segments(tile);
+#ifdef GUARD_APPLY
+    if scalars.skip != 0u {
+        for (var k = segments.x; k < segments.y; k++) {
+            let at = segment_at(k);
+            let len = table[at + LEN_AT];
+            for (var i = lid; i < len; i += WORKGROUP_SIZE) {
+                store_out(table[at + OUT_AT] + i, 0.0);
+            }
+        }
+        return;
+    }
+#endif
+    for (var l = 0u; l < GRADS; l++) {
+        cg[l] = scalars.levels[l];
+    }
+    for (var m = 0u; m < LEVELS; m++) {
+        ce[m] = scalars.levels[GRADS + m];
+    }
+    for (var k = segments.x; k < segments.y; k++) {
+        let at = segment_at(k);
+        let len = table[at + LEN_AT];
+        let out_at = table[at + OUT_AT];
+#ifdef PAIRS
+        // Two consecutive elements per invocation, so 16-bit results that share a word are
+        // stored together.
+        for (var i = 2u * lid; i < len; i += 2u * WORKGROUP_SIZE) {
+            let both = i + 1u < len;
+            let x = element(at, i);
+            var y = x;
+            if both {
+                y = element(at, i + 1u);
+            }
+            store_out_pair(out_at + i, x.d, y.d, both);
+            for (var m = 0u; m < LEVELS; m++) {
+                store_e_pair(m, table[at + GRADS + m] + i, x.e[m], y.e[m], both);
+            }
+        }
+#else
+        for (var i = lid; i < len; i += WORKGROUP_SIZE) {
+            let x = element(at, i);
+            store_out(out_at + i, x.d);
+            for (var m = 0u; m < LEVELS; m++) {
+                store_e(m, table[at + GRADS + m] + i, x.e[m]);
+            }
+        }
+#endif
+    }
+}
