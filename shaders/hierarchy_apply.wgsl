@@ -1,37 +1,9 @@
 // Stage 3 of a hierarchy: d = sum_l cg[l] g_l - sum_m ce[m] e_m with the coefficients of the
 // finalize stage (e_m the updated averages, or with PROJECT_FIRST the previous steps'), and
 // the updated averages e_m + b (g_m - e_m). With the guard, a skipped step writes zeros and
-// leaves the averages alone.
+// leaves the averages alone. `element`, `store_emas` and `store_emas_pair` are generated per k
+// by `hierarchy_prelude` in `src/shaders.rs`.
 #import bindings
-
-var<private> cg: array<f32, GRADS>;
-var<private> ce: array<f32, LEVELS>;
-
-struct Element {
-    d: f32,
-    e: array<f32, LEVELS>,
-}
-
-fn element(at: u32, i: u32) -> Element {
-    var x: Element;
-    var d = 0.0;
-    for (var l = 0u; l < GRADS; l++) {
-        let g = load_g(l, table[at + l] + i);
-        d += cg[l] * g;
-        if l < LEVELS {
-            let e_old = load_e(l, table[at + GRADS + l] + i);
-            let e_new = ema_step(e_old, g);
-            x.e[l] = e_new;
-#ifdef PROJECT_FIRST
-            d -= ce[l] * e_old;
-#else
-            d -= ce[l] * e_new;
-#endif
-        }
-    }
-    x.d = d;
-    return x;
-}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn apply(
@@ -77,17 +49,13 @@ fn apply(
                 y = element(at, i + 1u);
             }
             store_out_pair(out_at + i, x.d, y.d, both);
-            for (var m = 0u; m < LEVELS; m++) {
-                store_e_pair(m, table[at + GRADS + m] + i, x.e[m], y.e[m], both);
-            }
+            store_emas_pair(at, i, x, y, both);
         }
 #else
         for (var i = lid; i < len; i += WORKGROUP_SIZE) {
             let x = element(at, i);
             store_out(out_at + i, x.d);
-            for (var m = 0u; m < LEVELS; m++) {
-                store_e(m, table[at + GRADS + m] + i, x.e[m]);
-            }
+            store_emas(at, i, x);
         }
 #endif
     }

@@ -1,7 +1,6 @@
 // What a hierarchy of LEVELS auxiliary losses adds to `bindings.wgsl`. The constants (LEVELS,
-// GRADS, GRAM, PARTIAL_VECS, SEG_WORDS, LEN_AT, OUT_AT, LEVEL_WORDS) and the per-level
-// accessors load_g, load_e, store_e and store_e_pair come from `hierarchy_prelude` in
-// `src/shaders.rs`. Bindings: the gradients g_i at 1 + i, the averages e_j at LEVELS + 2 + j,
+// GRADS, GRAM, PARTIAL_VECS, SEG_WORDS, LEN_AT, OUT_AT, LEVEL_WORDS) and the unrolled
+// per-element code come from `hierarchy_prelude` in `src/shaders.rs`. Bindings: the gradients g_i at 1 + i, the averages e_j at LEVELS + 2 + j,
 // the output at 2 LEVELS + 2 (the numbers after each role are ignored; the variant sets them).
 #storage g0 1
 #storage g1 2

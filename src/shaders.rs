@@ -321,7 +321,7 @@ impl Variant {
         let mut source = match self.kind {
             Kind::Hierarchy(k) => {
                 let file = format!("hierarchy_{}", stage.name());
-                let mut text = hierarchy_prelude(k as u32, self.storages.ema);
+                let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras);
                 text.push_str(&preprocess(&file, &self.defines(), &roles));
                 text
             }
@@ -377,9 +377,12 @@ pub mod hierarchy_slots {
     }
 }
 
-/// The constants and per-level accessors of a hierarchy's stages (WGSL lets module-scope
-/// declarations come in any order, so this goes first).
-fn hierarchy_prelude(k: u32, _ema: Storage) -> String {
+/// The constants of a hierarchy's stages and its per-element code, unrolled over the levels so
+/// that every value stays in a register (WGSL lets module-scope declarations come in any
+/// order, so this goes first). `accumulate_element` adds one element's Gram and product terms
+/// (and the guard's sums with `extras`) to a tile's partial; `element` computes one element's
+/// direction and updated averages; `store_emas` / `store_emas_pair` write the averages.
+fn hierarchy_prelude(k: u32, project_first: bool, extras: bool) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(t, "const LEVELS: u32 = {k}u;");
@@ -390,32 +393,61 @@ fn hierarchy_prelude(k: u32, _ema: Storage) -> String {
     let _ = writeln!(t, "const LEN_AT: u32 = {}u;", hierarchy_slots::out(k));
     let _ = writeln!(t, "const OUT_AT: u32 = {}u;", hierarchy_slots::out(k) - 1);
     let _ = writeln!(t, "const LEVEL_WORDS: u32 = {}u;", hierarchy_slots::level_words(k));
-    let switch = |t: &mut String, head: &str, ret: bool, arms: &mut dyn Iterator<Item = String>| {
-        let _ = writeln!(t, "{head} {{");
-        if ret {
-            t.push_str("    var r = 0.0;\n");
-        }
-        t.push_str("    switch level {\n");
-        for (n, arm) in arms.enumerate() {
-            let _ = writeln!(t, "        case {n}u: {{ {arm} }}");
-        }
-        t.push_str("        default: {}\n    }\n");
-        if ret {
-            t.push_str("    return r;\n");
-        }
-        t.push_str("}\n");
-    };
-    let g = |n: usize| GRADIENT_ROLES[n];
-    let e = |n: usize| EMA_ROLES[n];
-    switch(&mut t, "fn load_g(level: u32, i: u32) -> f32", true, &mut (0..=k as usize).map(|n| format!("r = load_{}(i);", g(n))));
-    switch(&mut t, "fn load_e(level: u32, i: u32) -> f32", true, &mut (0..k as usize).map(|n| format!("r = load_{}(i);", e(n))));
-    switch(&mut t, "fn store_e(level: u32, i: u32, v: f32)", false, &mut (0..k as usize).map(|n| format!("store_{}(i, v);", e(n))));
-    switch(
-        &mut t,
-        "fn store_e_pair(level: u32, i: u32, v0: f32, v1: f32, both: bool)",
-        false,
-        &mut (0..k as usize).map(|n| format!("store_{}_pair(i, v0, v1, both);", e(n))),
-    );
+    let ema_at = |j: u32| hierarchy_slots::ema(k, j) - 1;
+    // Loads of g_0 .. g_k and e_0 .. e_{k-1}: e{j} is the average the projection uses,
+    // e{j}_new the one stored.
+    let mut loads = String::new();
+    for l in 0..=k {
+        let _ = writeln!(loads, "    let g{l} = load_{}(table[at + {l}u] + i);", GRADIENT_ROLES[l as usize]);
+    }
+    for j in 0..k {
+        let _ = writeln!(loads, "    let e{j}_old = load_{}(table[at + {}u] + i);", EMA_ROLES[j as usize], ema_at(j));
+        let _ = writeln!(loads, "    let e{j}_new = ema_step(e{j}_old, g{j});");
+        let _ = writeln!(loads, "    let e{j} = e{j}_{};", if project_first { "old" } else { "new" });
+    }
+    // The apply stage's coefficients (read from the scalars once per workgroup) and results.
+    t.push_str("\nvar<private> cg: array<f32, GRADS>;\nvar<private> ce: array<f32, LEVELS>;\n");
+    t.push_str("\nstruct Element {\n    d: f32,\n    e: array<f32, LEVELS>,\n}\n");
+    t.push_str("\nfn accumulate_element(at: u32, i: u32, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>) {\n");
+    t.push_str(&loads);
+    let mut terms: Vec<String> = Vec::new();
+    for a in 0..k {
+        terms.extend((0..=a).map(|b| format!("e{a} * e{b}")));
+    }
+    for a in 1..=k {
+        terms.extend((0..a).map(|b| format!("g{a} * e{b}")));
+    }
+    for (v, chunk) in terms.chunks(4).enumerate() {
+        let mut c = chunk.to_vec();
+        c.resize(4, "0.0".into());
+        let _ = writeln!(t, "    (*acc)[{v}] += vec4<f32>({});", c.join(", "));
+    }
+    if extras {
+        let non_finite: Vec<String> = (0..=k).map(|l| format!("select(1.0, 0.0, is_finite(g{l}))")).collect();
+        let last = hierarchy_slots::partial_vecs(k) - 1;
+        let _ = writeln!(t, "    (*acc)[{last}] += vec4<f32>(g0 * g0, g1 * g1, g0 * g1, {});", non_finite.join(" + "));
+    }
+    t.push_str("}\n\nfn element(at: u32, i: u32) -> Element {\n");
+    t.push_str(&loads);
+    let mut d: Vec<String> = (0..=k).map(|l| format!("cg[{l}] * g{l}")).collect();
+    d.extend((0..k).map(|j| format!("- ce[{j}] * e{j}")));
+    let news: Vec<String> = (0..k).map(|j| format!("e{j}_new")).collect();
+    let _ = writeln!(t, "    return Element({}, array<f32, LEVELS>({}));", d.join(" + ").replace("+ -", "-"), news.join(", "));
+    t.push_str("}\n\nfn store_emas(at: u32, i: u32, x: Element) {\n");
+    for j in 0..k {
+        let _ = writeln!(t, "    store_{}(table[at + {}u] + i, x.e[{j}]);", EMA_ROLES[j as usize], ema_at(j));
+    }
+    t.push_str("}\n");
+    t.push_str("\nfn store_emas_pair(at: u32, i: u32, x: Element, y: Element, both: bool) {\n");
+    for j in 0..k {
+        let _ = writeln!(
+            t,
+            "    store_{}_pair(table[at + {}u] + i, x.e[{j}], y.e[{j}], both);",
+            EMA_ROLES[j as usize],
+            ema_at(j)
+        );
+    }
+    t.push_str("}\n");
     t
 }
 

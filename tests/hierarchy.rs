@@ -371,3 +371,14 @@ fn past_the_device_limits_creation_fails_naming_the_limit() {
         state.bind_pool(&pool).unwrap();
     }
 }
+
+#[test]
+fn a_hierarchy_moves_20k_plus_12_bytes_per_f32_element() {
+    for k in 1..=bloop::MAX_LEVELS {
+        assert_eq!(Config::hierarchy(&vec![0.1; k]).bytes_per_element(), 20 * k as u64 + 12);
+    }
+    // k = 1 moves what bloop does; 16-bit storage: (2k + 2) g + 3k e + o.
+    assert_eq!(Config::hierarchy(&[0.5]).bytes_per_element(), Config::new(Method::Bloop).bytes_per_element());
+    let half = Config::hierarchy(&[0.5, 0.5]).types(ElementTypes::all(DType::Bf16));
+    assert_eq!(half.bytes_per_element(), 6 * 2 + 6 * 2 + 2);
+}

@@ -129,3 +129,17 @@ fn project_first_projects_on_the_loaded_average() {
         assert!(update.source(Stage::Apply).contains("let pe = x.e;"), "{kind:?}");
     }
 }
+
+#[test]
+fn hierarchy_stages_are_unrolled_per_level() {
+    let all = Variant::all();
+    for k in [1u8, 2, 4, 8] {
+        let v = all.iter().find(|v| v.kind == bloop::shaders::Kind::Hierarchy(k) && v.project_first).unwrap();
+        let accumulate = v.source(Stage::Accumulate);
+        assert!(accumulate.contains(&format!("const LEVELS: u32 = {k}u;")), "k = {k}");
+        assert!(accumulate.contains(&format!("let e{} = e{}_old;", k - 1, k - 1)), "k = {k}: project first");
+        assert!(accumulate.contains(&format!("let g{k} = load_g{k}(")) && !accumulate.contains('#'), "k = {k}");
+        let apply = v.source(Stage::Apply);
+        assert!(apply.contains(&format!("store_e{}(", k - 1)), "k = {k}");
+    }
+}
