@@ -83,23 +83,22 @@ impl ReferenceState {
             self.skipped_steps += 1;
             return g_main.iter().map(|leaf| vec![0.0; leaf.len()]).collect();
         }
-        let (l, s) = (c.lambda, c.scale());
+        // Two gradients are a hierarchy of one aux loss, which is bloop with lambda = l_1 (more
+        // levels step through `crate::hierarchy::HierarchyReference`).
+        let l = if c.method == Method::Hierarchy {
+            assert_eq!(c.levels, 1, "a hierarchy of {} levels steps through HierarchyReference", c.levels);
+            c.level_lambdas()[0]
+        } else {
+            c.lambda
+        };
+        let s = c.scale();
         let ratio = |dot_xy: f64, sq_x: f64| {
             let r = dot_xy / (sq_x + c.eps);
             c.ratio_cap().map_or(r, |cap| r.min(cap))
         };
         match c.method {
-            // Two gradients are a hierarchy of one aux loss; more go through `HierarchyReference`.
-            Method::Hierarchy => {
-                assert_eq!(c.levels, 1, "a hierarchy of {} levels steps through HierarchyReference", c.levels);
-                let emas = vec![std::mem::take(&mut self.main_ema)];
-                let mut h = crate::hierarchy::HierarchyReference::new(Config { guard: false, ..c }, emas);
-                let direction = h.step(&[g_main.to_vec(), g_aux.to_vec()]);
-                self.main_ema = h.emas.remove(0);
-                direction
-            }
             Method::Mixed => combine(g_main, g_aux, &[], &[], |gm, ga, _, _| s * (gm + l * ga)),
-            Method::Bloop | Method::DynamicBarrier => {
+            Method::Bloop | Method::DynamicBarrier | Method::Hierarchy => {
                 // With project_first the projection uses the previous steps' average.
                 let old = self.main_ema.clone();
                 ema_update(&mut self.main_ema, g_main, c.ema);

@@ -451,22 +451,10 @@ impl BloopState {
     /// for each aux loss i = 1..k (row i - 1) against each orthogonalised average u_j above it
     /// (j < i). Blocks; for tests and debugging.
     pub fn read_level_ratios(&self) -> Result<Vec<Vec<f32>>> {
-        self.kernels.check_device()?;
-        let Kind::Hierarchy(k) = Kind::of(&self.config) else {
+        if self.config.method != crate::config::Method::Hierarchy {
             return Err(Error::Mismatch(format!("{} has no levels", self.config.method.name())));
-        };
-        let k = k as usize;
-        let words = (SCALARS_BYTES / 4) as usize + crate::shaders::hierarchy_slots::level_words(k as u32) as usize;
-        let leaf = LeafBuffer::new(&self.scalars, 0, words as u64);
-        let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
-        let mut at = (SCALARS_BYTES / 4) as usize + 2 * k + 1;
-        Ok((1..=k)
-            .map(|i| {
-                let row = values[at..at + i].to_vec();
-                at += i;
-                row
-            })
-            .collect())
+        }
+        Ok(self.read_diagnostics()?.level_ratios())
     }
 
     /// Validates the user's buffers and prepares steps over them.
@@ -588,9 +576,10 @@ impl BloopState {
     /// [`crate::diagnostics::DiagnosticsRing`] instead, which never waits.
     pub fn read_diagnostics(&self) -> Result<StepDiagnostics> {
         self.kernels.check_device()?;
-        let leaf = LeafBuffer::new(&self.scalars, 0, SCALARS_BYTES / 4);
+        let leaf = LeafBuffer::new(&self.scalars, 0, self.scalars.size() / 4);
         let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
-        Ok(StepDiagnostics::from_words(self.steps.saturating_sub(1), bytemuck::cast_slice(values)))
+        let levels = self.config.level_lambdas().len() as u8;
+        Ok(StepDiagnostics::from_level_words(self.steps.saturating_sub(1), bytemuck::cast_slice(values), levels))
     }
 
     /// Steps the guard skipped so far (read from the GPU; blocks).
@@ -659,7 +648,7 @@ impl BloopState {
         Ok(state)
     }
 
-    /// The buffer the finalize stage writes each step's scalars into (48 bytes, see
+    /// The buffer the finalize stage writes each step's scalars into (48 bytes, more for a hierarchy, see
     /// [`crate::diagnostics`]); `COPY_SRC`, for copies the caller records.
     pub fn scalars_buffer(&self) -> &wgpu::Buffer {
         &self.scalars

@@ -382,3 +382,35 @@ fn a_hierarchy_moves_20k_plus_12_bytes_per_f32_element() {
     let half = Config::hierarchy(&[0.5, 0.5]).types(ElementTypes::all(DType::Bf16));
     assert_eq!(half.bytes_per_element(), 6 * 2 + 6 * 2 + 2);
 }
+
+#[test]
+fn the_diagnostics_ring_carries_the_ratios_per_level() {
+    let layout = Layout::from_lengths(&[50, 3000]).unwrap();
+    let lengths = layout.lengths();
+    let mut rng = SplitMix64::new(17);
+    let k = 3;
+    let config = Config::hierarchy(&[0.3, 0.2, 0.1]).ema(0.5);
+    let init = EmaInits::both(EmaInit::Normal { seed: 1 });
+    let mut state = BloopState::new(&kernels(), &gpu().queue, &layout, config, init).unwrap();
+    let pool = GradientPool::hierarchy(&gpu().device, &layout, k, false, ElementTypes::default()).unwrap();
+    let bindings = state.bind_pool(&pool).unwrap();
+    let mut ring = bloop::DiagnosticsRing::new(&gpu().device, 4);
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        write_pool(&pool, &random_grads(&mut rng, &lengths, k));
+        let mut encoder = gpu().device.create_command_encoder(&Default::default());
+        state.record_step(&mut encoder, &bindings).unwrap();
+        ring.record(&mut encoder, &state);
+        gpu().queue.submit([encoder.finish()]);
+        ring.submitted();
+        direct.push(state.read_level_ratios().unwrap());
+    }
+    let landed = ring.flush().unwrap();
+    assert_eq!(landed.len(), 3);
+    for (d, ratios) in landed.iter().zip(&direct) {
+        assert_eq!(d.levels, 3);
+        assert_eq!(&d.level_ratios(), ratios);
+        assert_eq!(d.ratio, ratios[0][0], "the first aux loss against the main average");
+    }
+    assert!(landed[2].level_ratios()[2].iter().all(|r| r.is_finite()));
+}
