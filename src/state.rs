@@ -311,13 +311,14 @@ impl BloopState {
     /// Changes the constants (ema, lambda, eps, rescale) for steps submitted from now on: the
     /// new values are written through the queue, so they apply to every command buffer
     /// submitted after this call, including ones recorded before it. The method, `ratio_only`,
-    /// `guard`, `diagnostics` and `order` select kernels and cannot change.
+    /// `guard`, `diagnostics`, `order` and a hierarchy's number of levels select kernels and
+    /// cannot change (its weights can).
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         config.validate()?;
-        let kernels = |c: &Config| (c.method, c.ratio_only, c.guard, c.diagnostics, c.project_first());
+        let kernels = |c: &Config| (c.method, c.ratio_only, c.guard, c.diagnostics, c.project_first(), c.levels);
         if kernels(&config) != kernels(&self.config) {
             return Err(Error::Mismatch(format!(
-                "a state made for (method, ratio_only, guard, diagnostics, project_first) = {:?} cannot switch to {:?}",
+                "a state made for (method, ratio_only, guard, diagnostics, project_first, levels) = {:?} cannot switch to {:?}",
                 kernels(&self.config),
                 kernels(&config)
             )));

@@ -343,6 +343,11 @@ fn bad_hierarchies_are_refused_with_typed_errors() {
     let err = state.bind_hierarchy(&[pool.main_leaves(), pool.aux_leaves(), pool.gradient_leaves(2).unwrap()], Output::Buffers(pool.aux_leaves()));
     assert!(matches!(err, Err(Error::OverlappingOutput { .. })), "{err:?}");
     assert!(matches!(state.read_ema(EmaRole::Level(2)), Err(Error::NoSuchEma { .. })));
+    // The weights may change between steps, the number of levels not (it selects kernels).
+    let mut state = state;
+    state.set_config(Config::hierarchy(&[0.1, 0.9])).unwrap();
+    assert!(matches!(state.set_config(Config::hierarchy(&[0.1, 0.9, 0.1])), Err(Error::Mismatch(_))));
+    assert_eq!(state.config().level_lambdas(), &[0.1, 0.9]);
 }
 
 #[test]
