@@ -453,7 +453,10 @@ fn run_gpu_inner(
     Ok(report)
 }
 
-fn hierarchy_parts(case: &Case) -> std::result::Result<(&Vec<Leaves>, Vec<(&Vec<Leaves>, &Vec<Leaves>)>), String> {
+/// Per step of a hierarchy case: its gradients and expected averages.
+type HierarchySteps<'a> = Vec<(&'a Vec<Leaves>, &'a Vec<Leaves>)>;
+
+fn hierarchy_parts(case: &Case) -> std::result::Result<(&Vec<Leaves>, HierarchySteps<'_>), String> {
     let init = case.init.emas.as_ref().ok_or("a hierarchy case needs `init.emas`")?;
     let steps = case
         .steps

@@ -49,13 +49,8 @@ pub struct StepDiagnostics {
 }
 
 impl StepDiagnostics {
-    /// Decodes the 12 words of the `Scalars` block.
-    pub(crate) fn from_words(step: u64, words: &[u32]) -> StepDiagnostics {
-        StepDiagnostics::from_level_words(step, words, 0)
-    }
-
-    /// Decodes the block of a hierarchy of `levels` aux losses: the common 12 words, the
-    /// k + 1 + k coefficients, then the ratios.
+    /// Decodes the 12 words of the `Scalars` block, and for a hierarchy of `levels` aux
+    /// losses (0 for the other methods) the k + 1 + k coefficients and the ratios after them.
     pub(crate) fn from_level_words(step: u64, words: &[u32], levels: u8) -> StepDiagnostics {
         let f = |i: usize| f32::from_bits(words[i]);
         let k = levels as usize;

@@ -438,7 +438,7 @@ impl BloopState {
         let mut roles: Vec<RoleLeaves> = gradients
             .iter()
             .enumerate()
-            .map(|(i, leaves)| RoleLeaves { slot: slots::gradient(i as u32), leaves: *leaves })
+            .map(|(i, leaves)| RoleLeaves { slot: slots::gradient(i as u32), leaves })
             .collect();
         for j in 0..k {
             let store = self.store(EmaRole::Level(j))?;

@@ -34,6 +34,7 @@ fn mat_t_vec(a: &Matrix, y: &[f64]) -> Vec<f64> {
 }
 
 /// Solves `m x = rhs` (m square, well conditioned) by Gaussian elimination with pivoting.
+#[allow(clippy::needless_range_loop)]
 fn solve(mut m: Matrix, mut rhs: Vec<f64>) -> Vec<f64> {
     let n = rhs.len();
     for col in 0..n {
@@ -273,7 +274,7 @@ fn half_precision_and_external_buffers() {
         let mut state = BloopState::new(&kernels(), &gpu().queue, &layout, config, EmaInits::zeros()).unwrap();
         let pool = GradientPool::hierarchy(&gpu().device, &layout, k, false, types).unwrap();
         let bindings = state.bind_pool(&pool).unwrap();
-        let mut reference = HierarchyReference::new(config, vec![widen(&vec![vec![0.0; 3], vec![0.0; 513]]); k]);
+        let mut reference = HierarchyReference::new(config, vec![widen(&[vec![0.0; 3], vec![0.0; 513]]); k]);
         for _ in 0..2 {
             let grads: Vec<Vec<Vec<f32>>> = random_grads(&mut rng, &lengths, k)
                 .into_iter()
