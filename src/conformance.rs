@@ -519,7 +519,17 @@ fn run_hierarchy_gpu(
             let pool = GradientPool::hierarchy(device, &layout, k, false, types)?;
             (state.bind_pool(&pool)?, Some(pool), None, None)
         }
-        _ => {
+        GradientPath::SharedBuffer => {
+            // Gradients and outputs interleaved in one buffer (the inputs are bound writable).
+            let mut shared = Flat::new(device, &case.leaf_sizes, k + 2, types.gradients, "conformance shared");
+            let out = shared.roles.pop().unwrap_or_default();
+            let gradients: Vec<&[LeafBuffer]> = shared.roles.iter().map(Vec::as_slice).collect();
+            let bindings = state.bind_hierarchy(&gradients, Output::Buffers(&out))?;
+            let outputs =
+                Flat { buffer: shared.buffer.clone(), bytes: Vec::new(), dtype: shared.dtype, roles: vec![out] };
+            (bindings, None, Some(shared), Some(outputs))
+        }
+        GradientPath::External => {
             let inputs = Flat::new(device, &case.leaf_sizes, k + 1, types.gradients, "conformance inputs");
             let outputs = Flat::new(device, &case.leaf_sizes, 1, types.output, "conformance outputs");
             let gradients: Vec<&[LeafBuffer]> = inputs.roles.iter().map(Vec::as_slice).collect();
@@ -544,11 +554,16 @@ fn run_hierarchy_gpu(
                         inputs.set(leaf, v);
                     }
                 }
-                for (leaf, v) in outputs.roles[0].clone().iter().zip(&nan) {
-                    outputs.set(leaf, v);
+                // A shared buffer's outputs are poisoned in the inputs' host copy.
+                let out_leaves = outputs.roles[0].clone();
+                let target = if outputs.bytes.is_empty() { &mut *inputs } else { &mut *outputs };
+                for (leaf, v) in out_leaves.iter().zip(&nan) {
+                    target.set(leaf, v);
                 }
                 inputs.upload(queue);
-                outputs.upload(queue);
+                if !outputs.bytes.is_empty() {
+                    outputs.upload(queue);
+                }
             }
             _ => unreachable!("one of the two paths"),
         }
@@ -570,7 +585,9 @@ fn run_hierarchy_gpu(
         record_emas(&mut report, &got, &expected_emas);
         if let (Some(inputs), Some(outputs)) = (&inputs, &outputs) {
             report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles)?;
-            report.corrupted_guards += outputs.corrupted(device, queue, &[])?;
+            if !outputs.bytes.is_empty() {
+                report.corrupted_guards += outputs.corrupted(device, queue, &[])?;
+            }
         }
     }
     Ok(report)

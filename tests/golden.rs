@@ -115,7 +115,7 @@ fn hierarchies_match_the_extension_cases() {
     for (path, case) in cases {
         let report = run_reference(&case).unwrap();
         assert!(report.worst() < 1e-8, "{}: {report:?}", path.display());
-        for gradients in [GradientPath::Pool, GradientPath::External] {
+        for gradients in [GradientPath::Pool, GradientPath::External, GradientPath::SharedBuffer] {
             for kernels in [common::kernels(), tree.clone()] {
                 let report = run_gpu(&kernels, &common::gpu().queue, &case, gradients).unwrap();
                 assert!(report.passes(F32_BOUND), "{} {gradients:?}: {report:?}", path.display());
@@ -146,4 +146,26 @@ fn a_one_level_hierarchy_is_bloop() {
     }
     let report = run_gpu(&common::kernels(), &common::gpu().queue, &bloop, GradientPath::Pool).unwrap();
     assert!(report.passes(F32_BOUND), "{report:?}");
+}
+
+#[test]
+fn hierarchies_in_half_precision_over_every_path() {
+    // Packed f16 and bf16 share words between neighbouring leaves and roles in the flat buffers.
+    let packed = bloop::Kernels::with_options(
+        &common::gpu().device,
+        bloop::KernelOptions { native_f16: false, ..Default::default() },
+    );
+    for (path, case) in extension_cases(|name| name.starts_with("hierarchy")) {
+        for dtype in [bloop::DType::F16, bloop::DType::Bf16] {
+            for types in [bloop::ElementTypes::all(dtype), bloop::ElementTypes::gradients_and_output(dtype)] {
+                for gradients in [GradientPath::Pool, GradientPath::External, GradientPath::SharedBuffer] {
+                    let report =
+                        bloop::conformance::run_gpu_typed(&packed, &common::gpu().queue, &case, gradients, types)
+                            .unwrap();
+                    let bound = bloop::conformance::bound(types);
+                    assert!(report.passes(bound), "{} {types:?} {gradients:?}: {report:?}", path.display());
+                }
+            }
+        }
+    }
 }
