@@ -25,8 +25,9 @@ fn accumulate(
     for (var s = segments.x; s < segments.y; s++) {
         let at = segment_at(s);
         let len = table[at + LEN_AT];
+        let o = offsets(at);
         for (var i = lid; i < len; i += WORKGROUP_SIZE) {
-            accumulate_element(at, i, &acc);
+            accumulate_element(o, i, &acc);
         }
     }
 #ifdef SUBGROUPS

@@ -38,24 +38,25 @@ fn apply(
         let at = segment_at(k);
         let len = table[at + LEN_AT];
         let out_at = table[at + OUT_AT];
+        let o = offsets(at);
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
         for (var i = 2u * lid; i < len; i += 2u * WORKGROUP_SIZE) {
             let both = i + 1u < len;
-            let x = element(at, i);
+            let x = element(o, i);
             var y = x;
             if both {
-                y = element(at, i + 1u);
+                y = element(o, i + 1u);
             }
             store_out_pair(out_at + i, x.d, y.d, both);
-            store_emas_pair(at, i, x, y, both);
+            store_emas_pair(o, i, x, y, both);
         }
 #else
         for (var i = lid; i < len; i += WORKGROUP_SIZE) {
-            let x = element(at, i);
+            let x = element(o, i);
             store_out(out_at + i, x.d);
-            store_emas(at, i, x);
+            store_emas(o, i, x);
         }
 #endif
     }

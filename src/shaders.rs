@@ -398,17 +398,30 @@ fn hierarchy_prelude(k: u32, project_first: bool, extras: bool) -> String {
     // e{j}_new the one stored.
     let mut loads = String::new();
     for l in 0..=k {
-        let _ = writeln!(loads, "    let g{l} = load_{}(table[at + {l}u] + i);", GRADIENT_ROLES[l as usize]);
+        let _ = writeln!(loads, "    let g{l} = load_{}(o.g{l} + i);", GRADIENT_ROLES[l as usize]);
     }
     for j in 0..k {
-        let _ = writeln!(loads, "    let e{j}_old = load_{}(table[at + {}u] + i);", EMA_ROLES[j as usize], ema_at(j));
+        let _ = writeln!(loads, "    let e{j}_old = load_{}(o.e{j} + i);", EMA_ROLES[j as usize]);
         let _ = writeln!(loads, "    let e{j}_new = ema_step(e{j}_old, g{j});");
         let _ = writeln!(loads, "    let e{j} = e{j}_{};", if project_first { "old" } else { "new" });
     }
     // The apply stage's coefficients (read from the scalars once per workgroup) and results.
     t.push_str("\nvar<private> cg: array<f32, GRADS>;\nvar<private> ce: array<f32, LEVELS>;\n");
     t.push_str("\nstruct Element {\n    d: f32,\n    e: array<f32, LEVELS>,\n}\n");
-    t.push_str("\nfn accumulate_element(at: u32, i: u32, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>) {\n");
+    // A segment's offsets, read from the table once per segment (the compiler cannot keep
+    // table words across the loop's storage writes).
+    t.push_str("\nstruct Offsets {\n");
+    for l in 0..=k {
+        let _ = writeln!(t, "    g{l}: u32,");
+    }
+    for j in 0..k {
+        let _ = writeln!(t, "    e{j}: u32,");
+    }
+    t.push_str("}\n\nfn offsets(at: u32) -> Offsets {\n    return Offsets(");
+    let words: Vec<String> = (0..=k).map(|l| format!("table[at + {l}u]")).chain((0..k).map(|j| format!("table[at + {}u]", ema_at(j)))).collect();
+    t.push_str(&words.join(", "));
+    t.push_str(");\n}\n");
+    t.push_str("\nfn accumulate_element(o: Offsets, i: u32, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>) {\n");
     t.push_str(&loads);
     let mut terms: Vec<String> = Vec::new();
     for a in 0..k {
@@ -427,25 +440,20 @@ fn hierarchy_prelude(k: u32, project_first: bool, extras: bool) -> String {
         let last = hierarchy_slots::partial_vecs(k) - 1;
         let _ = writeln!(t, "    (*acc)[{last}] += vec4<f32>(g0 * g0, g1 * g1, g0 * g1, {});", non_finite.join(" + "));
     }
-    t.push_str("}\n\nfn element(at: u32, i: u32) -> Element {\n");
+    t.push_str("}\n\nfn element(o: Offsets, i: u32) -> Element {\n");
     t.push_str(&loads);
     let mut d: Vec<String> = (0..=k).map(|l| format!("cg[{l}] * g{l}")).collect();
     d.extend((0..k).map(|j| format!("- ce[{j}] * e{j}")));
     let news: Vec<String> = (0..k).map(|j| format!("e{j}_new")).collect();
     let _ = writeln!(t, "    return Element({}, array<f32, LEVELS>({}));", d.join(" + ").replace("+ -", "-"), news.join(", "));
-    t.push_str("}\n\nfn store_emas(at: u32, i: u32, x: Element) {\n");
+    t.push_str("}\n\nfn store_emas(o: Offsets, i: u32, x: Element) {\n");
     for j in 0..k {
-        let _ = writeln!(t, "    store_{}(table[at + {}u] + i, x.e[{j}]);", EMA_ROLES[j as usize], ema_at(j));
+        let _ = writeln!(t, "    store_{}(o.e{j} + i, x.e[{j}]);", EMA_ROLES[j as usize]);
     }
     t.push_str("}\n");
-    t.push_str("\nfn store_emas_pair(at: u32, i: u32, x: Element, y: Element, both: bool) {\n");
+    t.push_str("\nfn store_emas_pair(o: Offsets, i: u32, x: Element, y: Element, both: bool) {\n");
     for j in 0..k {
-        let _ = writeln!(
-            t,
-            "    store_{}_pair(table[at + {}u] + i, x.e[{j}], y.e[{j}], both);",
-            EMA_ROLES[j as usize],
-            ema_at(j)
-        );
+        let _ = writeln!(t, "    store_{}_pair(o.e{j} + i, x.e[{j}], y.e[{j}], both);", EMA_ROLES[j as usize]);
     }
     t.push_str("}\n");
     t
