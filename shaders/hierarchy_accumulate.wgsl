@@ -35,10 +35,5 @@ fn accumulate(
 #else
     let lanes = Lanes(lid, 0u, 1u, lid);
 #endif
-    for (var v = 0u; v < PARTIAL_VECS; v++) {
-        let total = workgroup_sum(lanes, acc[v]);
-        if lid == 0u {
-            partials[first_partial() + tile].v[v] = total;
-        }
-    }
+    write_partial(lanes, &acc, first_partial() + tile);
 }

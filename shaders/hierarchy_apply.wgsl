@@ -28,12 +28,7 @@ fn apply(
         return;
     }
 #endif
-    for (var l = 0u; l < GRADS; l++) {
-        cg[l] = scalars.levels[l];
-    }
-    for (var m = 0u; m < LEVELS; m++) {
-        ce[m] = scalars.levels[GRADS + m];
-    }
+    load_coefficients();
     for (var k = segments.x; k < segments.y; k++) {
         let at = segment_at(k);
         let len = table[at + LEN_AT];

@@ -321,7 +321,7 @@ impl Variant {
         let mut source = match self.kind {
             Kind::Hierarchy(k) => {
                 let file = format!("hierarchy_{}", stage.name());
-                let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras);
+                let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras, stage);
                 text.push_str(&preprocess(&file, &self.defines(), &roles));
                 text
             }
@@ -382,7 +382,7 @@ pub mod hierarchy_slots {
 /// order, so this goes first). `accumulate_element` adds one element's Gram and product terms
 /// (and the guard's sums with `extras`) to a tile's partial; `element` computes one element's
 /// direction and updated averages; `store_emas` / `store_emas_pair` write the averages.
-fn hierarchy_prelude(k: u32, project_first: bool, extras: bool) -> String {
+fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(t, "const LEVELS: u32 = {k}u;");
@@ -454,6 +454,28 @@ fn hierarchy_prelude(k: u32, project_first: bool, extras: bool) -> String {
     t.push_str("\nfn store_emas_pair(o: Offsets, i: u32, x: Element, y: Element, both: bool) {\n");
     for j in 0..k {
         let _ = writeln!(t, "    store_{}_pair(o.e{j} + i, x.e[{j}], y.e[{j}], both);", EMA_ROLES[j as usize]);
+    }
+    t.push_str("}\n");
+    // Constant indices only, so the compiler keeps the partial sums and coefficients in
+    // registers: the tile's reduction (accumulate imports `reduce`) and the coefficients' load.
+    let vecs = hierarchy_slots::partial_vecs(k);
+    if stage == Stage::Accumulate {
+        t.push_str("\nfn write_partial(lanes: Lanes, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>, at: u32) {\n");
+        for v in 0..vecs {
+            let _ = writeln!(t, "    let total{v} = workgroup_sum(lanes, (*acc)[{v}]);");
+        }
+        t.push_str("    if lanes.index == 0u {\n");
+        for v in 0..vecs {
+            let _ = writeln!(t, "        partials[at].v[{v}] = total{v};");
+        }
+        t.push_str("    }\n}\n");
+    }
+    t.push_str("\nfn load_coefficients() {\n");
+    for l in 0..=k {
+        let _ = writeln!(t, "    cg[{l}] = scalars.levels[{l}];");
+    }
+    for j in 0..k {
+        let _ = writeln!(t, "    ce[{j}] = scalars.levels[{}];", k + 1 + j);
     }
     t.push_str("}\n");
     t
