@@ -30,15 +30,28 @@ fn accumulate(
             let gm = load_g_main(seg.main + i);
             let ga = load_g_aux(seg.aux + i);
 #ifdef MAIN_EMA
-            let e = ema_step(load_main_ema(seg.main_ema + i), gm);
+            let e_old = load_main_ema(seg.main_ema + i);
+            let e_new = ema_step(e_old, gm);
 #ifdef WRITE_EMA_IN_ACCUMULATE
-            store_main_ema(seg.main_ema + i, e);
+            store_main_ema(seg.main_ema + i, e_new);
+#endif
+            // The projection's average: this step's (the reference code) or the previous
+            // steps' (PROJECT_FIRST, the paper's Algorithm 1).
+#ifdef PROJECT_FIRST
+            let e = e_old;
+#else
+            let e = e_new;
 #endif
             dots.x += e * ga;
             dots.y += e * e;
 #endif
 #ifdef AUX_EMA
-            let a = ema_step(load_aux_ema(seg.aux_ema + i), ga);
+            let a_old = load_aux_ema(seg.aux_ema + i);
+#ifdef PROJECT_FIRST
+            let a = a_old;
+#else
+            let a = ema_step(a_old, ga);
+#endif
             dots.z += a * gm;
             dots.w += a * a;
 #endif

@@ -75,7 +75,8 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
     let ga = load_g_aux(seg.aux + i);
     var x = Element(gm, ga, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
 #ifdef UPDATE_EMA_IN_APPLY
-    x.e = ema_step(load_main_ema(seg.main_ema + i), gm);
+    let e_old = load_main_ema(seg.main_ema + i);
+    x.e = ema_step(e_old, gm);
 #endif
 #ifdef MIXED
     x.d = s * (gm + l * ga);
@@ -84,11 +85,24 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
     x.d = s * ((1.0 - l * c.r) * gm + l * ga);
 #endif
 #ifdef PROJECT
-#ifdef AUX_EMA
-    x.a = ema_step(load_aux_ema(seg.aux_ema + i), ga);
-    x.d = s * ((gm - c.r_aux * x.a) + l * (ga - c.r * x.e));
+    // The averages the projection uses: the new ones, or the previous steps' (PROJECT_FIRST);
+    // the new ones are stored either way.
+#ifdef PROJECT_FIRST
+    let pe = e_old;
 #else
-    x.d = s * (gm + l * (ga - c.r * x.e));
+    let pe = x.e;
+#endif
+#ifdef AUX_EMA
+    let a_old = load_aux_ema(seg.aux_ema + i);
+    x.a = ema_step(a_old, ga);
+#ifdef PROJECT_FIRST
+    let pa = a_old;
+#else
+    let pa = x.a;
+#endif
+    x.d = s * ((gm - c.r_aux * pa) + l * (ga - c.r * pe));
+#else
+    x.d = s * (gm + l * (ga - c.r * pe));
 #endif
 #endif
 #ifdef OPTIMIZER

@@ -33,6 +33,8 @@ struct Params {
     log_beta2: f32,
     adam_eps: f32,
     pad3: f32,
+    // A hierarchy's weights l_1 .. l_8 (zeros past its k, and for the other methods).
+    lambdas: array<vec4<f32>, 2>,
 }
 
 // A run of elements of one leaf. Offsets are element indices into this dispatch's windows.
@@ -64,13 +66,19 @@ struct Scalars {
     // |g_main|^2, |g_aux|^2, <g_main, g_aux>, and the count of non-finite gradient elements
     // (computed with the guard or diagnostics on).
     grads: vec4<f32>,
+#ifdef HIERARCHY
+    // The coefficients and ratios of `shaders/hierarchy_finalize.wgsl`.
+    levels: array<f32, LEVEL_WORDS>,
+#endif
 }
 
+#ifndef HIERARCHY
 // One tile's partial sums, the same quantities as `Scalars.dots` and `Scalars.grads`.
 struct Partial {
     dots: vec4<f32>,
     grads: vec4<f32>,
 }
+#endif
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> scalars: Scalars;
@@ -104,6 +112,9 @@ struct Schedule {
 #storage weights 6
 #storage opt_m 7
 #storage opt_v 8
+#ifdef HIERARCHY
+#import hierarchy_bindings
+#endif
 #ifdef PACKED_F16
 #import half_f16
 #endif

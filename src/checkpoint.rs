@@ -1,9 +1,11 @@
 //! Saving and restoring a state as a safetensors file.
 //!
-//! Tensors: `main_ema/<leaf name>` (and `aux_ema/<leaf name>` for PCGrad), in the averages'
+//! Tensors: `main_ema/<leaf name>` (and `aux_ema/<leaf name>` for PCGrad, `level_ema<j>/<leaf name>`
+//! for a hierarchy's averages e_1 .. e_{k-1}), in the averages'
 //! element type (F32, F16 or BF16), with the leaf's shape (or `[len]`). Metadata (all strings):
 //! `format` = `bloop-checkpoint`, `version` = `1`, `config` (JSON: method, ema, lambda, eps,
-//! rescale, ratio_only, guard, diagnostics, gradients_dtype, output_dtype, ema_dtype), `steps`,
+//! rescale, ratio_only, guard, diagnostics, gradients_dtype, output_dtype, ema_dtype, order, lambdas;
+//! a file without `order` reads as `update_first`), `steps`,
 //! `skipped_steps`, and `layout` (JSON list of `{name, len, shape}`). Python opens it with
 //! `safetensors.numpy.load_file(path)`, and `safe_open(path, "np").metadata()` for the rest.
 //!
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, Method};
+use crate::config::{Config, Method, Order};
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Leaf};
@@ -44,6 +46,9 @@ pub struct Checkpoint {
     pub main_ema: Vec<Vec<f32>>,
     /// One vector per leaf (empty unless `pcgrad`).
     pub aux_ema: Vec<Vec<f32>>,
+    /// A hierarchy's averages e_1 .. e_{k-1} (`main_ema` is e_0), tensors `level_ema<j>/<leaf>`;
+    /// empty for the other methods.
+    pub level_emas: Vec<Vec<Vec<f32>>>,
     /// The optimizer's schedule and state, when the config has one.
     pub optimizer: Option<OptimizerCheckpoint>,
 }
@@ -68,6 +73,7 @@ fn config_json(c: &Config) -> Value {
         "method": c.method.name(), "ema": c.ema, "lambda": c.lambda, "eps": c.eps,
         "rescale": c.rescale, "ratio_only": c.ratio_only, "guard": c.guard, "diagnostics": c.diagnostics,
         "gradients_dtype": c.types.gradients.name(), "output_dtype": c.types.output.name(), "ema_dtype": c.types.ema.name(),
+        "order": c.order.name(), "lambdas": c.level_lambdas(),
     });
     if let Some(o) = &c.optimizer {
         v["optimizer"] = optimizer_json(o);
@@ -138,7 +144,29 @@ fn config_from_json(v: &Value) -> Result<Config> {
     };
     let types =
         ElementTypes { gradients: dtype("gradients_dtype")?, output: dtype("output_dtype")?, ema: dtype("ema_dtype")? };
+    // Checkpoints written before the order option existed used the reference code's order.
+    let order = match v.get("order") {
+        None => Order::UpdateFirst,
+        Some(o) => o
+            .as_str()
+            .and_then(Order::from_name)
+            .ok_or_else(|| bad(format!("`order` is {o}, not \"update_first\" or \"project_first\"")))?,
+    };
+    // Files from before hierarchies have no `lambdas`.
+    let lambdas = match v.get("lambdas") {
+        None => Vec::new(),
+        Some(l) => l
+            .as_array()
+            .and_then(|l| l.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+            .ok_or_else(|| bad(format!("`lambdas` is {l}, not a list of numbers")))?,
+    };
+    if lambdas.len() > crate::config::MAX_LEVELS {
+        return Err(bad(format!("{} lambdas, at most {}", lambdas.len(), crate::config::MAX_LEVELS)));
+    }
     let config = Config {
+        lambdas: [0.0; crate::config::MAX_LEVELS],
+        levels: 0,
+        order,
         types,
         method,
         ema: number("ema")?,
@@ -153,6 +181,7 @@ fn config_from_json(v: &Value) -> Result<Config> {
             Some(o) => Some(optimizer_from_json(o)?),
         },
     };
+    let config = config.lambdas(&lambdas);
     config.validate().map_err(|e| bad(format!("config: {e}")))?;
     Ok(config)
 }
@@ -211,7 +240,10 @@ impl Checkpoint {
         .collect();
         let mut encoded = Vec::new();
         let ema = self.config.types.ema;
-        for (prefix, values) in [("main_ema", &self.main_ema), ("aux_ema", &self.aux_ema)] {
+        let levels: Vec<(String, &Vec<Vec<f32>>)> =
+            self.level_emas.iter().enumerate().map(|(j, v)| (format!("level_ema{}", j + 1), v)).collect();
+        let fixed = [("main_ema".to_string(), &self.main_ema), ("aux_ema".to_string(), &self.aux_ema)];
+        for (prefix, values) in fixed.into_iter().chain(levels) {
             for (leaf, v) in self.layout.leaves().iter().zip(values) {
                 encoded.push((format!("{prefix}/{}", leaf.name), tensor_shape(leaf), ema, ema.encode(v)));
             }
@@ -288,6 +320,9 @@ impl Checkpoint {
         };
         let main_ema = read("main_ema", config.method.has_main_ema(), config.types.ema)?;
         let aux_ema = read("aux_ema", config.method.has_aux_ema(), config.types.ema)?;
+        let level_emas = (1..config.levels)
+            .map(|j| read(&format!("level_ema{j}"), true, config.types.ema))
+            .collect::<Result<Vec<_>>>()?;
         let optimizer = match &config.optimizer {
             None => None,
             Some(o) => {
@@ -309,7 +344,7 @@ impl Checkpoint {
         if tensors.len() != expected {
             return Err(bad(format!("{} tensors, expected {expected}", tensors.len())));
         }
-        Ok(Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema, optimizer })
+        Ok(Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema, level_emas, optimizer })
     }
 
     /// Checks that this checkpoint fits a state with `layout` and `config`; the error names the

@@ -19,7 +19,15 @@ pub enum Method {
     PcGrad,
     /// `g_main + lambda * g_aux`; keeps no averages.
     Mixed,
+    /// A hierarchy of k >= 1 auxiliary losses in priority order ([`Config::lambdas`]): each
+    /// lower-priority gradient acts only orthogonally (Gram-Schmidt) to the averaged gradients
+    /// of every loss above it. One average per non-last loss; k = 1 is `Bloop`.
+    Hierarchy,
 }
+
+/// Most auxiliary losses a [`Method::Hierarchy`] config holds (a device may allow fewer: each
+/// level binds two more storage buffers).
+pub const MAX_LEVELS: usize = 8;
 
 impl Method {
     /// The method's name as configs and golden cases spell it (`bloop`, `dynamic_barrier`, ...).
@@ -29,12 +37,15 @@ impl Method {
             Method::DynamicBarrier => "dynamic_barrier",
             Method::PcGrad => "pcgrad",
             Method::Mixed => "mixed",
+            Method::Hierarchy => "hierarchy",
         }
     }
 
     /// Parses the names used by the golden cases and [`Method::name`].
     pub fn from_name(name: &str) -> Option<Method> {
-        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().find(|m| m.name() == name)
+        [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed, Method::Hierarchy]
+            .into_iter()
+            .find(|m| m.name() == name)
     }
 
     /// Whether the method keeps an EMA of the main gradient.
@@ -45,6 +56,34 @@ impl Method {
     /// Whether the method keeps an EMA of the auxiliary gradient.
     pub fn has_aux_ema(self) -> bool {
         self == Method::PcGrad
+    }
+}
+
+/// When a step projects relative to when it updates the averages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Order {
+    /// The reference code's order: the averages take the current gradient first and the
+    /// projection uses the new averages.
+    #[default]
+    UpdateFirst,
+    /// The paper's Algorithm 1: the projection uses the averages of the previous steps, then
+    /// the averages take the current gradient (the direction does not depend on the current
+    /// batch through the average). `mixed` ignores it.
+    ProjectFirst,
+}
+
+impl Order {
+    /// The name configs, checkpoints and golden cases use (`update_first`, `project_first`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::UpdateFirst => "update_first",
+            Order::ProjectFirst => "project_first",
+        }
+    }
+
+    /// Parses [`Order::name`].
+    pub fn from_name(name: &str) -> Option<Order> {
+        [Order::UpdateFirst, Order::ProjectFirst].into_iter().find(|o| o.name() == name)
     }
 }
 
@@ -74,6 +113,13 @@ pub struct Config {
     pub types: ElementTypes,
     /// An optimizer the direction pass applies to the parameters (none by default).
     pub optimizer: Option<Optimizer>,
+    /// Whether the projection uses the averages before or after this step's update.
+    pub order: Order,
+    /// Weights of the auxiliary losses of a hierarchy, in priority order (the first
+    /// [`Config::levels`] entries are used); set with [`Config::lambdas`].
+    pub lambdas: [f64; MAX_LEVELS],
+    /// How many auxiliary losses a hierarchy has (k); 0 for the other methods.
+    pub levels: usize,
 }
 
 impl Config {
@@ -90,7 +136,32 @@ impl Config {
             diagnostics: false,
             types: ElementTypes::default(),
             optimizer: None,
+            order: Order::UpdateFirst,
+            lambdas: [0.0; MAX_LEVELS],
+            levels: 0,
         }
+    }
+
+    /// A [`Method::Hierarchy`] config with these weights (k = `lambdas.len()`), otherwise the
+    /// defaults of [`Config::new`].
+    pub fn hierarchy(lambdas: &[f64]) -> Config {
+        Config::new(Method::Hierarchy).lambdas(lambdas)
+    }
+
+    /// Sets the weights `l_1 .. l_k` of a hierarchy's auxiliary losses, in priority order; k is
+    /// their count (1 to [`MAX_LEVELS`], checked by [`Config::validate`]).
+    pub fn lambdas(mut self, lambdas: &[f64]) -> Config {
+        self.lambdas = [0.0; MAX_LEVELS];
+        for (slot, &l) in self.lambdas.iter_mut().zip(lambdas) {
+            *slot = l;
+        }
+        self.levels = lambdas.len();
+        self
+    }
+
+    /// The hierarchy's weights (empty for the other methods).
+    pub fn level_lambdas(&self) -> &[f64] {
+        &self.lambdas[..self.levels.min(MAX_LEVELS)]
     }
 
     /// Fuses `optimizer` into the step: the direction pass updates the parameters.
@@ -147,6 +218,18 @@ impl Config {
         self
     }
 
+    /// Sets the order of projecting and averaging ([`Order::ProjectFirst`] is the paper's
+    /// Algorithm 1). Bytes per element do not change.
+    pub fn order(mut self, order: Order) -> Config {
+        self.order = order;
+        self
+    }
+
+    /// Whether the kernels project on the averages of the previous steps.
+    pub(crate) fn project_first(&self) -> bool {
+        self.order == Order::ProjectFirst && self.method != Method::Mixed
+    }
+
     /// Checks every field; the error names the first one out of its domain.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, problem: String| Err(Error::InvalidConfig { field, problem });
@@ -158,6 +241,20 @@ impl Config {
         }
         if !self.eps.is_finite() || self.eps <= 0.0 {
             return bad("eps", format!("must be finite and > 0, got {}", self.eps));
+        }
+        if self.method == Method::Hierarchy {
+            if self.levels == 0 || self.levels > MAX_LEVELS {
+                return bad("lambdas", format!("must hold 1 to {MAX_LEVELS} weights, got {}", self.levels));
+            }
+            if let Some(l) = self.level_lambdas().iter().find(|l| !l.is_finite() || **l < 0.0) {
+                return bad("lambdas", format!("must be finite and >= 0, got {l}"));
+            }
+            let total: f64 = self.level_lambdas().iter().sum();
+            if !((total as f32).is_finite() && (self.scale() as f32) > 0.0) {
+                return bad("lambdas", format!("sum {total} overflows f32"));
+            }
+        } else if self.levels != 0 {
+            return bad("lambdas", format!("apply to hierarchy only, not {}", self.method.name()));
         }
         if self.ratio_only && !matches!(self.method, Method::Bloop | Method::DynamicBarrier) {
             return bad("ratio_only", format!("applies to bloop and dynamic_barrier only, not {}", self.method.name()));
@@ -171,6 +268,13 @@ impl Config {
         }
         if let Some(optimizer) = &self.optimizer {
             optimizer.validate()?;
+            // The hierarchy's stages are generated per k and have no optimizer stage yet.
+            if self.method == Method::Hierarchy {
+                return bad(
+                    "optimizer",
+                    "cannot be fused into a hierarchy step yet; step the parameters with the direction".into(),
+                );
+            }
         }
         // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64).
         let c = self.gpu_constants();
@@ -185,9 +289,11 @@ impl Config {
         self.guard || self.diagnostics
     }
 
-    /// `1 / (1 + lambda)` with `rescale`, else 1.
+    /// `1 / (1 + lambda)` with `rescale` (`1 / (1 + sum l_i)` for a hierarchy), else 1.
     pub fn scale(&self) -> f64 {
-        if self.rescale {
+        if self.rescale && self.method == Method::Hierarchy {
+            1.0 / (1.0 + self.level_lambdas().iter().sum::<f64>())
+        } else if self.rescale {
             1.0 / (1.0 + self.lambda)
         } else {
             1.0
@@ -210,6 +316,10 @@ impl Config {
     /// known to be finite), 44 for `pcgrad`, 12 for `mixed`. With g, e, o the bytes of a
     /// gradient, average and output element: `4g + 3e + o`, `4g + 2e + o`, `4g + 6e + o` and
     /// `2g + o`. The fused kernels move exactly this much.
+    ///
+    /// A hierarchy of k auxiliary losses moves `(2k + 2) g + 3k e + o`, `20k + 12` in f32:
+    /// the first pass reads the k + 1 gradients and the k averages, the second reads them
+    /// again and writes the k averages and the output.
     pub fn bytes_per_element(&self) -> u64 {
         let (g, e, o) = (self.types.gradients.size(), self.types.ema.size(), self.types.output.size());
         match Kind::of(self) {
@@ -218,6 +328,10 @@ impl Config {
             Kind::RatioOnly => 4 * g + 2 * e + o,
             Kind::PcGrad => 4 * g + 6 * e + o,
             Kind::Mixed => 2 * g + o,
+            Kind::Hierarchy(k) => {
+                let k = k as u64;
+                (2 * k + 2) * g + 3 * k * e + o
+            }
         }
     }
 
@@ -255,6 +369,7 @@ impl Config {
             ratio_cap: self.ratio_cap().map_or(f32::MAX, |c| c.min(f32::MAX as f64) as f32),
             _pad: [0.0; 3],
             optimizer: self.optimizer.map_or([0.0; 12], |o| o.gpu_constants()),
+            lambdas: self.lambdas.map(|l| l as f32),
         }
     }
 }
@@ -271,6 +386,8 @@ pub(crate) struct GpuConstants {
     pub _pad: [f32; 3],
     /// The optimizer's constants (`Params` from `momentum` on; see `Optimizer::gpu_constants`).
     pub optimizer: [f32; 12],
+    /// A hierarchy's weights (`Params.lambdas`, two vec4).
+    pub lambdas: [f32; MAX_LEVELS],
 }
 
 /// Where an EMA starts.
@@ -327,6 +444,8 @@ pub enum Kind {
     PcGrad,
     /// `mixed`: no projection.
     Mixed,
+    /// `hierarchy` with this many auxiliary losses.
+    Hierarchy(u8),
 }
 
 impl Kind {
@@ -337,6 +456,7 @@ impl Kind {
             Method::Bloop | Method::DynamicBarrier => Kind::Project,
             Method::PcGrad => Kind::PcGrad,
             Method::Mixed => Kind::Mixed,
+            Method::Hierarchy => Kind::Hierarchy(config.levels.min(MAX_LEVELS) as u8),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::{Config, EmaInit, EmaInits, Method};
+use crate::config::{Config, EmaInit, EmaInits, Method, Order};
 use crate::dtype::{DType, ElementTypes};
 use crate::error::Result;
 use crate::kernels::Kernels;
@@ -39,7 +39,8 @@ pub fn bound(types: ElementTypes) -> f64 {
 pub struct CaseConfig {
     /// EMA rate.
     pub ema: f64,
-    /// Weight of the auxiliary gradient.
+    /// Weight of the auxiliary gradient (absent for a hierarchy).
+    #[serde(default)]
     pub lambda: f64,
     /// Denominator epsilon.
     pub eps: f64,
@@ -47,30 +48,49 @@ pub struct CaseConfig {
     pub rescale: bool,
     /// Whether the projection is applied as a scalar on the main gradient.
     pub ratio_only: bool,
+    /// `update_first` (the default when absent) or `project_first`.
+    #[serde(default)]
+    pub order: Option<String>,
+    /// A hierarchy's weights, in priority order.
+    #[serde(default)]
+    pub lambdas: Option<Vec<f64>>,
 }
 
 /// The averages a golden case starts from.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CaseInit {
-    /// Initial main-gradient average, per leaf.
+    /// Initial main-gradient average, per leaf (absent for a hierarchy).
+    #[serde(default)]
     pub main_ema: Leaves,
     /// Initial aux-gradient average (`pcgrad` only).
     pub aux_ema: Option<Leaves>,
+    /// A hierarchy's initial averages `e_0 .. e_{k-1}`.
+    #[serde(default)]
+    pub emas: Option<Vec<Leaves>>,
 }
 
 /// One step of a golden case: its inputs and the expected results.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CaseStep {
-    /// Main gradient, per leaf.
+    /// Main gradient, per leaf (absent for a hierarchy).
+    #[serde(default)]
     pub grad_main: Leaves,
-    /// Auxiliary gradient, per leaf.
+    /// Auxiliary gradient, per leaf (absent for a hierarchy).
+    #[serde(default)]
     pub grad_aux: Leaves,
     /// Expected direction.
     pub direction: Leaves,
-    /// Expected main average after the step.
+    /// Expected main average after the step (absent for a hierarchy).
+    #[serde(default)]
     pub main_ema: Leaves,
     /// Expected aux average after the step (`pcgrad` only).
     pub aux_ema: Option<Leaves>,
+    /// A hierarchy's gradients `g_0 .. g_k`.
+    #[serde(default)]
+    pub grads: Option<Vec<Leaves>>,
+    /// A hierarchy's expected averages after the step.
+    #[serde(default)]
+    pub emas: Option<Vec<Leaves>>,
 }
 
 /// One scenario: a method, its config, a layout, initial averages and steps to replay.
@@ -103,12 +123,25 @@ impl Case {
     pub fn config(&self) -> Result<Config> {
         let method = Method::from_name(&self.method).ok_or_else(|| crate::Error::InvalidConfig {
             field: "method",
-            problem: format!("`{}` is not bloop, dynamic_barrier, pcgrad or mixed", self.method),
+            problem: format!("`{}` is not bloop, dynamic_barrier, pcgrad, mixed or hierarchy", self.method),
         })?;
         let c = &self.config;
         let ratio_only = c.ratio_only && matches!(method, Method::Bloop | Method::DynamicBarrier);
-        let config =
-            Config::new(method).ema(c.ema).lambda(c.lambda).eps(c.eps).rescale(c.rescale).ratio_only(ratio_only);
+        let order = match &c.order {
+            None => Order::UpdateFirst,
+            Some(name) => Order::from_name(name).ok_or_else(|| crate::Error::InvalidConfig {
+                field: "order",
+                problem: format!("`{name}` is not update_first or project_first"),
+            })?,
+        };
+        let config = Config::new(method)
+            .ema(c.ema)
+            .lambda(c.lambda)
+            .eps(c.eps)
+            .rescale(c.rescale)
+            .ratio_only(ratio_only)
+            .order(order)
+            .lambdas(c.lambdas.as_deref().filter(|_| method == Method::Hierarchy).unwrap_or(&[]));
         config.validate()?;
         Ok(config)
     }
@@ -184,6 +217,9 @@ impl CaseReport {
 /// Replays a case on the CPU reference.
 pub fn run_reference(case: &Case) -> std::result::Result<CaseReport, String> {
     let config = case.config().map_err(|e| e.to_string())?;
+    if config.method == Method::Hierarchy {
+        return run_hierarchy_reference(case, config);
+    }
     let main = if config.method.has_main_ema() { case.init.main_ema.clone() } else { vec![] };
     let aux = if config.method.has_aux_ema() { case.initial_aux().clone() } else { vec![] };
     let mut state = ReferenceState::new(config, main, aux);
@@ -284,8 +320,33 @@ pub fn run_gpu_typed(
     path: GradientPath,
     types: ElementTypes,
 ) -> Result<CaseReport> {
+    run_gpu_inner(kernels, queue, case, path, types, &|c| c)
+}
+
+/// [`run_gpu`] over the pool with the case's config changed by `tweak` (switches that must not
+/// change the results, such as the guard or diagnostics).
+pub fn run_gpu_with(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    tweak: impl Fn(Config) -> Config,
+) -> Result<CaseReport> {
+    run_gpu_inner(kernels, queue, case, GradientPath::Pool, ElementTypes::default(), &tweak)
+}
+
+fn run_gpu_inner(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    path: GradientPath,
+    types: ElementTypes,
+    tweak: &dyn Fn(Config) -> Config,
+) -> Result<CaseReport> {
     let device = kernels.device();
-    let config = case.config()?.types(types);
+    let config = tweak(case.config()?.types(types));
+    if config.method == Method::Hierarchy {
+        return run_hierarchy_gpu(kernels, queue, case, path, config);
+    }
     let layout = Layout::from_lengths(&case.leaf_sizes)?;
     let round = |leaves: &[Vec<f64>], d: DType| -> Vec<Vec<f32>> {
         leaves.iter().map(|l| l.iter().map(|&x| d.round(x as f32)).collect()).collect()
@@ -382,6 +443,146 @@ pub fn run_gpu_typed(
             let ema = widen(&state.read_ema(EmaRole::Aux)?);
             report.record("aux", relative_error(&ema, expected));
         }
+        if let (Some(inputs), Some(outputs)) = (&inputs, &outputs) {
+            report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles)?;
+            if !outputs.bytes.is_empty() {
+                report.corrupted_guards += outputs.corrupted(device, queue, &[])?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Per step of a hierarchy case: its gradients and expected averages.
+type HierarchySteps<'a> = Vec<(&'a Vec<Leaves>, &'a Vec<Leaves>)>;
+
+fn hierarchy_parts(case: &Case) -> std::result::Result<(&Vec<Leaves>, HierarchySteps<'_>), String> {
+    let init = case.init.emas.as_ref().ok_or("a hierarchy case needs `init.emas`")?;
+    let steps = case
+        .steps
+        .iter()
+        .map(|s| Ok((s.grads.as_ref().ok_or("a hierarchy step needs `grads`")?, s.emas.as_ref().ok_or("no `emas`")?)))
+        .collect::<std::result::Result<Vec<_>, &str>>()?;
+    Ok((init, steps))
+}
+
+/// Worst relative error over the averages of a hierarchy (recorded as the main average's).
+fn record_emas(report: &mut CaseReport, got: &[Leaves], expected: &[Leaves]) {
+    for (g, e) in got.iter().zip(expected) {
+        report.record("main", relative_error(g, e));
+    }
+}
+
+fn run_hierarchy_reference(case: &Case, config: Config) -> std::result::Result<CaseReport, String> {
+    let (init, steps) = hierarchy_parts(case)?;
+    let mut state = crate::hierarchy::HierarchyReference::new(config, init.clone());
+    let mut report = CaseReport::default();
+    for (step, (grads, emas)) in case.steps.iter().zip(steps) {
+        let direction = state.step(grads);
+        report.record("direction", relative_error(&direction, &step.direction));
+        record_emas(&mut report, &state.emas, emas);
+    }
+    Ok(report)
+}
+
+/// A hierarchy case on the GPU: k + 1 gradients per leaf in the pool, or interleaved in one
+/// flat user buffer (outputs in another) for the external path. 16-bit storage is judged
+/// against the f64 reference on the rounded inputs, as for the other methods.
+fn run_hierarchy_gpu(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    path: GradientPath,
+    config: Config,
+) -> Result<CaseReport> {
+    let device = kernels.device();
+    let types = config.types;
+    let bad = |e: String| crate::Error::InvalidConfig { field: "case", problem: e };
+    let (init, steps) = hierarchy_parts(case).map_err(bad)?;
+    let layout = Layout::from_lengths(&case.leaf_sizes)?;
+    let k = config.levels;
+    let round = |leaves: &[Vec<f64>], d: DType| -> Vec<Vec<f32>> {
+        leaves.iter().map(|l| l.iter().map(|&x| d.round(x as f32)).collect()).collect()
+    };
+    let inits: Vec<Vec<Vec<f32>>> = init.iter().map(|e| round(e, types.ema)).collect();
+    let mut state = BloopState::new_hierarchy(
+        kernels,
+        queue,
+        &layout,
+        config,
+        inits.iter().map(|v| EmaInit::Values(v.clone())).collect(),
+    )?;
+    let mut reference = (types != ElementTypes::default())
+        .then(|| crate::hierarchy::HierarchyReference::new(config, inits.iter().map(|v| widen(v)).collect()));
+    let (bindings, pool, mut inputs, mut outputs) = match path {
+        GradientPath::Pool => {
+            let pool = GradientPool::hierarchy(device, &layout, k, false, types)?;
+            (state.bind_pool(&pool)?, Some(pool), None, None)
+        }
+        GradientPath::SharedBuffer => {
+            // Gradients and outputs interleaved in one buffer (the inputs are bound writable).
+            let mut shared = Flat::new(device, &case.leaf_sizes, k + 2, types.gradients, "conformance shared");
+            let out = shared.roles.pop().unwrap_or_default();
+            let gradients: Vec<&[LeafBuffer]> = shared.roles.iter().map(Vec::as_slice).collect();
+            let bindings = state.bind_hierarchy(&gradients, Output::Buffers(&out))?;
+            let outputs =
+                Flat { buffer: shared.buffer.clone(), bytes: Vec::new(), dtype: shared.dtype, roles: vec![out] };
+            (bindings, None, Some(shared), Some(outputs))
+        }
+        GradientPath::External => {
+            let inputs = Flat::new(device, &case.leaf_sizes, k + 1, types.gradients, "conformance inputs");
+            let outputs = Flat::new(device, &case.leaf_sizes, 1, types.output, "conformance outputs");
+            let gradients: Vec<&[LeafBuffer]> = inputs.roles.iter().map(Vec::as_slice).collect();
+            let bindings = state.bind_hierarchy(&gradients, Output::Buffers(&outputs.roles[0]))?;
+            (bindings, None, Some(inputs), Some(outputs))
+        }
+    };
+    let mut report = CaseReport::default();
+    let nan: Vec<Vec<f32>> = layout.lengths().iter().map(|&n| vec![f32::NAN; n as usize]).collect();
+    for (step, (grads, emas)) in case.steps.iter().zip(steps) {
+        let grads: Vec<Vec<Vec<f32>>> = grads.iter().map(|g| round(g, types.gradients)).collect();
+        match (&pool, &mut inputs, &mut outputs) {
+            (Some(pool), _, _) => {
+                for (level, g) in grads.iter().enumerate() {
+                    crate::readback::write_leaves(queue, pool.gradient_leaves(level).unwrap_or(&[]), g);
+                }
+                crate::readback::write_leaves(queue, pool.output_leaves(), &nan);
+            }
+            (None, Some(inputs), Some(outputs)) => {
+                for (level, g) in grads.iter().enumerate() {
+                    for (leaf, v) in inputs.roles[level].clone().iter().zip(g) {
+                        inputs.set(leaf, v);
+                    }
+                }
+                // A shared buffer's outputs are poisoned in the inputs' host copy.
+                let out_leaves = outputs.roles[0].clone();
+                let target = if outputs.bytes.is_empty() { &mut *inputs } else { &mut *outputs };
+                for (leaf, v) in out_leaves.iter().zip(&nan) {
+                    target.set(leaf, v);
+                }
+                inputs.upload(queue);
+                if !outputs.bytes.is_empty() {
+                    outputs.upload(queue);
+                }
+            }
+            _ => unreachable!("one of the two paths"),
+        }
+        let mut encoder = device.create_command_encoder(&Default::default());
+        state.record_step(&mut encoder, &bindings)?;
+        queue.submit([encoder.finish()]);
+        let (direction, expected_emas) = match &mut reference {
+            Some(reference) => {
+                let wide: Vec<Leaves> = grads.iter().map(|g| widen(g)).collect();
+                let direction = reference.step(&wide);
+                (direction, reference.emas.clone())
+            }
+            None => (step.direction.clone(), emas.clone()),
+        };
+        let out = widen(&read_leaves(device, queue, bindings.output_leaves())?);
+        report.record("direction", relative_error(&out, &direction));
+        let got: Vec<Leaves> =
+            (0..k).map(|j| state.read_ema(EmaRole::Level(j)).map(|v| widen(&v))).collect::<Result<_>>()?;
+        record_emas(&mut report, &got, &expected_emas);
         if let (Some(inputs), Some(outputs)) = (&inputs, &outputs) {
             report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles)?;
             if !outputs.bytes.is_empty() {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 pub use crate::scalars::StepDiagnostics;
-use crate::scalars::SCALARS_BYTES;
+use crate::scalars::MAX_SCALARS_BYTES;
 use crate::state::BloopState;
 
 const FREE: u8 = 0;
@@ -27,6 +27,8 @@ struct Slot {
     buffer: wgpu::Buffer,
     state: Arc<AtomicU8>,
     step: u64,
+    /// The recorded state's hierarchy levels (0 for the other methods).
+    levels: u8,
 }
 
 /// A ring of mappable buffers that returns each step's scalars some steps later, never blocking.
@@ -45,12 +47,13 @@ impl DiagnosticsRing {
             .map(|_| Slot {
                 buffer: device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("bloop diagnostics"),
-                    size: SCALARS_BYTES,
+                    size: MAX_SCALARS_BYTES,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 }),
                 state: Arc::new(AtomicU8::new(FREE)),
                 step: 0,
+                levels: 0,
             })
             .collect();
         DiagnosticsRing { device: device.clone(), slots, order: VecDeque::new(), dropped: 0 }
@@ -65,8 +68,10 @@ impl DiagnosticsRing {
             return false;
         };
         let slot = &mut self.slots[index];
-        encoder.copy_buffer_to_buffer(state.scalars_buffer(), 0, &slot.buffer, 0, SCALARS_BYTES);
+        let scalars = state.scalars_buffer();
+        encoder.copy_buffer_to_buffer(scalars, 0, &slot.buffer, 0, scalars.size().min(MAX_SCALARS_BYTES));
         slot.step = state.steps().saturating_sub(1);
+        slot.levels = state.config().level_lambdas().len() as u8;
         slot.state.store(RECORDED, Ordering::Release);
         self.order.push_back(index);
         true
@@ -115,7 +120,7 @@ impl DiagnosticsRing {
                         bytemuck::cast_slice(&view).to_vec()
                     };
                     slot.buffer.unmap();
-                    out.push(StepDiagnostics::from_words(slot.step, &words));
+                    out.push(StepDiagnostics::from_level_words(slot.step, &words, slot.levels));
                 }
                 FAILED => return Err(Error::Readback("mapping a diagnostics buffer failed".into())),
                 _ => break,

@@ -227,6 +227,32 @@ pub enum Error {
     /// The phases of a sharded step were called out of order.
     #[error("sharded step: {0}")]
     StepOrder(&'static str),
+
+    /// A config needs more of a counted device resource (bindings, buffers per stage) than
+    /// the device allows.
+    #[error("{what} needs {needed} but the device allows at most {limit} (`{limit_name}`)")]
+    ExceedsCount {
+        /// What does not fit.
+        what: String,
+        /// How many it needs.
+        needed: u32,
+        /// How many the device allows.
+        limit: u32,
+        /// The `wgpu::Limits` field.
+        limit_name: &'static str,
+    },
+
+    /// A list given per loss of a hierarchy (gradients, initial averages) does not have one
+    /// entry per loss.
+    #[error("{what}: expected {expected} entries, one per loss, got {got}")]
+    LevelCount {
+        /// What the list is.
+        what: &'static str,
+        /// What the config says.
+        expected: usize,
+        /// What was handed in.
+        got: usize,
+    },
 }
 
 /// The library's result type.

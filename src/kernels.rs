@@ -24,6 +24,20 @@ pub(crate) mod slot {
     pub const SCHEDULE: u32 = 3;
 }
 
+/// The switches of a config that select code (see [`Variant`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VariantFlags {
+    pub guard: bool,
+    pub extras: bool,
+    pub project_first: bool,
+}
+
+impl VariantFlags {
+    pub fn of(config: &crate::config::Config) -> VariantFlags {
+        VariantFlags { guard: config.guard, extras: config.extras(), project_first: config.project_first() }
+    }
+}
+
 /// The pipelines of one variant, one per stage in the order they run.
 pub(crate) struct VariantKernels {
     pub group0: wgpu::BindGroupLayout,
@@ -195,7 +209,14 @@ impl Kernels {
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
             .try_for_each(|v| {
-                self.variant(v.kind, v.inputs_writable, v.guard, v.extras, ElementTypes::default()).map(drop)
+                // Hierarchies past the device's limits are refused when asked for, not here.
+                if let Kind::Hierarchy(k) = v.kind {
+                    if self.check_hierarchy_limits(k as u32).is_err() {
+                        return Ok(());
+                    }
+                }
+                let flags = VariantFlags { guard: v.guard, extras: v.extras, project_first: v.project_first };
+                self.variant(v.kind, v.inputs_writable, flags, ElementTypes::default()).map(drop)
             })
     }
 
@@ -203,34 +224,36 @@ impl Kernels {
         &self,
         kind: Kind,
         inputs_writable: bool,
-        guard: bool,
-        extras: bool,
+        flags: VariantFlags,
         types: ElementTypes,
     ) -> Result<Arc<VariantKernels>> {
-        self.variant_with(kind, inputs_writable, guard, extras, types, None, true)
+        self.variant_with(kind, inputs_writable, flags, types, None, true)
     }
 
     /// [`Kernels::variant`] with an optimizer fused into the apply stage, and the direction
     /// written or not.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn variant_with(
         &self,
         kind: Kind,
         inputs_writable: bool,
-        guard: bool,
-        extras: bool,
+        flags: VariantFlags,
         types: ElementTypes,
         optimizer: Option<&Optimizer>,
         write_out: bool,
     ) -> Result<Arc<VariantKernels>> {
+        let VariantFlags { guard, extras, project_first } = flags;
         self.check_device()?;
         let storage = |d| Storage::of(d, self.native_f16);
         let storages =
             Storages { gradients: storage(types.gradients), output: storage(types.output), ema: storage(types.ema) };
         let optimizer =
             optimizer.map(|o| OptVariant { kind: o.kind(), params: storage(o.params), state: storage(o.state) });
+        let subgroups = self.subgroups;
         let variant =
-            Variant { kind, inputs_writable, subgroups: self.subgroups, guard, extras, storages, optimizer, write_out };
+            Variant { kind, inputs_writable, subgroups, guard, extras, storages, optimizer, write_out, project_first };
+        if let Kind::Hierarchy(k) = kind {
+            self.check_hierarchy_limits(k as u32)?;
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
@@ -238,6 +261,32 @@ impl Kernels {
         let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || self.build(variant))?);
         cache.insert(variant, kernels.clone());
         Ok(kernels)
+    }
+
+    /// A hierarchy of k auxiliary losses binds 2k + 5 storage buffers in its first and last
+    /// stages (scalars, partials, tile table, k + 1 gradients, k averages, output): refused
+    /// here, at state or binding creation, where the device allows fewer.
+    fn check_hierarchy_limits(&self, k: u32) -> Result<()> {
+        let limits = self.device.limits();
+        let storage = 2 * k + 5;
+        if storage > limits.max_storage_buffers_per_shader_stage {
+            return Err(crate::Error::ExceedsCount {
+                what: format!("a hierarchy of {k} auxiliary losses"),
+                needed: storage,
+                limit: limits.max_storage_buffers_per_shader_stage,
+                limit_name: "max_storage_buffers_per_shader_stage",
+            });
+        }
+        let group1 = 2 * k + 3;
+        if group1 > limits.max_bindings_per_bind_group {
+            return Err(crate::Error::ExceedsCount {
+                what: format!("a hierarchy of {k} auxiliary losses"),
+                needed: group1,
+                limit: limits.max_bindings_per_bind_group,
+                limit_name: "max_bindings_per_bind_group",
+            });
+        }
+        Ok(())
     }
 
     fn build(&self, variant: Variant) -> VariantKernels {
@@ -263,26 +312,8 @@ impl Kernels {
             label: Some("bloop state"),
             entries: &state_entries,
         });
-        let inputs_read_only = !variant.inputs_writable;
-        let mut entries = vec![
-            storage_entry(slot::TILES, true),
-            storage_entry(slot::MAIN, inputs_read_only),
-            storage_entry(slot::AUX, inputs_read_only),
-        ];
-        if variant.write_out {
-            entries.push(storage_entry(slot::OUT, false));
-        }
-        if let Some(opt) = variant.optimizer {
-            entries.push(storage_entry(slot::PARAMS, false));
-            let tensors = opt.kind.state_names().len();
-            entries.extend([slot::OPT_M, slot::OPT_V][..tensors].iter().map(|&s| storage_entry(s, false)));
-        }
-        if variant.kind.has_main_ema() {
-            entries.push(storage_entry(slot::MAIN_EMA, false));
-        }
-        if variant.kind.has_aux_ema() {
-            entries.push(storage_entry(slot::AUX_EMA, false));
-        }
+        let mut entries = vec![storage_entry(slot::TILES, true)];
+        entries.extend(variant.roles().into_iter().map(|(_, binding, _, writable)| storage_entry(binding, !writable)));
         let group1 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bloop leaves"),
             entries: &entries,

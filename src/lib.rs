@@ -64,6 +64,7 @@ pub mod dtype;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
+pub mod hierarchy;
 pub mod kernels;
 pub mod layout;
 pub mod optimizer;
@@ -81,7 +82,7 @@ mod validate;
 
 pub use checkpoint::Checkpoint;
 pub use collective::{Collective, SingleRank, ThreadGroup};
-pub use config::{Config, EmaInit, EmaInits, Method};
+pub use config::{Config, EmaInit, EmaInits, Method, Order, MAX_LEVELS};
 pub use context::GpuContext;
 pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
 pub use dtype::{DType, ElementTypes};

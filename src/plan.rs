@@ -27,8 +27,17 @@ const WORKGROUP_SIZE: u64 = 256;
 /// tile holds at most this many small segments, or one full-length one.
 const TILE_ROUNDS: u64 = TILE_LEN / WORKGROUP_SIZE;
 
-/// Words of one segment record (`Segment` in `shaders/bindings.wgsl`, padded to 12).
+/// Words of one segment record (`Segment` in `shaders/bindings.wgsl`): the offsets by
+/// binding - 1 (main, aux, main_ema, aux_ema, out, weights, opt_m, opt_v), the length at
+/// [`LEN_AT`], padded to 12. A hierarchy's records are longer: the same shape with more
+/// offsets (`hierarchy_slots::segment_words`).
 const SEGMENT_WORDS: usize = 12;
+
+/// Where a segment record's length is, at the least (`shaders::SEGMENT_LEN_AT`).
+const LEN_AT: usize = crate::shaders::SEGMENT_LEN_AT as usize;
+
+/// Most offsets a segment record holds (a hierarchy's 2k + 1 roles with k = `MAX_LEVELS`).
+const MAX_SLOTS: usize = 2 * crate::config::MAX_LEVELS + 2;
 
 /// Words before the tile starts in a dispatch's table: tile count, first partial, first
 /// segment word.
@@ -41,7 +50,7 @@ pub(crate) const PARTIAL_BYTES: u64 = 32;
 /// out, params, opt_m, opt_v), and its length.
 #[derive(Clone, Copy, Debug, Default)]
 struct Segment {
-    offsets: [u32; 8],
+    offsets: [u32; MAX_SLOTS],
     len: u32,
 }
 
@@ -151,19 +160,25 @@ fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
 }
 
 impl Plan {
-    /// Builds the dispatches for `roles` (all with one entry per leaf, validated by the caller).
+    /// Builds the dispatches for `roles` (all with one entry per leaf, validated by the caller),
+    /// with partial sums of `partial_bytes` per tile.
     pub fn new(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         layout: &wgpu::BindGroupLayout,
         roles: &[RoleLeaves],
+        partial_bytes: u64,
     ) -> Result<Plan> {
+        // Each record holds the offsets up to the highest binding, then the length.
+        let slots = roles.iter().map(|r| r.slot as usize).max().unwrap_or(0);
+        let len_at = slots.max(LEN_AT);
+        let segment_words = (len_at + 1).max(SEGMENT_WORDS);
         let device_limits = device.limits();
         let alignment = device_limits.min_storage_buffer_offset_alignment as u64;
         // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
         let window = device_limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
         let window = window - window % alignment;
-        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 2 + SEGMENT_WORDS) as u64;
+        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 2 + segment_words) as u64;
         if window < min_window {
             return Err(Error::ExceedsLimit {
                 what: "a window of at least two alignment units".into(),
@@ -221,7 +236,7 @@ impl Plan {
             while first_tile < tiles.len() {
                 let mut last_tile = first_tile;
                 let words = |first: usize, last: usize| {
-                    HEADER_WORDS + (last - first + 2) + (tiles[last].end - tiles[first].start) * SEGMENT_WORDS
+                    HEADER_WORDS + (last - first + 2) + (tiles[last].end - tiles[first].start) * segment_words
                 };
                 while last_tile + 1 < tiles.len()
                     && ((last_tile + 1 - first_tile) as u64) < max_tiles
@@ -239,18 +254,20 @@ impl Plan {
                 table.extend(chunk.iter().map(|t| (t.start - first_segment) as u32));
                 table.push((chunk[count - 1].end - first_segment) as u32);
                 for segment in &segments[first_segment..chunk[count - 1].end] {
-                    table.extend(segment.offsets);
-                    table.extend([segment.len, 0, 0, 0]);
+                    let start = table.len();
+                    table.extend(&segment.offsets[..len_at]);
+                    table.push(segment.len);
+                    table.resize(start + segment_words, 0);
                 }
                 regions.push((g, base, table.len() - base, count as u64));
                 tile_count += count as u64;
                 first_tile = last_tile + 1;
             }
         }
-        if tile_count * PARTIAL_BYTES > window {
+        if tile_count * partial_bytes > window {
             return Err(Error::ExceedsLimit {
                 what: format!("the partial sums of {tile_count} tiles"),
-                needed: tile_count * PARTIAL_BYTES,
+                needed: tile_count * partial_bytes,
                 limit: window,
                 limit_name: "max_storage_buffer_binding_size",
             });

@@ -18,6 +18,8 @@ pub struct GradientPool {
     output: Option<Vec<LeafBuffer>>,
     params: Option<Vec<LeafBuffer>>,
     buffers: Vec<wgpu::Buffer>,
+    /// A hierarchy's gradients of losses 2..k (main and aux are losses 0 and 1).
+    more: Vec<Vec<LeafBuffer>>,
 }
 
 impl GradientPool {
@@ -31,6 +33,18 @@ impl GradientPool {
     /// A pool whose gradients and output have the element types of `types` (the averages'
     /// type does not matter here). In place needs the output's type to be the gradients'.
     pub fn typed(device: &wgpu::Device, layout: &Layout, in_place: bool, types: ElementTypes) -> Result<GradientPool> {
+        GradientPool::hierarchy(device, layout, 1, in_place, types)
+    }
+
+    /// A pool for a hierarchy of `levels` auxiliary losses: `levels + 1` gradients per leaf
+    /// ([`GradientPool::gradient`]); with 1 it is [`GradientPool::typed`].
+    pub fn hierarchy(
+        device: &wgpu::Device,
+        layout: &Layout,
+        levels: usize,
+        in_place: bool,
+        types: ElementTypes,
+    ) -> Result<GradientPool> {
         if in_place {
             types.check_in_place()?;
         }
@@ -44,8 +58,11 @@ impl GradientPool {
         };
         let main = role(types.gradients, "bloop pool main")?;
         let aux = role(types.gradients, "bloop pool aux")?;
+        let more = (2..=levels.max(1))
+            .map(|i| role(types.gradients, &format!("bloop pool gradient {i}")))
+            .collect::<Result<Vec<_>>>()?;
         let output = if in_place { None } else { Some(role(types.output, "bloop pool output")?) };
-        Ok(GradientPool { layout: layout.clone(), main, aux, output, params: None, buffers })
+        Ok(GradientPool { layout: layout.clone(), main, aux, output, params: None, buffers, more })
     }
 
     /// Adds a parameters role of element type `dtype` (zeros; write the initial values into
@@ -106,6 +123,26 @@ impl GradientPool {
     /// Every leaf's output view.
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         self.output.as_deref().unwrap_or(&self.main)
+    }
+
+    /// How many gradients each leaf has (2, or k + 1 for a hierarchy's pool).
+    pub fn gradient_count(&self) -> usize {
+        2 + self.more.len()
+    }
+
+    /// Every leaf's gradient of loss `level` (0 is the main loss, 1 the first aux loss);
+    /// `None` past [`GradientPool::gradient_count`].
+    pub fn gradient_leaves(&self, level: usize) -> Option<&[LeafBuffer]> {
+        match level {
+            0 => Some(&self.main),
+            1 => Some(&self.aux),
+            _ => self.more.get(level - 2).map(Vec::as_slice),
+        }
+    }
+
+    /// Where leaf `i`'s gradient of loss `level` goes (panics past the pool's levels).
+    pub fn gradient(&self, level: usize, i: usize) -> &LeafBuffer {
+        &self.gradient_leaves(level).expect("a level of this pool")[i]
     }
 
     /// Every buffer the pool owns (for users who bind whole buffers).

@@ -84,30 +84,41 @@ impl ReferenceState {
             self.skipped_steps += 1;
             return g_main.iter().map(|leaf| vec![0.0; leaf.len()]).collect();
         }
-        let (l, s) = (c.lambda, c.scale());
+        // Two gradients are a hierarchy of one aux loss, which is bloop with lambda = l_1 (more
+        // levels step through `crate::hierarchy::HierarchyReference`).
+        let l = if c.method == Method::Hierarchy {
+            assert_eq!(c.levels, 1, "a hierarchy of {} levels steps through HierarchyReference", c.levels);
+            c.level_lambdas()[0]
+        } else {
+            c.lambda
+        };
+        let s = c.scale();
         let ratio = |dot_xy: f64, sq_x: f64| {
             let r = dot_xy / (sq_x + c.eps);
             c.ratio_cap().map_or(r, |cap| r.min(cap))
         };
         match c.method {
             Method::Mixed => combine(g_main, g_aux, &[], &[], |gm, ga, _, _| s * (gm + l * ga)),
-            Method::Bloop | Method::DynamicBarrier => {
+            Method::Bloop | Method::DynamicBarrier | Method::Hierarchy => {
+                // With project_first the projection uses the previous steps' average.
+                let old = self.main_ema.clone();
                 ema_update(&mut self.main_ema, g_main, c.ema);
-                let r = ratio(dot(&self.main_ema, g_aux), dot(&self.main_ema, &self.main_ema));
+                let e = if c.project_first() { &old } else { &self.main_ema };
+                let r = ratio(dot(e, g_aux), dot(e, e));
                 if c.ratio_only {
                     combine(g_main, g_aux, &[], &[], |gm, ga, _, _| s * ((1.0 - l * r) * gm + l * ga))
                 } else {
-                    combine(g_main, g_aux, &self.main_ema, &[], |gm, ga, e, _| s * (gm + l * (ga - r * e)))
+                    combine(g_main, g_aux, e, &[], |gm, ga, e, _| s * (gm + l * (ga - r * e)))
                 }
             }
             Method::PcGrad => {
+                let (old_main, old_aux) = (self.main_ema.clone(), self.aux_ema.clone());
                 ema_update(&mut self.main_ema, g_main, c.ema);
                 ema_update(&mut self.aux_ema, g_aux, c.ema);
-                let r1 = ratio(dot(&self.main_ema, g_aux), dot(&self.main_ema, &self.main_ema));
-                let r2 = ratio(dot(&self.aux_ema, g_main), dot(&self.aux_ema, &self.aux_ema));
-                combine(g_main, g_aux, &self.main_ema, &self.aux_ema, |gm, ga, e, a| {
-                    s * ((gm - r2 * a) + l * (ga - r1 * e))
-                })
+                let (e, a) = if c.project_first() { (&old_main, &old_aux) } else { (&self.main_ema, &self.aux_ema) };
+                let r1 = ratio(dot(e, g_aux), dot(e, e));
+                let r2 = ratio(dot(a, g_main), dot(a, a));
+                combine(g_main, g_aux, e, a, |gm, ga, e, a| s * ((gm - r2 * a) + l * (ga - r1 * e)))
             }
         }
     }

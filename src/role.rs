@@ -20,6 +20,10 @@ pub enum Role {
     Params,
     /// The optimizer's state (momentum, moments).
     OptimizerState,
+    /// The gradient of loss i of a hierarchy (0 is the main loss).
+    Gradient(usize),
+    /// The average of loss j of a hierarchy.
+    LevelEma(usize),
 }
 
 impl fmt::Display for Role {
@@ -32,6 +36,8 @@ impl fmt::Display for Role {
             Role::AuxEma => "aux EMA",
             Role::Params => "params",
             Role::OptimizerState => "optimizer state",
+            Role::Gradient(i) => return write!(f, "gradient of loss {i}"),
+            Role::LevelEma(j) => return write!(f, "EMA of loss {j}"),
         })
     }
 }

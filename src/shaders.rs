@@ -21,6 +21,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("storage_f32", include_str!("../shaders/storage_f32.wgsl")),
     ("storage_f16", include_str!("../shaders/storage_f16.wgsl")),
     ("storage_packed", include_str!("../shaders/storage_packed.wgsl")),
+    ("hierarchy_bindings", include_str!("../shaders/hierarchy_bindings.wgsl")),
+    ("hierarchy_accumulate", include_str!("../shaders/hierarchy_accumulate.wgsl")),
+    ("hierarchy_finalize", include_str!("../shaders/hierarchy_finalize.wgsl")),
+    ("hierarchy_apply", include_str!("../shaders/hierarchy_apply.wgsl")),
 ];
 
 /// How a role's elements are laid out for the shader.
@@ -103,6 +107,8 @@ pub struct Variant {
     pub optimizer: Option<OptVariant>,
     /// Whether the direction is written (only an optimizer's variant may skip it).
     pub write_out: bool,
+    /// Project on the averages of the previous steps, then update them (`Order::ProjectFirst`).
+    pub project_first: bool,
 }
 
 /// The stages a step runs, in order.
@@ -150,6 +156,7 @@ impl Variant {
                             storages: f32_only,
                             optimizer: None,
                             write_out: true,
+                            project_first: false,
                         });
                     }
                 }
@@ -171,10 +178,93 @@ impl Variant {
                                 storages,
                                 optimizer: None,
                                 write_out: true,
+                                project_first: false,
                             });
                         }
                     }
                 }
+            }
+        }
+        // Defaults of the variants below that a field does not name.
+        let plain = Variant {
+            kind: Kind::Project,
+            inputs_writable: false,
+            subgroups: true,
+            guard: true,
+            extras: true,
+            storages: f32_only,
+            optimizer: None,
+            write_out: true,
+            project_first: false,
+        };
+        // Hierarchies of 1 to 4 auxiliary losses (and the largest), f32 with and without the
+        // guard and in both orders; 16-bit storage with the guard.
+        let f32_only = Storages::default();
+        for k in [1u8, 2, 3, 4, crate::config::MAX_LEVELS as u8] {
+            let kind = Kind::Hierarchy(k);
+            for inputs_writable in [false, true] {
+                for subgroups in [false, true] {
+                    for (guard, extras) in [(false, false), (true, true)] {
+                        for project_first in [false, true] {
+                            let storages = f32_only;
+                            all.push(Variant {
+                                kind,
+                                inputs_writable,
+                                subgroups,
+                                guard,
+                                extras,
+                                storages,
+                                project_first,
+                                ..plain
+                            });
+                        }
+                    }
+                }
+            }
+            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
+                for storages in [
+                    Storages { gradients: half, output: half, ema: Storage::F32 },
+                    Storages { gradients: half, output: half, ema: half },
+                ] {
+                    let (inputs_writable, subgroups, guard, extras, project_first) = (false, true, true, true, false);
+                    all.push(Variant {
+                        kind,
+                        inputs_writable,
+                        subgroups,
+                        guard,
+                        extras,
+                        storages,
+                        project_first,
+                        ..plain
+                    });
+                }
+            }
+        }
+        // The paper's order, for every kind that keeps averages: f32 with and without the guard,
+        // and 16-bit storage (pairs of stores) with it.
+        for kind in [Kind::Project, Kind::RatioOnly, Kind::PcGrad] {
+            for inputs_writable in [false, true] {
+                for subgroups in [false, true] {
+                    for guard in [false, true] {
+                        let storages = f32_only;
+                        let project_first = true;
+                        all.push(Variant {
+                            kind,
+                            inputs_writable,
+                            subgroups,
+                            guard,
+                            extras: guard,
+                            storages,
+                            project_first,
+                            ..plain
+                        });
+                    }
+                }
+            }
+            for half in [Storage::F16, Storage::PackedBf16] {
+                let storages = Storages { gradients: half, output: half, ema: half };
+                let (inputs_writable, subgroups, guard, extras, project_first) = (false, true, true, true, true);
+                all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first, ..plain });
             }
         }
         all.extend(Variant::with_optimizers());
@@ -197,6 +287,7 @@ impl Variant {
             storages: Storages::default(),
             optimizer: None,
             write_out: true,
+            project_first: false,
         };
         for opt in [OptKind::Sgd, OptKind::Momentum, OptKind::Adam] {
             for kind in [Kind::Project, Kind::PcGrad, Kind::Mixed] {
@@ -256,6 +347,9 @@ impl Variant {
     fn defines(self) -> HashSet<&'static str> {
         let mut defines = HashSet::new();
         match self.kind {
+            Kind::Hierarchy(_) => {
+                defines.insert("HIERARCHY");
+            }
             Kind::Project => {
                 defines.extend(["MAIN_EMA", "PROJECT", "UPDATE_EMA_IN_APPLY"]);
             }
@@ -315,6 +409,9 @@ impl Variant {
         {
             defines.insert("PAIRS");
         }
+        if self.project_first && self.kind != Kind::Mixed {
+            defines.insert("PROJECT_FIRST");
+        }
         if self.inputs_writable {
             defines.insert("INPUTS_WRITABLE");
         }
@@ -325,8 +422,16 @@ impl Variant {
     }
 
     /// The roles this variant binds: (name, binding, storage, writable).
-    fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
+    pub(crate) fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
         let s = self.storages;
+        if let Kind::Hierarchy(k) = self.kind {
+            let k = k as u32;
+            let mut roles: Vec<Role> =
+                (0..=k).map(|i| (GRADIENT_ROLES[i as usize], 1 + i, s.gradients, self.inputs_writable)).collect();
+            roles.extend((0..k).map(|j| (EMA_ROLES[j as usize], hierarchy_slots::ema(k, j), s.ema, true)));
+            roles.push(("out", hierarchy_slots::out(k), s.output, true));
+            return roles;
+        }
         let mut roles =
             vec![("g_main", 1, s.gradients, self.inputs_writable), ("g_aux", 2, s.gradients, self.inputs_writable)];
         if self.write_out {
@@ -367,12 +472,184 @@ impl Variant {
     /// The WGSL of one stage of this variant.
     pub fn source(self, stage: Stage) -> String {
         let roles = self.roles();
-        let mut source = preprocess(stage.name(), &self.defines(), &roles);
+        let mut source = match self.kind {
+            Kind::Hierarchy(k) => {
+                let file = format!("hierarchy_{}", stage.name());
+                let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras, stage);
+                text.push_str(&preprocess(&file, &self.defines(), &roles));
+                text
+            }
+            _ => preprocess(stage.name(), &self.defines(), &roles),
+        };
         if roles.iter().any(|r| r.2 == Storage::F16) {
             source.insert_str(0, "enable f16;\n");
         }
         source
     }
+}
+
+/// Where a segment record's length word is, at the least: after the offsets of the eight
+/// bindings of `Segment` in `shaders/bindings.wgsl` (a hierarchy's records put it later).
+pub const SEGMENT_LEN_AT: u32 = 8;
+
+/// Role names of a hierarchy's gradients `g_0 .. g_k` (`#storage` lines in
+/// `shaders/hierarchy_bindings.wgsl`).
+const GRADIENT_ROLES: [&str; crate::config::MAX_LEVELS + 1] = ["g0", "g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8"];
+/// Role names of a hierarchy's averages `e_0 .. e_{k-1}`.
+const EMA_ROLES: [&str; crate::config::MAX_LEVELS] = ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7"];
+
+/// Binding numbers (group 1) of a hierarchy of k auxiliary losses: the tile table at 0, the
+/// gradients `g_i` at `1 + i`, the averages `e_j` at `k + 2 + j`, the output at `2k + 2`. A
+/// segment record holds each role's offset at `binding - 1` and the length at `2k + 2`.
+pub mod hierarchy_slots {
+    /// Binding of gradient `i`.
+    pub fn gradient(i: u32) -> u32 {
+        1 + i
+    }
+    /// Binding of average `j`.
+    pub fn ema(k: u32, j: u32) -> u32 {
+        k + 2 + j
+    }
+    /// Binding of the output.
+    pub fn out(k: u32) -> u32 {
+        2 * k + 2
+    }
+    /// Where a segment record's length is: after every offset, and never before the other
+    /// methods' length word (`plan::LEN_AT`), so one table writer serves both.
+    pub fn len_at(k: u32) -> u32 {
+        out(k).max(super::SEGMENT_LEN_AT)
+    }
+    /// Words of one segment record.
+    pub fn segment_words(k: u32) -> u32 {
+        (len_at(k) + 1).max(12)
+    }
+    /// Entries of the Gram matrix's lower triangle (and of the products `<g_i, e_j>`, j < i).
+    pub fn gram(k: u32) -> u32 {
+        k * (k + 1) / 2
+    }
+    /// vec4s of one tile's partial sums: the Gram matrix, the products, then the gradients'
+    /// norms and non-finite count.
+    pub fn partial_vecs(k: u32) -> u32 {
+        (2 * gram(k)).div_ceil(4) + 1
+    }
+    /// Words the finalize stage writes after the common scalars: the coefficients of the
+    /// gradients (k + 1) and of the averages (k), then the ratios `<g_i, u_j> / (<u_j, u_j> +
+    /// eps)` for i = 1..k, j < i, row by row.
+    pub fn level_words(k: u32) -> u32 {
+        (k + 1) + k + gram(k)
+    }
+}
+
+/// The constants of a hierarchy's stages and its per-element code, unrolled over the levels so
+/// that every value stays in a register (WGSL lets module-scope declarations come in any
+/// order, so this goes first). `accumulate_element` adds one element's Gram and product terms
+/// (and the guard's sums with `extras`) to a tile's partial; `element` computes one element's
+/// direction and updated averages; `store_emas` / `store_emas_pair` write the averages.
+fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "const LEVELS: u32 = {k}u;");
+    let _ = writeln!(t, "const GRADS: u32 = {}u;", k + 1);
+    let _ = writeln!(t, "const GRAM: u32 = {}u;", hierarchy_slots::gram(k));
+    let _ = writeln!(t, "const PARTIAL_VECS: u32 = {}u;", hierarchy_slots::partial_vecs(k));
+    let _ = writeln!(t, "const SEG_WORDS: u32 = {}u;", hierarchy_slots::segment_words(k));
+    let _ = writeln!(t, "const LEN_AT: u32 = {}u;", hierarchy_slots::len_at(k));
+    let _ = writeln!(t, "const OUT_AT: u32 = {}u;", hierarchy_slots::out(k) - 1);
+    let _ = writeln!(t, "const LEVEL_WORDS: u32 = {}u;", hierarchy_slots::level_words(k));
+    let ema_at = |j: u32| hierarchy_slots::ema(k, j) - 1;
+    // Loads of g_0 .. g_k and e_0 .. e_{k-1}: e{j} is the average the projection uses,
+    // e{j}_new the one stored.
+    let mut loads = String::new();
+    for l in 0..=k {
+        let _ = writeln!(loads, "    let g{l} = load_{}(o.g{l} + i);", GRADIENT_ROLES[l as usize]);
+    }
+    for j in 0..k {
+        let _ = writeln!(loads, "    let e{j}_old = load_{}(o.e{j} + i);", EMA_ROLES[j as usize]);
+        let _ = writeln!(loads, "    let e{j}_new = ema_step(e{j}_old, g{j});");
+        let _ = writeln!(loads, "    let e{j} = e{j}_{};", if project_first { "old" } else { "new" });
+    }
+    // The apply stage's coefficients (read from the scalars once per workgroup) and results.
+    t.push_str("\nvar<private> cg: array<f32, GRADS>;\nvar<private> ce: array<f32, LEVELS>;\n");
+    t.push_str("\nstruct Element {\n    d: f32,\n    e: array<f32, LEVELS>,\n}\n");
+    // A segment's offsets, read from the table once per segment (the compiler cannot keep
+    // table words across the loop's storage writes).
+    t.push_str("\nstruct Offsets {\n");
+    for l in 0..=k {
+        let _ = writeln!(t, "    g{l}: u32,");
+    }
+    for j in 0..k {
+        let _ = writeln!(t, "    e{j}: u32,");
+    }
+    t.push_str("}\n\nfn offsets(at: u32) -> Offsets {\n    return Offsets(");
+    let words: Vec<String> = (0..=k)
+        .map(|l| format!("table[at + {l}u]"))
+        .chain((0..k).map(|j| format!("table[at + {}u]", ema_at(j))))
+        .collect();
+    t.push_str(&words.join(", "));
+    t.push_str(");\n}\n");
+    t.push_str("\nfn accumulate_element(o: Offsets, i: u32, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>) {\n");
+    t.push_str(&loads);
+    let mut terms: Vec<String> = Vec::new();
+    for a in 0..k {
+        terms.extend((0..=a).map(|b| format!("e{a} * e{b}")));
+    }
+    for a in 1..=k {
+        terms.extend((0..a).map(|b| format!("g{a} * e{b}")));
+    }
+    for (v, chunk) in terms.chunks(4).enumerate() {
+        let mut c = chunk.to_vec();
+        c.resize(4, "0.0".into());
+        let _ = writeln!(t, "    (*acc)[{v}] += vec4<f32>({});", c.join(", "));
+    }
+    if extras {
+        let non_finite: Vec<String> = (0..=k).map(|l| format!("select(1.0, 0.0, is_finite(g{l}))")).collect();
+        let last = hierarchy_slots::partial_vecs(k) - 1;
+        let _ = writeln!(t, "    (*acc)[{last}] += vec4<f32>(g0 * g0, g1 * g1, g0 * g1, {});", non_finite.join(" + "));
+    }
+    t.push_str("}\n\nfn element(o: Offsets, i: u32) -> Element {\n");
+    t.push_str(&loads);
+    let mut d: Vec<String> = (0..=k).map(|l| format!("cg[{l}] * g{l}")).collect();
+    d.extend((0..k).map(|j| format!("- ce[{j}] * e{j}")));
+    let news: Vec<String> = (0..k).map(|j| format!("e{j}_new")).collect();
+    let _ = writeln!(
+        t,
+        "    return Element({}, array<f32, LEVELS>({}));",
+        d.join(" + ").replace("+ -", "-"),
+        news.join(", ")
+    );
+    t.push_str("}\n\nfn store_emas(o: Offsets, i: u32, x: Element) {\n");
+    for j in 0..k {
+        let _ = writeln!(t, "    store_{}(o.e{j} + i, x.e[{j}]);", EMA_ROLES[j as usize]);
+    }
+    t.push_str("}\n");
+    t.push_str("\nfn store_emas_pair(o: Offsets, i: u32, x: Element, y: Element, both: bool) {\n");
+    for j in 0..k {
+        let _ = writeln!(t, "    store_{}_pair(o.e{j} + i, x.e[{j}], y.e[{j}], both);", EMA_ROLES[j as usize]);
+    }
+    t.push_str("}\n");
+    // Constant indices only, so the compiler keeps the partial sums and coefficients in
+    // registers: the tile's reduction (accumulate imports `reduce`) and the coefficients' load.
+    let vecs = hierarchy_slots::partial_vecs(k);
+    if stage == Stage::Accumulate {
+        t.push_str("\nfn write_partial(lanes: Lanes, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>, at: u32) {\n");
+        for v in 0..vecs {
+            let _ = writeln!(t, "    let total{v} = workgroup_sum(lanes, (*acc)[{v}]);");
+        }
+        t.push_str("    if lanes.index == 0u {\n");
+        for v in 0..vecs {
+            let _ = writeln!(t, "        partials[at].v[{v}] = total{v};");
+        }
+        t.push_str("    }\n}\n");
+    }
+    t.push_str("\nfn load_coefficients() {\n");
+    for l in 0..=k {
+        let _ = writeln!(t, "    cg[{l}] = scalars.levels[{l}];");
+    }
+    for j in 0..k {
+        let _ = writeln!(t, "    ce[{j}] = scalars.levels[{}];", k + 1 + j);
+    }
+    t.push_str("}\n");
+    t
 }
 
 fn source_file(name: &str) -> &'static str {

@@ -246,6 +246,14 @@ impl ShardedState {
         init: EmaInits,
     ) -> Result<(Option<Layout>, Option<BloopState>)> {
         config.validate()?;
+        // The hierarchy's partial sums and finalize stage are its own; the exchange of sums
+        // knows the other methods' eight.
+        if config.method == crate::config::Method::Hierarchy {
+            return Err(Error::InvalidConfig {
+                field: "method",
+                problem: "hierarchy cannot be sharded yet; run it on one device".into(),
+            });
+        }
         // The fused optimizer counts its steps in the ordinary finalize stage, which a sharded
         // step replaces; each rank steps its own parameters with the directions instead.
         if config.optimizer.is_some() {

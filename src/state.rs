@@ -8,7 +8,7 @@ use crate::config::{Config, EmaInit, EmaInits};
 use crate::context::gpu_scope;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::{slot, Kernels, VariantKernels};
+use crate::kernels::{slot, Kernels, VariantFlags, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
 use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
@@ -30,6 +30,8 @@ pub enum EmaRole {
     Main,
     /// The EMA of the auxiliary gradient (`pcgrad` only).
     Aux,
+    /// The average `e_j` of loss j of a hierarchy (`Level(0)` is `Main`).
+    Level(usize),
 }
 
 impl EmaRole {
@@ -37,6 +39,7 @@ impl EmaRole {
         match self {
             EmaRole::Main => Role::MainEma,
             EmaRole::Aux => Role::AuxEma,
+            EmaRole::Level(j) => Role::LevelEma(j),
         }
     }
 }
@@ -137,6 +140,8 @@ pub struct BloopState {
     main_ema: Option<EmaStore>,
     aux_ema: Option<EmaStore>,
     optimizer: Option<OptimizerStore>,
+    /// A hierarchy's averages e_1 .. e_{k-1} (e_0 is `main_ema`).
+    levels: Vec<EmaStore>,
     steps: u64,
 }
 
@@ -162,13 +167,57 @@ impl BloopState {
         config: Config,
         init: EmaInits,
     ) -> Result<BloopState> {
+        // A hierarchy's e_0 starts from `main`, e_1 .. from `aux` (normal seeds split per level).
+        let levels = (1..config.levels.min(crate::config::MAX_LEVELS))
+            .map(|j| match &init.aux {
+                EmaInit::Normal { seed } => EmaInit::Normal { seed: crate::rng::derive_seed(*seed, j as u64) },
+                other => other.clone(),
+            })
+            .collect();
+        BloopState::with_levels(kernels, queue, layout, config, init, levels)
+    }
+
+    /// A state for a hierarchy (`Config::hierarchy`) whose averages `e_0 .. e_{k-1}` start from
+    /// `inits`, one per non-last loss ([`Error::LevelCount`] otherwise).
+    pub fn new_hierarchy(
+        kernels: &Arc<Kernels>,
+        queue: &wgpu::Queue,
+        layout: &Layout,
+        config: Config,
+        inits: Vec<EmaInit>,
+    ) -> Result<BloopState> {
+        config.validate()?;
+        if config.method != crate::config::Method::Hierarchy {
+            return Err(Error::Mismatch(format!(
+                "new_hierarchy needs a hierarchy config, not {}",
+                config.method.name()
+            )));
+        }
+        if inits.len() != config.levels {
+            return Err(Error::LevelCount { what: "initial averages", expected: config.levels, got: inits.len() });
+        }
+        let mut inits = inits.into_iter();
+        let main = inits.next().unwrap_or(EmaInit::Zeros);
+        let init = EmaInits { main, aux: EmaInit::Zeros };
+        BloopState::with_levels(kernels, queue, layout, config, init, inits.collect())
+    }
+
+    fn with_levels(
+        kernels: &Arc<Kernels>,
+        queue: &wgpu::Queue,
+        layout: &Layout,
+        config: Config,
+        init: EmaInits,
+        level_inits: Vec<EmaInit>,
+    ) -> Result<BloopState> {
         config.validate()?;
         kernels.check_device()?;
         let device = kernels.device().clone();
-        let inits = [
+        let mut inits = vec![
             (config.method.has_main_ema(), EmaRole::Main, &init.main),
             (config.method.has_aux_ema(), EmaRole::Aux, &init.aux),
         ];
+        inits.extend(level_inits.iter().enumerate().map(|(j, init)| (true, EmaRole::Level(j + 1), init)));
         for &(kept, role, init) in &inits {
             if kept {
                 check_init(layout, role.role(), init, config.types.ema)?;
@@ -176,18 +225,28 @@ impl BloopState {
         }
         // Compile before allocating so a failure leaves nothing behind.
         let opt = config.optimizer.as_ref();
-        kernels.variant_with(Kind::of(&config), false, config.guard, config.extras(), config.types, opt, true)?;
+        kernels.variant_with(Kind::of(&config), false, VariantFlags::of(&config), config.types, opt, true)?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
-        let mut stores = [None, None];
-        for (store, &(kept, role, _)) in stores.iter_mut().zip(&inits) {
+        let mut stores: Vec<Option<EmaStore>> = Vec::new();
+        for &(kept, role, _) in &inits {
+            let mut store = None;
             if kept {
                 let label = format!("bloop {role:?} EMA");
                 let (buffers, leaves) = packing.allocate(&device, layout, EMA_USAGE, &label)?;
-                *store = Some(EmaStore { _buffers: buffers, leaves });
+                store = Some(EmaStore { _buffers: buffers, leaves });
             }
+            stores.push(store);
         }
-        let [main_ema, aux_ema] = stores;
+        let mut stores = stores.into_iter();
+        let (main_ema, aux_ema) = (stores.next().flatten(), stores.next().flatten());
+        let levels: Vec<EmaStore> = stores.flatten().collect();
+        // A hierarchy's finalize stage writes its coefficients and ratios after the scalars.
+        let scalars_bytes = match Kind::of(&config) {
+            Kind::Hierarchy(k) => SCALARS_BYTES + 4 * crate::shaders::hierarchy_slots::level_words(k as u32) as u64,
+            _ => SCALARS_BYTES,
+        }
+        .next_multiple_of(16);
         let optimizer = match &config.optimizer {
             None => None,
             Some(o) => {
@@ -222,7 +281,7 @@ impl BloopState {
             queue.write_buffer(&params, 0, bytemuck::bytes_of(&config.gpu_constants()));
             let scalars = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop scalars"),
-                size: SCALARS_BYTES,
+                size: scalars_bytes,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
@@ -240,6 +299,7 @@ impl BloopState {
             main_ema,
             aux_ema,
             optimizer,
+            levels,
             steps: 0,
         };
         let mut encoder = None;
@@ -297,18 +357,21 @@ impl BloopState {
     /// Changes the constants (ema, lambda, eps, rescale) for steps submitted from now on: the
     /// new values are written through the queue, so they apply to every command buffer
     /// submitted after this call, including ones recorded before it. The method, `ratio_only`,
-    /// `guard` and `diagnostics` select kernels and cannot change; nor can the optimizer's kind
-    /// (SGD, SGD with momentum, Adam) and element types. The optimizer's other constants change
-    /// here too, and its learning rate is written to the learning-rate buffer when it differs
-    /// from the current config's.
+    /// `guard`, `diagnostics`, `order` and a hierarchy's number of levels select kernels and
+    /// cannot change (its weights can); nor can the optimizer's kind (SGD, SGD with momentum,
+    /// Adam) and element types. The optimizer's other constants change here too, and its
+    /// learning rate is written to the learning-rate buffer when it differs from the current
+    /// config's.
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         config.validate()?;
         let kernels = |c: &Config| {
-            (c.method, c.ratio_only, c.guard, c.diagnostics, c.optimizer.map(|o| (o.kind(), o.params, o.state)))
+            let optimizer = c.optimizer.map(|o| (o.kind(), o.params, o.state));
+            (c.method, c.ratio_only, c.guard, c.diagnostics, c.project_first(), c.levels, optimizer)
         };
         if kernels(&config) != kernels(&self.config) {
             return Err(Error::Mismatch(format!(
-                "a state made for (method, ratio_only, guard, diagnostics, optimizer) = {:?} cannot switch to {:?}",
+                "a state made for (method, ratio_only, guard, diagnostics, project_first, levels, optimizer) = {:?} \
+                 cannot switch to {:?}",
                 kernels(&self.config),
                 kernels(&config)
             )));
@@ -397,12 +460,17 @@ impl BloopState {
 
     fn store(&self, role: EmaRole) -> Result<&EmaStore> {
         let store = match role {
-            EmaRole::Main => self.main_ema.as_ref(),
+            EmaRole::Main | EmaRole::Level(0) => self.main_ema.as_ref(),
             EmaRole::Aux => self.aux_ema.as_ref(),
+            EmaRole::Level(j) => self.levels.get(j - 1),
         };
         store.ok_or(Error::NoSuchEma {
             method: self.config.method.name(),
-            role: if role == EmaRole::Main { "main" } else { "aux" },
+            role: match role {
+                EmaRole::Main => "main",
+                EmaRole::Aux => "aux",
+                EmaRole::Level(_) => "such level's",
+            },
         })
     }
 
@@ -464,6 +532,11 @@ impl BloopState {
             (false, true) => Output::InPlace,
             (false, false) => Output::Buffers(pool.output_leaves()),
         };
+        if self.config.method == crate::config::Method::Hierarchy {
+            let gradients: Vec<&[LeafBuffer]> =
+                (0..pool.gradient_count()).filter_map(|level| pool.gradient_leaves(level)).collect();
+            return self.bind_hierarchy(&gradients, output);
+        }
         let gradients = ExternalGradients { main: pool.main_leaves(), aux: pool.aux_leaves(), output };
         match (&self.config.optimizer, pool.params_leaves()) {
             (None, _) => self.bind_inner(&gradients, None),
@@ -472,6 +545,71 @@ impl BloopState {
                 "the state's optimizer needs parameters, and the pool has none (GradientPool::with_params)".into(),
             )),
         }
+    }
+
+    /// Validates a hierarchy's buffers and prepares steps over them: `gradients[i]` holds every
+    /// leaf's gradient of loss i (k + 1 lists, the main loss first); in place, the direction
+    /// overwrites the main gradient.
+    pub fn bind_hierarchy(&self, gradients: &[&[LeafBuffer]], output: Output) -> Result<StepBindings> {
+        self.kernels.check_device()?;
+        let c = &self.config;
+        if c.method != crate::config::Method::Hierarchy {
+            return Err(Error::Mismatch(format!("bind_hierarchy needs a hierarchy state, not {}", c.method.name())));
+        }
+        let k = c.levels;
+        if gradients.len() != k + 1 {
+            return Err(Error::LevelCount { what: "gradient lists", expected: k + 1, got: gradients.len() });
+        }
+        let layout = &self.layout;
+        let storage = wgpu::BufferUsages::STORAGE;
+        for (i, leaves) in gradients.iter().enumerate() {
+            validate::leaves(layout, Role::Gradient(i), leaves, storage, c.types.gradients)?;
+        }
+        let output = match output {
+            Output::InPlace => {
+                c.types.check_in_place()?;
+                gradients[0]
+            }
+            Output::Buffers(out) => {
+                validate::leaves(layout, Role::Output, out, storage, c.types.output)?;
+                out
+            }
+            Output::Discard => {
+                return Err(Error::Optimizer("Output::Discard needs an optimizer in the config".into()));
+            }
+        };
+        let inputs: Vec<(Role, &[LeafBuffer])> =
+            gradients.iter().enumerate().map(|(i, leaves)| (Role::Gradient(i), *leaves)).collect();
+        validate::outputs_of(layout, &inputs, output)?;
+        // A set, as in `bind_inner`: linear in leaves.
+        #[allow(clippy::mutable_key_type)]
+        let input_buffers: std::collections::BTreeSet<&wgpu::Buffer> =
+            gradients.iter().flat_map(|leaves| leaves.iter().map(|l| &l.buffer)).collect();
+        let inputs_writable = output.iter().any(|o| input_buffers.contains(&o.buffer));
+        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, VariantFlags::of(c), c.types)?;
+        use crate::shaders::hierarchy_slots as slots;
+        let k32 = k as u32;
+        let mut roles: Vec<RoleLeaves> = gradients
+            .iter()
+            .enumerate()
+            .map(|(i, leaves)| RoleLeaves { slot: slots::gradient(i as u32), leaves })
+            .collect();
+        for j in 0..k {
+            let store = self.store(EmaRole::Level(j))?;
+            roles.push(RoleLeaves { slot: slots::ema(k32, j as u32), leaves: &store.leaves });
+        }
+        roles.push(RoleLeaves { slot: slots::out(k32), leaves: output });
+        self.finish_bindings(kernels, &roles, 16 * slots::partial_vecs(k32) as u64, output)
+    }
+
+    /// The ratios of the last executed step of a hierarchy, `<g_i, u_j> / (<u_j, u_j> + eps)`
+    /// for each aux loss i = 1..k (row i - 1) against each orthogonalised average u_j above it
+    /// (j < i). Blocks; for tests and debugging.
+    pub fn read_level_ratios(&self) -> Result<Vec<Vec<f32>>> {
+        if self.config.method != crate::config::Method::Hierarchy {
+            return Err(Error::Mismatch(format!("{} has no levels", self.config.method.name())));
+        }
+        Ok(self.read_diagnostics()?.level_ratios())
     }
 
     /// Validates the user's buffers and prepares steps over them (states without an optimizer;
@@ -522,6 +660,16 @@ impl BloopState {
         };
         let write_out = !matches!(gradients.output, Output::Discard);
         validate::outputs(layout, gradients.main, gradients.aux, output)?;
+        if self.config.method == crate::config::Method::Hierarchy {
+            if self.config.levels != 1 {
+                return Err(Error::LevelCount {
+                    what: "gradient lists (main and aux; use bind_hierarchy)",
+                    expected: self.config.levels + 1,
+                    got: 2,
+                });
+            }
+            return self.bind_hierarchy(&[gradients.main, gradients.aux], gradients.output);
+        }
         let params = params.unwrap_or(&[]);
         if let Some(opt) = &self.config.optimizer {
             validate::leaves(layout, Role::Params, params, storage, opt.params)?;
@@ -536,15 +684,9 @@ impl BloopState {
             gradients.main.iter().chain(gradients.aux).map(|l| &l.buffer).collect();
         let inputs_writable = output.iter().chain(params).any(|o| inputs.contains(&o.buffer));
         let c = &self.config;
-        let kernels = self.kernels.variant_with(
-            Kind::of(c),
-            inputs_writable,
-            c.guard,
-            c.extras(),
-            c.types,
-            c.optimizer.as_ref(),
-            write_out,
-        )?;
+        let flags = VariantFlags::of(c);
+        let kernels =
+            self.kernels.variant_with(Kind::of(c), inputs_writable, flags, c.types, c.optimizer.as_ref(), write_out)?;
 
         let mut roles = vec![
             RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
@@ -564,11 +706,21 @@ impl BloopState {
                 roles.push(RoleLeaves { slot, leaves: &t.leaves });
             }
         }
-        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, &roles)?;
+        self.finish_bindings(kernels, &roles, PARTIAL_BYTES, output)
+    }
+
+    fn finish_bindings(
+        &self,
+        kernels: Arc<VariantKernels>,
+        roles: &[RoleLeaves],
+        partial_bytes: u64,
+        output: &[LeafBuffer],
+    ) -> Result<StepBindings> {
+        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop partials"),
-                size: plan.tile_count * PARTIAL_BYTES,
+                size: plan.tile_count * partial_bytes,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
@@ -654,9 +806,10 @@ impl BloopState {
     /// [`crate::diagnostics::DiagnosticsRing`] instead, which never waits.
     pub fn read_diagnostics(&self) -> Result<StepDiagnostics> {
         self.kernels.check_device()?;
-        let leaf = LeafBuffer::new(&self.scalars, 0, SCALARS_BYTES / 4);
+        let leaf = LeafBuffer::new(&self.scalars, 0, self.scalars.size() / 4);
         let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
-        Ok(StepDiagnostics::from_words(self.steps.saturating_sub(1), bytemuck::cast_slice(values)))
+        let levels = self.config.level_lambdas().len() as u8;
+        Ok(StepDiagnostics::from_level_words(self.steps.saturating_sub(1), bytemuck::cast_slice(values), levels))
     }
 
     /// Steps the guard skipped so far (read from the GPU; blocks).
@@ -675,6 +828,7 @@ impl BloopState {
             skipped_steps: self.skipped_steps()?,
             main_ema: read(EmaRole::Main, self.config.method.has_main_ema())?,
             aux_ema: read(EmaRole::Aux, self.config.method.has_aux_ema())?,
+            level_emas: (1..=self.levels.len()).map(|j| self.read_ema(EmaRole::Level(j))).collect::<Result<_>>()?,
             optimizer: match &self.optimizer {
                 None => None,
                 Some(_) => {
@@ -711,6 +865,9 @@ impl BloopState {
         if let Some(store) = &self.aux_ema {
             readback::write_leaves(&self.queue, &store.leaves, &checkpoint.aux_ema);
         }
+        for (store, values) in self.levels.iter().zip(&checkpoint.level_emas) {
+            readback::write_leaves(&self.queue, &store.leaves, values);
+        }
         // `Scalars.skipped_steps` is the fourth word of the block.
         self.queue.write_buffer(&self.scalars, 12, bytemuck::bytes_of(&(checkpoint.skipped_steps as u32)));
         self.steps = checkpoint.steps;
@@ -731,12 +888,13 @@ impl BloopState {
 
     /// A new state with the config, layout, averages and counters of a checkpoint.
     pub fn from_checkpoint(kernels: &Arc<Kernels>, queue: &wgpu::Queue, checkpoint: &Checkpoint) -> Result<BloopState> {
+        // `new` makes every average a hierarchy's config asks for.
         let mut state = BloopState::new(kernels, queue, &checkpoint.layout, checkpoint.config, EmaInits::zeros())?;
         state.restore(checkpoint)?;
         Ok(state)
     }
 
-    /// The buffer the finalize stage writes each step's scalars into (48 bytes, see
+    /// The buffer the finalize stage writes each step's scalars into (48 bytes, more for a hierarchy, see
     /// [`crate::diagnostics`]); `COPY_SRC`, for copies the caller records.
     pub fn scalars_buffer(&self) -> &wgpu::Buffer {
         &self.scalars

@@ -55,14 +55,22 @@ pub(crate) fn leaves(
 /// be exactly leaf `i`'s main gradient (in place). Inputs may overlap each other: they are
 /// only read.
 pub(crate) fn outputs(layout: &Layout, main: &[LeafBuffer], aux: &[LeafBuffer], out: &[LeafBuffer]) -> Result<()> {
+    outputs_of(layout, &[(Role::MainGrad, main), (Role::AuxGrad, aux)], out)
+}
+
+/// [`outputs`] for any list of inputs; leaf `i`'s output may be exactly leaf `i` of the first.
+pub(crate) fn outputs_of(layout: &Layout, inputs: &[(Role, &[LeafBuffer])], out: &[LeafBuffer]) -> Result<()> {
     struct Range<'a> {
         buffer: &'a wgpu::Buffer,
         bytes: std::ops::Range<u64>,
         leaf: usize,
         role: Role,
     }
-    let mut ranges: Vec<Range> = [(Role::MainGrad, main), (Role::AuxGrad, aux), (Role::Output, out)]
-        .into_iter()
+    let first = inputs.first().map(|i| i.0);
+    let mut ranges: Vec<Range> = inputs
+        .iter()
+        .copied()
+        .chain([(Role::Output, out)])
         .flat_map(|(role, leaves)| {
             leaves.iter().enumerate().map(move |(leaf, l)| Range {
                 buffer: &l.buffer,
@@ -77,7 +85,8 @@ pub(crate) fn outputs(layout: &Layout, main: &[LeafBuffer], aux: &[LeafBuffer], 
         for b in ranges[i + 1..].iter().take_while(|b| b.buffer == a.buffer && b.bytes.start < a.bytes.end) {
             let in_place = a.leaf == b.leaf
                 && a.bytes == b.bytes
-                && matches!((a.role, b.role), (Role::MainGrad, Role::Output) | (Role::Output, Role::MainGrad));
+                && ((Some(a.role) == first && b.role == Role::Output)
+                    || (a.role == Role::Output && Some(b.role) == first));
             if (a.role == Role::Output || b.role == Role::Output) && !in_place {
                 let (o, other) = if a.role == Role::Output { (a, b) } else { (b, a) };
                 return Err(Error::OverlappingOutput {

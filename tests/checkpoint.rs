@@ -4,7 +4,7 @@
 mod common;
 
 use bloop::rng::SplitMix64;
-use bloop::{BloopState, Checkpoint, Config, EmaInit, EmaInits, EmaRole, Error, Layout, Leaf, Method};
+use bloop::{BloopState, Checkpoint, Config, EmaInit, EmaInits, EmaRole, Error, Layout, Leaf, Method, Order};
 use common::{gpu, kernels, normal_leaves, Arrangement, Leaves};
 
 fn layout() -> Layout {
@@ -57,6 +57,7 @@ fn resuming_from_a_checkpoint_matches_the_uninterrupted_run_bit_for_bit() {
         Config::new(Method::Bloop).ema(0.1).lambda(0.5),
         Config::new(Method::PcGrad).ema(0.2),
         Config::new(Method::Mixed),
+        Config::new(Method::PcGrad).ema(0.3).order(Order::ProjectFirst),
     ] {
         let (whole, a) = run(config, 6, None, &dir);
         let (resumed, b) = run(config, 6, Some(4), &dir);
@@ -188,4 +189,35 @@ fn half_precision_averages_are_saved_in_their_type() {
             assert!(original.iter().flatten().all(|&x| dtype.round(x) == x));
         }
     }
+}
+
+#[test]
+fn the_order_travels_and_older_files_read_as_update_first() {
+    let init = EmaInits::both(EmaInit::Normal { seed: 9 });
+    let config = Config::new(Method::Bloop).order(Order::ProjectFirst);
+    let state = BloopState::new(&kernels(), &gpu().queue, &layout(), config, init).unwrap();
+    let checkpoint = state.checkpoint().unwrap();
+    let bytes = checkpoint.to_bytes().unwrap();
+    let read = Checkpoint::from_bytes(&bytes).unwrap();
+    assert_eq!(read.config.order, Order::ProjectFirst);
+    assert_eq!(read, checkpoint);
+    // A state in the other order refuses it, naming the field.
+    let mut other =
+        BloopState::new(&kernels(), &gpu().queue, &layout(), Config::new(Method::Bloop), EmaInits::zeros()).unwrap();
+    let err = other.restore(&read).unwrap_err().to_string();
+    assert!(err.contains("order"), "{err}");
+
+    // A file written before the option existed (no `order` in its config) is update_first.
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&metadata["config"]).unwrap();
+    json.as_object_mut().unwrap().remove("order");
+    metadata.insert("config".into(), json.to_string());
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> =
+        file.tensors().into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    let old = safetensors::serialize(tensors, Some(metadata)).unwrap();
+    let read = Checkpoint::from_bytes(&old).unwrap();
+    assert_eq!(read.config.order, Order::UpdateFirst);
+    assert_eq!(read.main_ema, checkpoint.main_ema);
 }

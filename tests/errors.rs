@@ -59,6 +59,7 @@ fn invalid_configs_name_their_field() {
     assert_eq!(config_error(bloop.eps(f64::NAN)), "eps");
     assert_eq!(config_error(Config::new(Method::PcGrad).ratio_only(true)), "ratio_only");
     assert_eq!(config_error(Config::new(Method::Mixed).ratio_only(true)), "ratio_only");
+    assert_eq!(config_error(Config::hierarchy(&[0.5]).optimizer(bloop::Optimizer::sgd(0.1))), "optimizer");
     let message = BloopState::new(&kernels(), &gpu().queue, &layout(), bloop.lambda(-2.0), EmaInits::zeros())
         .unwrap_err()
         .to_string();

@@ -27,6 +27,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 main_ema: ema(method.has_main_ema()),
                 aux_ema: ema(method.has_aux_ema()),
                 optimizer,
+                level_emas: vec![],
             }
             .to_bytes()
             .unwrap()

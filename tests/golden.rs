@@ -64,3 +64,108 @@ fn a_wrong_expectation_fails_the_bound() {
     assert!(!report.passes(F32_BOUND), "{report:?}");
     assert!(!run_reference(&case).unwrap().passes(F32_BOUND));
 }
+
+/// The cases of `tests/golden/extensions` (from an independent f64 implementation of the
+/// semantics in `tests/golden/README.md`, section "Extensions") whose file names start with
+/// `prefix`.
+fn extension_cases(keep: impl Fn(&str) -> bool) -> Vec<(PathBuf, bloop::conformance::Case)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/extensions");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| keep(&p.file_stem().unwrap().to_string_lossy()))
+        .collect();
+    paths.sort();
+    paths.into_iter().map(|p| (p.clone(), bloop::conformance::Case::from_file(&p).unwrap())).collect()
+}
+
+#[test]
+fn project_first_matches_the_extension_cases() {
+    let cases = extension_cases(|name| name.ends_with("project_first") && !name.starts_with("hierarchy"));
+    assert_eq!(cases.len(), 4, "bloop, bloop ratio_only, dynamic_barrier, pcgrad");
+    for (path, case) in cases {
+        assert_eq!(case.config().unwrap().order, bloop::Order::ProjectFirst);
+        let report = run_reference(&case).unwrap();
+        assert!(report.worst() < 1e-8, "{}: {report:?}", path.display());
+        for gradients in [GradientPath::Pool, GradientPath::External] {
+            let report = run_gpu(&common::kernels(), &common::gpu().queue, &case, gradients).unwrap();
+            assert!(report.passes(F32_BOUND), "{} {gradients:?}: {report:?}", path.display());
+        }
+        // The guard writes the average in the second pass for ratio_only; without it, in the
+        // first: both orders of both.
+        let mut unguarded = case.clone();
+        unguarded.name.push_str(" unguarded");
+        let report =
+            bloop::conformance::run_gpu_with(&common::kernels(), &common::gpu().queue, &unguarded, |c| c.guard(false))
+                .unwrap();
+        assert!(report.passes(F32_BOUND), "{} unguarded: {report:?}", path.display());
+        // The same case in the reference code's order does not match: the option does something.
+        let mut swapped = case.clone();
+        swapped.config.order = None;
+        let report = run_gpu(&common::kernels(), &common::gpu().queue, &swapped, GradientPath::Pool).unwrap();
+        assert!(!report.passes(F32_BOUND), "{}: update_first also passes", path.display());
+    }
+}
+
+#[test]
+fn hierarchies_match_the_extension_cases() {
+    let cases = extension_cases(|name| name.starts_with("hierarchy"));
+    assert_eq!(cases.len(), 5);
+    let tree = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    for (path, case) in cases {
+        let report = run_reference(&case).unwrap();
+        assert!(report.worst() < 1e-8, "{}: {report:?}", path.display());
+        for gradients in [GradientPath::Pool, GradientPath::External, GradientPath::SharedBuffer] {
+            for kernels in [common::kernels(), tree.clone()] {
+                let report = run_gpu(&kernels, &common::gpu().queue, &case, gradients).unwrap();
+                assert!(report.passes(F32_BOUND), "{} {gradients:?}: {report:?}", path.display());
+                assert!(report.main_ema.is_some() && report.aux_ema.is_none());
+            }
+        }
+        let report =
+            bloop::conformance::run_gpu_with(&common::kernels(), &common::gpu().queue, &case, |c| c.guard(false))
+                .unwrap();
+        assert!(report.passes(F32_BOUND), "{} unguarded: {report:?}", path.display());
+    }
+}
+
+#[test]
+fn a_one_level_hierarchy_is_bloop() {
+    // The one-level case replayed as bloop (lambda = l_1, the same inputs) meets its bound.
+    let (_, case) = extension_cases(|name| name == "hierarchy_one_level").pop().unwrap();
+    let mut bloop = case.clone();
+    bloop.method = "bloop".into();
+    bloop.config.lambda = case.config.lambdas.as_ref().unwrap()[0];
+    bloop.config.lambdas = None;
+    bloop.init.main_ema = case.init.emas.as_ref().unwrap()[0].clone();
+    for step in &mut bloop.steps {
+        let grads = step.grads.take().unwrap();
+        step.grad_main = grads[0].clone();
+        step.grad_aux = grads[1].clone();
+        step.main_ema = step.emas.take().unwrap().remove(0);
+    }
+    let report = run_gpu(&common::kernels(), &common::gpu().queue, &bloop, GradientPath::Pool).unwrap();
+    assert!(report.passes(F32_BOUND), "{report:?}");
+}
+
+#[test]
+fn hierarchies_in_half_precision_over_every_path() {
+    // Packed f16 and bf16 share words between neighbouring leaves and roles in the flat buffers.
+    let packed = bloop::Kernels::with_options(
+        &common::gpu().device,
+        bloop::KernelOptions { native_f16: false, ..Default::default() },
+    );
+    for (path, case) in extension_cases(|name| name.starts_with("hierarchy")) {
+        for dtype in [bloop::DType::F16, bloop::DType::Bf16] {
+            for types in [bloop::ElementTypes::all(dtype), bloop::ElementTypes::gradients_and_output(dtype)] {
+                for gradients in [GradientPath::Pool, GradientPath::External, GradientPath::SharedBuffer] {
+                    let report =
+                        bloop::conformance::run_gpu_typed(&packed, &common::gpu().queue, &case, gradients, types)
+                            .unwrap();
+                    let bound = bloop::conformance::bound(types);
+                    assert!(report.passes(bound), "{} {types:?} {gradients:?}: {report:?}", path.display());
+                }
+            }
+        }
+    }
+}

@@ -73,7 +73,7 @@ fn random_case(seed: u64) -> Case {
     let normal = |rng: &mut SplitMix64, scale: f64| -> Vec<Vec<f64>> {
         leaf_sizes.iter().map(|&n| (0..n).map(|_| rng.next_normal() * scale).collect()).collect()
     };
-    let init = CaseInit { main_ema: normal(&mut rng, 1.0), aux_ema: Some(normal(&mut rng, 1.0)) };
+    let init = CaseInit { main_ema: normal(&mut rng, 1.0), aux_ema: Some(normal(&mut rng, 1.0)), emas: None };
     let steps = (0..3)
         .map(|_| CaseStep {
             grad_main: normal(&mut rng, 2.0),
@@ -81,6 +81,8 @@ fn random_case(seed: u64) -> Case {
             direction: vec![],
             main_ema: vec![],
             aux_ema: None,
+            grads: None,
+            emas: None,
         })
         .collect();
     Case {
@@ -92,6 +94,8 @@ fn random_case(seed: u64) -> Case {
             eps: config.eps,
             rescale: config.rescale,
             ratio_only: config.ratio_only,
+            order: Some(config.order.name().into()),
+            lambdas: None,
         },
         leaf_sizes,
         init,

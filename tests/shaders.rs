@@ -64,7 +64,15 @@ fn every_variant_translates_to_spirv() {
     // (4 x 2 stages without the guard, 4 x 3 with its accumulate stage); writable inputs and
     // ratio_only (2 x 3); ratio_only without the guard and mixing with diagnostics only (2 x 3);
     // three 16-bit storages in three mixes of params and state (9 x 3).
-    assert_eq!(count, 4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (48 + 20 + 6 + 6 + 27));
+    // Project first: the three kinds with averages, read-only and writable inputs, with and
+    // without subgroups, guard off and on (3 stages each), and f16 and bf16 storage.
+    // Hierarchies of 1, 2, 3, 4 and 8 aux losses: f32 with read-only and writable inputs, with
+    // and without subgroups, guard off and on, both orders (16 x 3 stages), and 16-bit
+    // storage (3 kinds x 2 role mixes, 3 stages).
+    assert_eq!(
+        count,
+        4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (48 + 20 + 6 + 6 + 27) + 3 * (8 * 3 + 2 * 3) + 5 * (16 * 3 + 6 * 3)
+    );
 }
 
 #[test]
@@ -96,7 +104,7 @@ fn every_variant_translates_to_hlsl() {
 fn a_broken_shader_is_rejected() {
     // The checks above must be able to fail: a typo in an otherwise valid stage.
     let source = Variant::all()[0].source(Stage::Apply);
-    let broken = source.replace("= ema_step(load_main_ema", "= ema_stepp(load_main_ema");
+    let broken = source.replace("x.e = ema_step(e_old", "x.e = ema_stepp(e_old");
     assert_ne!(source, broken);
     assert!(naga::front::wgsl::parse_str(&broken).is_err());
 }
@@ -131,7 +139,10 @@ fn preprocessor_selects_branches() {
 fn every_sharded_finalize_translates_to_every_backend() {
     // The sharded step's finalize module: this rank's totals (`finalize`) and `decide_global`.
     let mut count = 0;
-    for variant in Variant::all().into_iter().filter(|v| v.stages().contains(&Stage::Finalize)) {
+    // A hierarchy is not sharded (refused when the sharded state is made).
+    let shardable: Vec<Variant> =
+        Variant::all().into_iter().filter(|v| !matches!(v.kind, bloop::shaders::Kind::Hierarchy(_))).collect();
+    for variant in shardable.iter().copied().filter(|v| v.stages().contains(&Stage::Finalize)) {
         let what = format!("{variant:?} sharded finalize");
         let source = variant.sharded_finalize_source();
         assert!(!source.contains('#') && !source.contains("ratio_main = ratio(dots_total"), "{what}");
@@ -151,5 +162,33 @@ fn every_sharded_finalize_translates_to_every_backend() {
         count += 1;
     }
     // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit ones.
-    assert_eq!(count, Variant::all().len() - 4 - 24);
+    assert_eq!(count, shardable.len() - 4 - 24);
+}
+
+#[test]
+fn project_first_projects_on_the_loaded_average() {
+    let all = Variant::all();
+    for kind in [bloop::shaders::Kind::Project, bloop::shaders::Kind::PcGrad] {
+        let first = all.iter().find(|v| v.kind == kind && v.project_first).unwrap();
+        let apply = first.source(Stage::Apply);
+        assert!(apply.contains("let pe = e_old;") && !apply.contains("let pe = x.e;"), "{kind:?}");
+        let accumulate = first.source(Stage::Accumulate);
+        assert!(accumulate.contains("let e = e_old;"), "{kind:?}");
+        let update = all.iter().find(|v| v.kind == kind && !v.project_first).unwrap();
+        assert!(update.source(Stage::Apply).contains("let pe = x.e;"), "{kind:?}");
+    }
+}
+
+#[test]
+fn hierarchy_stages_are_unrolled_per_level() {
+    let all = Variant::all();
+    for k in [1u8, 2, 4, 8] {
+        let v = all.iter().find(|v| v.kind == bloop::shaders::Kind::Hierarchy(k) && v.project_first).unwrap();
+        let accumulate = v.source(Stage::Accumulate);
+        assert!(accumulate.contains(&format!("const LEVELS: u32 = {k}u;")), "k = {k}");
+        assert!(accumulate.contains(&format!("let e{} = e{}_old;", k - 1, k - 1)), "k = {k}: project first");
+        assert!(accumulate.contains(&format!("let g{k} = load_g{k}(")) && !accumulate.contains('#'), "k = {k}");
+        let apply = v.source(Stage::Apply);
+        assert!(apply.contains(&format!("store_e{}(", k - 1)), "k = {k}");
+    }
 }

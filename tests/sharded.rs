@@ -530,3 +530,17 @@ fn a_fused_optimizer_is_refused_on_every_rank() {
         assert!(matches!(result, Err(Error::Optimizer(m)) if m.contains("sharded")), "{results:?}");
     }
 }
+
+#[test]
+fn a_hierarchy_is_refused_on_every_rank() {
+    let layout = Layout::from_lengths(&[10, 3]).unwrap();
+    let config = Config::hierarchy(&[0.5, 0.25]);
+    let results = on_ranks(2, |comm| {
+        let owned = [comm.rank()];
+        ShardedState::new(&common::kernels(), &common::gpu().queue, &layout, &owned, config, EmaInits::zeros(), &comm)
+            .map(drop)
+    });
+    for result in &results {
+        assert!(matches!(result, Err(Error::InvalidConfig { field: "method", .. })), "{results:?}");
+    }
+}

@@ -210,6 +210,7 @@ impl Eager {
                 let t = p.add(train, t);
                 let _ = p.scale(s, t);
             }
+            Method::Hierarchy => unimplemented!("the eager baseline covers the two-loss methods"),
         }
         // The last temporary is the direction.
         let last = p.temps - 1;

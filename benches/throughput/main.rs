@@ -14,6 +14,7 @@
 
 mod cpu;
 mod eager;
+mod hierarchy;
 mod layouts;
 mod optimizer;
 mod plot;
@@ -428,7 +429,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = SplitMix64::new(1);
     let step_workloads = if args.optimizers_only { Vec::new() } else { workloads(&args)? };
-    let rows_per_workload = METHODS.iter().filter(|m| !args.quick || in_quick(m.0)).count();
+    let rows_per_workload = METHODS.iter().filter(|m| !args.quick || in_quick(m.0)).count() + hierarchy::LEVELS.len();
     let bar = ProgressBar::new((step_workloads.len() * rows_per_workload) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} methods, {elapsed} elapsed, ETA {eta}")?);
     for workload in step_workloads {
@@ -545,6 +546,57 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     row.elements_per_s / 1e9, row.gbps, row.roofline_fraction, row.unfused_median_ms, row.fused_speedup, opt(cpu32), opt(cpu64)
                 ));
                 rows.push(row);
+            }
+        }
+        for (name, k) in hierarchy::LEVELS {
+            bar.inc(1);
+            let mut time = |state: &mut BloopState, bindings: &bloop::StepBindings| {
+                clock.stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, bindings, t).unwrap())
+            };
+            for (path, stats, config) in hierarchy::measure(&gpu, &kernels, layout, k, &mut rng, &mut time) {
+                let bytes = config.bytes_per_element();
+                let seconds = stats.median_ms / 1e3;
+                let gbps = (bytes * elements) as f64 / seconds / 1e9;
+                bar.suspend(|| {
+                    println!(
+                        "{:<18} {:>10} {:<17} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2}",
+                        workload.name,
+                        elements,
+                        name,
+                        path,
+                        stats.median_ms,
+                        stats.min_ms,
+                        stats.max_ms,
+                        elements as f64 / seconds / 1e9,
+                        gbps,
+                        gbps / copy
+                    )
+                });
+                rows.push(Row {
+                    adapter: info.name.clone(),
+                    backend: format!("{:?}", info.backend),
+                    clock: clock.name(),
+                    method: name,
+                    guard: config.guard,
+                    dtype: "f32",
+                    ema_dtype: "f32",
+                    layout: workload.name.clone(),
+                    leaves: layout.len(),
+                    path,
+                    elements,
+                    bytes_per_element: bytes,
+                    stats,
+                    elements_per_s: elements as f64 / seconds,
+                    gbps,
+                    copy_gbps: copy,
+                    roofline_fraction: gbps / copy,
+                    // No unfused or host baseline for hierarchies (NaN is written as null).
+                    unfused_median_ms: f64::NAN,
+                    unfused_bytes_per_element: 0,
+                    fused_speedup: f64::NAN,
+                    cpu_f32_threads_ms: None,
+                    cpu_f64_reference_ms: None,
+                });
             }
         }
         bar.suspend(|| {

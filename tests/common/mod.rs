@@ -287,6 +287,7 @@ pub fn random_config(rng: &mut SplitMix64, method: Method) -> Config {
         .eps(if below(rng, 2) == 0 { 1e-7 } else { 10f64.powf(-rng.next_f64() * 6.0 - 2.0) })
         .rescale(below(rng, 2) == 0)
         .ratio_only(ratio_only)
+        .order(if below(rng, 2) == 0 { bloop::Order::UpdateFirst } else { bloop::Order::ProjectFirst })
 }
 
 /// Initial EMA values a state and its reference can share.
