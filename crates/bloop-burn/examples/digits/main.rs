@@ -130,17 +130,19 @@ impl Spectral {
         Spectral { u, v }
     }
 
-    /// `sum_l log sigma_l^2`, differentiable in the weights.
+    /// `sum_l log sigma_l^2`, differentiable in the weights. One power-iteration step per
+    /// call: `v = W^T u / |W^T u|` from the carried `u`, then `s = W v` and `u' = s / |s|`.
+    /// `sigma = u'^T W v = |W v|` with `u'`, `v` held constant, so `sigma^2` is computed as
+    /// `|W v|^2` (same value and same gradient `2 u' v^T / sigma` per `log sigma^2`, two
+    /// kernels fewer per layer on the GPU).
     fn aux_loss(&mut self, model: &Mlp) -> Tensor<1> {
         let mut total: Option<Tensor<1>> = None;
         for (l, w) in model.weights().into_iter().enumerate() {
-            let fixed = w.clone().detach();
-            let v = normalize(self.u[l].clone().matmul(fixed.clone()).transpose()); // W^T u
-            let u = normalize(fixed.matmul(v.clone()).transpose()); // (W v)^T
-            self.u[l] = u.clone().detach();
-            self.v[l] = v.clone().detach();
-            let sigma = u.matmul(w).matmul(v).reshape([1]);
-            let term = sigma.powi_scalar(2).log();
+            let v = normalize(self.u[l].clone().matmul(w.clone().detach()).transpose()); // [out, 1]
+            let s = w.matmul(v.clone()); // [in, 1], tracked
+            self.u[l] = normalize(s.clone().detach().transpose());
+            self.v[l] = v;
+            let term = s.powi_scalar(2).sum().log();
             total = Some(match total {
                 None => term,
                 Some(t) => t + term,
@@ -315,6 +317,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         zero_ema: args.zero_ema,
         seed: args.seed,
     });
+    std::fs::create_dir_all(&args.out)?;
+    // Each finished run is appended here at once, so a long grid leaves its results behind
+    // even if it is stopped.
+    let partial = Mutex::new(std::fs::File::create(args.out.join("digits-partial.csv"))?);
+    {
+        use std::io::Write;
+        writeln!(partial.lock().expect("fresh"), "method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds")?;
+    }
     let bar = ProgressBar::new((runs.len() * args.epochs) as u64);
     bar.set_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} epochs, {elapsed} elapsed, ETA {eta}")?);
     let started = Instant::now();
@@ -322,7 +332,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let results: Arc<Mutex<Vec<Option<Result<RunResult, String>>>>> = Arc::new(Mutex::new(vec![None; runs.len()]));
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(runs.len()) {
-            let (shared, next, results, runs, bar) = (shared.clone(), next.clone(), results.clone(), &runs, &bar);
+            let (shared, next, results, runs, bar, partial) =
+                (shared.clone(), next.clone(), results.clone(), &runs, &bar, &partial);
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&(method, lambda)) = runs.get(i) else { break };
@@ -340,6 +351,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                             r.seconds,
                             started.elapsed().as_secs_f64()
                         );
+                        if let Ok(mut file) = partial.lock() {
+                            use std::io::Write;
+                            let _ = writeln!(
+                                file,
+                                "{},{},{},{},{},{},{:.1}",
+                                method.name(),
+                                lambda,
+                                r.train_ce,
+                                r.test_ce,
+                                r.test_acc,
+                                r.aux,
+                                r.seconds
+                            );
+                        }
                         if bar.is_hidden() {
                             eprintln!("{line}");
                         } else {
