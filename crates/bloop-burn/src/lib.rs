@@ -201,7 +201,7 @@ struct Held {
     /// What goes back to burn (the fusion handle with fusion, else the cubecl tensor).
     primitive: Primitive,
     /// The cubecl tensor the buffer was read from (keeps the allocation alive).
-    _cube: CubeTensor,
+    cube: CubeTensor,
     /// The storage binding (keeps the allocation from being freed or moved).
     resource: ManagedResource<WgpuResource>,
 }
@@ -410,7 +410,7 @@ impl BurnBloop {
         // burn's pending work (the backward passes, the copies above) goes on the queue first.
         // One client per device; its flush submits this thread's stream, where the gradients
         // were made.
-        held_main[0]._cube.client.flush().map_err(|e| Error::Burn(format!("flush: {e:?}")))?;
+        held_main[0].cube.client.flush().map_err(|e| Error::Burn(format!("flush: {e:?}")))?;
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bloop-burn") });
         self.state.record_step(&mut encoder, &self.cache[index].1)?;
         self.queue.submit([encoder.finish()]);
@@ -419,9 +419,9 @@ impl BurnBloop {
         drop(held_aux);
         let mut out = GradientsParams::new();
         for (leaf, h) in self.leaves.iter().zip(held_main) {
-            let Held { primitive, _cube, resource } = h;
+            let Held { primitive, cube, resource } = h;
             drop(resource);
-            drop(_cube);
+            drop(cube);
             with_rank!(leaf.shape.len(), D => out.register::<D>(leaf.id, Tensor::<D>::from_primitive::<Wgpu>(primitive)));
         }
         Ok(out)
@@ -561,5 +561,5 @@ fn hold(leaf: &ParamLeaf, primitive: Primitive, cube: CubeTensor, role: &'static
             why: format!("its storage holds {} bytes, the parameter needs {}", r.size, leaf.len() * 4),
         });
     }
-    Ok(Held { primitive, _cube: cube, resource })
+    Ok(Held { primitive, cube, resource })
 }
