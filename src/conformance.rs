@@ -252,6 +252,32 @@ struct Flat {
     roles: Vec<Vec<LeafBuffer>>,
 }
 
+/// Writes one step into user-style buffers: `grads[r]` into the inputs' role r, NaN into the
+/// outputs (in the inputs' host copy where they share a buffer, which then has no bytes of its
+/// own), and uploads them.
+fn write_external_step(
+    queue: &wgpu::Queue,
+    inputs: &mut Flat,
+    outputs: &mut Flat,
+    grads: &[&[Vec<f32>]],
+    nan: &[Vec<f32>],
+) {
+    for (role, values) in grads.iter().enumerate() {
+        for (leaf, v) in inputs.roles[role].clone().iter().zip(values.iter()) {
+            inputs.set(leaf, v);
+        }
+    }
+    let out_leaves = outputs.roles[0].clone();
+    let target = if outputs.bytes.is_empty() { &mut *inputs } else { &mut *outputs };
+    for (leaf, v) in out_leaves.iter().zip(nan) {
+        target.set(leaf, v);
+    }
+    inputs.upload(queue);
+    if !outputs.bytes.is_empty() {
+        outputs.upload(queue);
+    }
+}
+
 impl Flat {
     fn new(device: &wgpu::Device, sizes: &[u64], roles: usize, dtype: DType, label: &str) -> Flat {
         let mut at = 0u64;
@@ -393,9 +419,9 @@ fn run_gpu_inner(
         }
     };
     let mut report = CaseReport::default();
+    let nan: Vec<Vec<f32>> = layout.lengths().iter().map(|&n| vec![f32::NAN; n as usize]).collect();
     for step in &case.steps {
         let (g_main, g_aux) = (round(&step.grad_main, types.gradients), round(&step.grad_aux, types.gradients));
-        let nan: Vec<Vec<f32>> = layout.lengths().iter().map(|&n| vec![f32::NAN; n as usize]).collect();
         // NaN where the outputs go: stale or skipped outputs show.
         match (&pool, &mut inputs, &mut outputs) {
             (Some(pool), _, _) => {
@@ -404,21 +430,7 @@ fn run_gpu_inner(
                 crate::readback::write_leaves(queue, pool.output_leaves(), &nan);
             }
             (None, Some(inputs), Some(outputs)) => {
-                for (role, values) in [(0, &g_main), (1, &g_aux)] {
-                    for (leaf, v) in inputs.roles[role].clone().iter().zip(values) {
-                        inputs.set(leaf, v);
-                    }
-                }
-                // A shared buffer's outputs are poisoned in the inputs' host copy.
-                let out_leaves = outputs.roles[0].clone();
-                let target = if outputs.bytes.is_empty() { &mut *inputs } else { &mut *outputs };
-                for (leaf, v) in out_leaves.iter().zip(&nan) {
-                    target.set(leaf, v);
-                }
-                inputs.upload(queue);
-                if !outputs.bytes.is_empty() {
-                    outputs.upload(queue);
-                }
+                write_external_step(queue, inputs, outputs, &[&g_main, &g_aux], &nan);
             }
             _ => unreachable!("one of the two paths"),
         }
@@ -549,21 +561,8 @@ fn run_hierarchy_gpu(
                 crate::readback::write_leaves(queue, pool.output_leaves(), &nan);
             }
             (None, Some(inputs), Some(outputs)) => {
-                for (level, g) in grads.iter().enumerate() {
-                    for (leaf, v) in inputs.roles[level].clone().iter().zip(g) {
-                        inputs.set(leaf, v);
-                    }
-                }
-                // A shared buffer's outputs are poisoned in the inputs' host copy.
-                let out_leaves = outputs.roles[0].clone();
-                let target = if outputs.bytes.is_empty() { &mut *inputs } else { &mut *outputs };
-                for (leaf, v) in out_leaves.iter().zip(&nan) {
-                    target.set(leaf, v);
-                }
-                inputs.upload(queue);
-                if !outputs.bytes.is_empty() {
-                    outputs.upload(queue);
-                }
+                let grads: Vec<&[Vec<f32>]> = grads.iter().map(Vec::as_slice).collect();
+                write_external_step(queue, inputs, outputs, &grads, &nan);
             }
             _ => unreachable!("one of the two paths"),
         }

@@ -42,8 +42,8 @@ use burn::tensor::{DType as BurnDType, Device, Tensor};
 use burn_cubecl::cubecl::wgpu::{AutoCompiler, WgpuResource, WgpuServer};
 use cubecl_runtime::storage::ManagedResource;
 
-pub use bloop::{Checkpoint, Config, EmaInit, EmaInits, Method};
 use bloop::{BloopState, ExternalGradients, Kernels, Layout, LeafBuffer, Output, StepBindings};
+pub use bloop::{Checkpoint, Config, EmaInit, EmaInits, Method};
 
 /// burn's float tensor primitive on wgpu (a fusion handle when burn's `fusion` is on).
 type Primitive = <Wgpu as BackendTypes>::FloatTensorPrimitive;
@@ -119,12 +119,30 @@ pub const MAX_RANK: usize = 6;
 macro_rules! with_rank {
     ($rank:expr, $d:ident => $body:expr) => {
         match $rank {
-            1 => { const $d: usize = 1; $body }
-            2 => { const $d: usize = 2; $body }
-            3 => { const $d: usize = 3; $body }
-            4 => { const $d: usize = 4; $body }
-            5 => { const $d: usize = 5; $body }
-            6 => { const $d: usize = 6; $body }
+            1 => {
+                const $d: usize = 1;
+                $body
+            }
+            2 => {
+                const $d: usize = 2;
+                $body
+            }
+            3 => {
+                const $d: usize = 3;
+                $body
+            }
+            4 => {
+                const $d: usize = 4;
+                $body
+            }
+            5 => {
+                const $d: usize = 5;
+                $body
+            }
+            6 => {
+                const $d: usize = 6;
+                $body
+            }
             _ => unreachable!("ranks are checked when the adapter is built"),
         }
     };
@@ -362,22 +380,11 @@ impl BurnBloop {
             }
         }
 
-        let zero_len = self
-            .leaves
-            .iter()
-            .zip(&held_aux)
-            .filter(|(_, a)| a.is_none())
-            .map(|(l, _)| l.len())
-            .max()
-            .unwrap_or(0);
+        let zero_len =
+            self.leaves.iter().zip(&held_aux).filter(|(_, a)| a.is_none()).map(|(l, _)| l.len()).max().unwrap_or(0);
         self.ensure_zeros(zero_len);
 
-        let main_leaves: Vec<LeafBuffer> = self
-            .leaves
-            .iter()
-            .zip(&held_main)
-            .map(|(l, h)| h.leaf(l.len()))
-            .collect();
+        let main_leaves: Vec<LeafBuffer> = self.leaves.iter().zip(&held_main).map(|(l, h)| h.leaf(l.len())).collect();
         let aux_leaves: Vec<LeafBuffer> = self
             .leaves
             .iter()
@@ -411,7 +418,8 @@ impl BurnBloop {
         // One client per device; its flush submits this thread's stream, where the gradients
         // were made.
         held_main[0].cube.client.flush().map_err(|e| Error::Burn(format!("flush: {e:?}")))?;
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bloop-burn") });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bloop-burn") });
         self.state.record_step(&mut encoder, &self.cache[index].1)?;
         self.queue.submit([encoder.finish()]);
 

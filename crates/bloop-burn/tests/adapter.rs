@@ -136,9 +136,10 @@ fn combined_matches_reference_for_every_method() {
         let inits = EmaInits::both(EmaInit::Values(init.clone()));
         let mut bloop = BurnBloop::new(&model, config, &gpu.kernels, &gpu.queue, inits).unwrap();
         let leaves = bloop.leaves().to_vec();
-        assert_eq!(leaves.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), [
-            "l1.weight", "l1.bias", "l2.weight", "l2.bias", "l3.weight", "l3.bias"
-        ]);
+        assert_eq!(
+            leaves.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            ["l1.weight", "l1.bias", "l2.weight", "l2.bias", "l3.weight", "l3.bias"]
+        );
         let mut reference = ReferenceState::new(
             config,
             if config.method.has_main_ema() { widen(&init) } else { Vec::new() },

@@ -35,10 +35,9 @@ impl Digits {
             labels.push(values[64]);
         }
         let path = folder.join("split.json");
-        let split: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?,
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let split: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         let list = |key: &str| -> Result<Vec<usize>, String> {
             split[key]
                 .as_array()
@@ -59,8 +58,10 @@ impl Digits {
 
     /// `(pixels / 16 - mean) / std` in f32, one row per index.
     pub fn features(&self, rows: &[usize], device: &Device) -> Tensor<2> {
-        let x: Vec<f32> =
-            rows.iter().flat_map(|&i| self.pixels[i].iter().map(|&p| (p as f32 / 16.0 - self.mean) / self.std)).collect();
+        let x: Vec<f32> = rows
+            .iter()
+            .flat_map(|&i| self.pixels[i].iter().map(|&p| (p as f32 / 16.0 - self.mean) / self.std))
+            .collect();
         Tensor::from_data(TensorData::new(x, [rows.len(), 64]), device)
     }
 

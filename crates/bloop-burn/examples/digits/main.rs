@@ -205,8 +205,8 @@ fn train(shared: &Shared, method: Method, lambda: f64, bar: &ProgressBar) -> Res
     let mut spectral = Spectral::new(shared.seed + 1, &device);
     let init = if shared.zero_ema { EmaInit::Zeros } else { EmaInit::Values(bloop_burn::param_values(&model)) };
     let config = method_config(method, lambda);
-    let mut bloop =
-        BurnBloop::new(&model, config, &shared.kernels, &shared.queue, EmaInits::both(init)).map_err(|e| e.to_string())?;
+    let mut bloop = BurnBloop::new(&model, config, &shared.kernels, &shared.queue, EmaInits::both(init))
+        .map_err(|e| e.to_string())?;
     let mut optimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let d = &shared.digits;
     let train_x = d.features(&d.train, &device);
@@ -389,7 +389,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.out)?;
     let mut csv = String::from("method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds\n");
     println!("\nfinal losses after {} epochs ({:.0} s for the grid on {})", args.epochs, seconds, adapter_name);
-    println!("{:<16} {:>9} {:>10} {:>10} {:>9} {:>10}", "method", "lambda", "train CE", "test CE", "test acc", "aux loss");
+    println!(
+        "{:<16} {:>9} {:>10} {:>10} {:>9} {:>10}",
+        "method", "lambda", "train CE", "test CE", "test acc", "aux loss"
+    );
     for r in &results {
         println!(
             "{:<16} {:>9.2e} {:>10.4} {:>10.4} {:>9.3} {:>10.3}",

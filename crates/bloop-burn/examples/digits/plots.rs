@@ -12,15 +12,21 @@ pub fn pareto(
     epochs: usize,
     path: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let points: Vec<(f64, f64)> =
-        curves.iter().flat_map(|(_, c)| c.iter().copied()).filter(|(a, m)| a.is_finite() && m.is_finite() && *m > 0.0).collect();
+    let points: Vec<(f64, f64)> = curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().copied())
+        .filter(|(a, m)| a.is_finite() && m.is_finite() && *m > 0.0)
+        .collect();
     let (xlo, xhi) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (ylo, yhi) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = (xhi - xlo).max(1e-3) * 0.05;
     let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("UCI digits, {epochs} epochs: aux loss vs {what}, lambda in logspace(-4, 0, 9)"), ("sans-serif", 18))
+        .caption(
+            format!("UCI digits, {epochs} epochs: aux loss vs {what}, lambda in logspace(-4, 0, 9)"),
+            ("sans-serif", 18),
+        )
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
