@@ -478,12 +478,15 @@ fn zeros_primitive(leaf: &ParamLeaf) -> Result<Primitive> {
 }
 
 /// A copy of a gradient in fresh, contiguous storage, made by burn (`zeros + g`, so the sum
-/// lands in the new buffer and never in the shared one).
+/// lands in the new buffer and never in the shared one). The sum is taken over flat views:
+/// burn's fused element-wise kernels give their output the strides of an input of the same
+/// shape, so a transposed gradient added as it is would come back transposed.
 fn copy_primitive(leaf: &ParamLeaf, primitive: Primitive) -> Result<Primitive> {
     with_rank!(leaf.shape.len(), D => {
         let dims: [usize; D] = leaf.shape.clone().try_into().expect("rank checked");
+        let n = leaf.len() as usize;
         let g = Tensor::<D>::from_primitive::<Wgpu>(primitive);
-        let copy = Tensor::<D>::zeros(dims, &leaf.device.clone().inner()).add(g.reshape(dims));
+        let copy = Tensor::<1>::zeros([n], &leaf.device.clone().inner()).add(g.reshape([n])).reshape(dims);
         copy.try_into_primitive::<Wgpu>().map_err(|e| Error::NotWgpu { name: leaf.name.clone(), why: format!("{e:?}") })
     })
 }
