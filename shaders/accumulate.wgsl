@@ -26,6 +26,7 @@ fn accumulate(
     var grads = vec4<f32>(0.0);
     for (var s = segments.x; s < segments.y; s++) {
         let seg = segment(s);
+#switch_slot seg.slot
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
             let gm = load_g_main(seg.main + i);
             let ga = load_g_aux(seg.aux + i);
@@ -59,6 +60,7 @@ fn accumulate(
             grads += gradient_sums(gm, ga);
 #endif
         }
+#end_switch_slot
     }
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);

@@ -44,7 +44,9 @@ fn one_minus_exp(y: f32) -> f32 {
 }
 
 #ifdef OPTIMIZER
-// PyTorch's update of one parameter from the direction `d` (see `src/optimizer.rs`).
+// PyTorch's update of one parameter from the direction `d` (see `src/optimizer.rs`); copied
+// per slot, like `element`, since WGSL cannot pass a storage buffer to a function.
+#per_slot
 fn optimize(seg: Segment, i: u32, d: f32, c: Coefficients, x: ptr<function, Element>) {
     let p = load_weights(seg.weights + i);
     var g = d + params.weight_decay * p;
@@ -66,8 +68,10 @@ fn optimize(seg: Segment, i: u32, d: f32, c: Coefficients, x: ptr<function, Elem
     (*x).p = p * (1.0 - c.lr * params.decoupled_decay) - (c.lr / c.bc1) * (m / denom);
 #endif
 }
+#end_per_slot
 #endif
 
+#per_slot
 fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
     let s = c.s;
     let l = c.l;
@@ -110,6 +114,7 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
 #endif
     return x;
 }
+#end_per_slot
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn apply(
@@ -134,9 +139,11 @@ fn apply(
         for (var k = segments.x; k < segments.y; k++) {
             let seg = segment(k);
 #ifdef WRITE_OUT
+#switch_slot seg.slot
             for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
                 store_out(seg.out + i, 0.0);
             }
+#end_switch_slot
 #endif
         }
         return;
@@ -157,6 +164,7 @@ fn apply(
 #endif
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
+#switch_slot seg.slot
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
@@ -218,6 +226,7 @@ fn apply(
 #endif
         }
 #endif
+#end_switch_slot
     }
 #ifdef MIXED_SUMS
 #ifdef SUBGROUPS

@@ -37,7 +37,8 @@ struct Params {
     lambdas: array<vec4<f32>, 2>,
 }
 
-// A run of elements of one leaf. Offsets are element indices into this dispatch's windows.
+// A run of elements of one leaf. Offsets are element indices into this dispatch's windows;
+// `slot` says which of the dispatch's bindings of each user-owned role hold them.
 struct Segment {
     main: u32,
     aux: u32,
@@ -48,6 +49,7 @@ struct Segment {
     opt_m: u32,
     opt_v: u32,
     len: u32,
+    slot: u32,
 }
 
 // What the finalize stage leaves for the apply stage, and for diagnostics (`src/diagnostics.rs`
@@ -103,7 +105,10 @@ struct Schedule {
 // Each role's storage, declared with load_/store_ functions by the preprocessor from
 // `storage_f32.wgsl`, `storage_f16.wgsl` or `storage_packed.wgsl`, for the element type the
 // state stores it in. Inputs are writable only where the output shares their buffer: wgpu
-// forbids binding one buffer read-only and writable in the same dispatch.
+// forbids binding one buffer read-only and writable in the same dispatch. With more than one
+// slot, each user-owned role (gradients, output, weights) is declared once per slot
+// (`g_main_s1` at binding 1 + 32, ...), and the code of the per-slot blocks is copied per
+// slot with those names (`src/shaders.rs`).
 #storage g_main 1
 #storage g_aux 2
 #storage main_ema 3
@@ -160,6 +165,6 @@ fn segment(index: u32) -> Segment {
     let at = table[2] + index * 12u;
     return Segment(
         table[at], table[at + 1u], table[at + 2u], table[at + 3u], table[at + 4u],
-        table[at + 5u], table[at + 6u], table[at + 7u], table[at + 8u],
+        table[at + 5u], table[at + 6u], table[at + 7u], table[at + 8u], table[at + 9u],
     );
 }

@@ -15,8 +15,10 @@ fn clear(
     let segments = tile_segments(tile);
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
+#switch_slot seg.slot
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
             store_out(seg.out + i, 0.0);
         }
+#end_switch_slot
     }
 }

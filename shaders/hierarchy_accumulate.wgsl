@@ -26,9 +26,11 @@ fn accumulate(
         let at = segment_at(s);
         let len = table[at + LEN_AT];
         let o = offsets(at);
+#switch_slot table[at + SLOT_AT]
         for (var i = lid; i < len; i += WORKGROUP_SIZE) {
             accumulate_element(o, i, &acc);
         }
+#end_switch_slot
     }
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);

@@ -21,9 +21,11 @@ fn apply(
         for (var k = segments.x; k < segments.y; k++) {
             let at = segment_at(k);
             let len = table[at + LEN_AT];
+#switch_slot table[at + SLOT_AT]
             for (var i = lid; i < len; i += WORKGROUP_SIZE) {
                 store_out(table[at + OUT_AT] + i, 0.0);
             }
+#end_switch_slot
         }
         return;
     }
@@ -34,6 +36,7 @@ fn apply(
         let len = table[at + LEN_AT];
         let out_at = table[at + OUT_AT];
         let o = offsets(at);
+#switch_slot table[at + SLOT_AT]
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
@@ -54,5 +57,6 @@ fn apply(
             store_emas(o, i, x);
         }
 #endif
+#end_switch_slot
     }
 }
