@@ -9,6 +9,10 @@ use crate::error::Result;
 use crate::optimizer::Optimizer;
 use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, Variant, SLOT_COUNTS};
 
+/// The most slots a variant has: past this, the shaders' size (a copy of the element loop per
+/// slot) costs more compile time than the dispatches saved are worth.
+const MAX_SLOTS: u32 = 16;
+
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {
     pub const TILES: u32 = 0;
@@ -95,9 +99,10 @@ pub struct KernelOptions {
     /// Store f16 as `array<f16>` (`Features::SHADER_F16`) instead of packed in `u32` words.
     pub native_f16: bool,
     /// The most buffers of each user-owned role (gradients, output, parameters) one dispatch
-    /// binds, so that leaves in that many distinct buffers share a dispatch; bindings use the
-    /// smallest of 1, 4 and 16 that suffices, and never more than the device's
-    /// `max_storage_buffers_per_shader_stage` allows. 1 records one dispatch per buffer.
+    /// binds, so that leaves in that many distinct buffers share a dispatch; never more than
+    /// the device's `max_storage_buffers_per_shader_stage` allows (nor 16). A binding uses the
+    /// smallest of 1, 4, 16 and that most that holds its buffers, so a variant is compiled in
+    /// at most three slot counts. 1 records one dispatch per distinct buffer.
     pub max_slots: u32,
 }
 
@@ -258,16 +263,17 @@ impl Kernels {
         }
     }
 
-    /// The most slots bindings of `variant` may use here: the largest of [`SLOT_COUNTS`] within
-    /// the kernels' option and the device's limits (1 when only that fits).
-    pub(crate) fn slot_capacity(&self, variant: Variant) -> u32 {
-        SLOT_COUNTS
-            .iter()
-            .map(|&slots| Variant { slots, ..variant })
-            .filter(|v| v.slots == 1 || (v.slots as u32 <= self.max_slots && self.check_limits(*v).is_ok()))
-            .map(|v| v.slots as u32)
-            .max()
-            .unwrap_or(1)
+    /// The slot counts bindings of `variant` may use here, smallest first: those of
+    /// [`SLOT_COUNTS`] below the most that the kernels' option and the device's limits allow,
+    /// and that most (`[1]` when only one fits).
+    pub(crate) fn slot_counts(&self, variant: Variant) -> Vec<u32> {
+        let most = (1..=self.max_slots.min(MAX_SLOTS))
+            .rev()
+            .find(|&slots| self.check_limits(Variant { slots: slots as u8, ..variant }).is_ok())
+            .unwrap_or(1);
+        let mut counts: Vec<u32> = SLOT_COUNTS.iter().map(|&s| s as u32).filter(|&s| s < most).collect();
+        counts.push(most);
+        counts
     }
 
     /// The variant's pipelines, compiled on first use; refused where the device's limits do not

@@ -538,9 +538,10 @@ impl Variant {
     }
 }
 
-/// The slot counts variants are compiled for: a binding picks the smallest that holds the
-/// distinct buffers it needs (as the device's limits allow), so a pool or a flat buffer keeps
-/// the one-slot kernels and only scattered leaves pay for the larger shaders.
+/// The slot counts variants are compiled for, with the most the device's limits allow (9 for
+/// BLOOP at 32 storage buffers per stage): a binding picks the smallest that holds the distinct
+/// buffers it needs, so a pool or a flat buffer keeps the one-slot kernels and only scattered
+/// leaves pay for the larger shaders.
 pub const SLOT_COUNTS: [u8; 3] = [1, 4, 16];
 
 /// Binding numbers of slot s > 0 are slot 0's plus `s * SLOT_STRIDE` (above every role's

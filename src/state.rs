@@ -14,7 +14,7 @@ use crate::plan::{Grouping, Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
 use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
-use crate::shaders::{Kind, Stage, Variant, SLOT_COUNTS};
+use crate::shaders::{Kind, Stage, Variant};
 use crate::validate;
 
 /// Usage of the EMA buffers: read and written by the kernels, copied for checkpoints.
@@ -720,10 +720,11 @@ impl BloopState {
         output: &[LeafBuffer],
     ) -> Result<StepBindings> {
         self.kernels.check_limits(variant)?;
-        let capacity = self.kernels.slot_capacity(variant);
-        let grouping = Grouping::new(&self.device, roles, capacity)?;
+        let counts = self.kernels.slot_counts(variant);
+        let most = counts.last().copied().unwrap_or(1);
+        let grouping = Grouping::new(&self.device, roles, most)?;
         let used = grouping.slots_used();
-        let slots = SLOT_COUNTS.iter().map(|&s| s as u32).find(|&s| s >= used).unwrap_or(capacity).min(capacity);
+        let slots = counts.into_iter().find(|&s| s >= used).unwrap_or(most);
         let kernels = self.kernels.compile(Variant { slots: slots as u8, ..variant })?;
         let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
