@@ -21,12 +21,12 @@ fn accumulate(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
     var dots = vec4<f32>(0.0);
     var grads = vec4<f32>(0.0);
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var s = segments.x; s < segments.y; s++) {
         let seg = segment(s);
-#switch_slot seg.slot
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
             let gm = load_g_main(seg.main + i);
             let ga = load_g_aux(seg.aux + i);
@@ -60,8 +60,8 @@ fn accumulate(
             grads += gradient_sums(gm, ga);
 #endif
         }
-#end_switch_slot
     }
+#end_each_slot
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);
 #else

@@ -133,19 +133,19 @@ fn apply(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
 #ifdef GUARD_APPLY
     if scalars.skip != 0u {
+#ifdef WRITE_OUT
+#each_slot
+        let segments = slot_segments(tile, SLOT);
         for (var k = segments.x; k < segments.y; k++) {
             let seg = segment(k);
-#ifdef WRITE_OUT
-#switch_slot seg.slot
             for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
                 store_out(seg.out + i, 0.0);
             }
-#end_switch_slot
-#endif
         }
+#end_each_slot
+#endif
         return;
     }
 #endif
@@ -162,9 +162,10 @@ fn apply(
 #ifdef MIXED_SUMS
     var grads = vec4<f32>(0.0);
 #endif
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
-#switch_slot seg.slot
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
@@ -226,8 +227,8 @@ fn apply(
 #endif
         }
 #endif
-#end_switch_slot
     }
+#end_each_slot
 #ifdef MIXED_SUMS
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);

@@ -15,28 +15,29 @@ fn apply(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
 #ifdef GUARD_APPLY
     if scalars.skip != 0u {
+#each_slot
+        let segments = slot_segments(tile, SLOT);
         for (var k = segments.x; k < segments.y; k++) {
             let at = segment_at(k);
             let len = table[at + LEN_AT];
-#switch_slot table[at + SLOT_AT]
             for (var i = lid; i < len; i += WORKGROUP_SIZE) {
                 store_out(table[at + OUT_AT] + i, 0.0);
             }
-#end_switch_slot
         }
+#end_each_slot
         return;
     }
 #endif
     load_coefficients();
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var k = segments.x; k < segments.y; k++) {
         let at = segment_at(k);
         let len = table[at + LEN_AT];
         let out_at = table[at + OUT_AT];
         let o = offsets(at);
-#switch_slot table[at + SLOT_AT]
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
@@ -57,6 +58,6 @@ fn apply(
             store_emas(o, i, x);
         }
 #endif
-#end_switch_slot
     }
+#end_each_slot
 }

@@ -11,7 +11,7 @@ use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, V
 
 /// The most slots a variant has: past this, the shaders' size (a copy of the element loop per
 /// slot) costs more compile time than the dispatches saved are worth.
-const MAX_SLOTS: u32 = 16;
+pub(crate) const MAX_SLOTS: u32 = 16;
 
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {

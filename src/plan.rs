@@ -19,6 +19,9 @@ use crate::kernels::slot;
 use crate::layout::LeafBuffer;
 use crate::shaders::slot_binding;
 
+/// The most slots the window check below makes room for (`kernels::MAX_SLOTS`).
+const MAX_SLOTS: u32 = crate::kernels::MAX_SLOTS;
+
 /// Elements per tile: 16 per invocation of a 256-invocation workgroup, enough to amortise the
 /// workgroup reduction while keeping thousands of workgroups in flight on large steps.
 pub const TILE_LEN: u64 = 4096;
@@ -32,7 +35,7 @@ const TILE_ROUNDS: u64 = TILE_LEN / WORKGROUP_SIZE;
 
 /// Words of one segment record (`Segment` in `shaders/bindings.wgsl`): the offsets by
 /// binding - 1 (main, aux, main_ema, aux_ema, out, weights, opt_m, opt_v), the length at
-/// [`LEN_AT`], the slot, padded to 12. A hierarchy's records are longer: the same shape with more
+/// [`LEN_AT`], padded to 12. A hierarchy's records are longer: the same shape with more
 /// offsets (`hierarchy_slots::segment_words`).
 const SEGMENT_WORDS: usize = 12;
 
@@ -238,16 +241,16 @@ impl Grouping {
     /// Groups `roles` (all with one entry per leaf, validated by the caller), each group using
     /// at most `max_slots` slots.
     pub fn new(device: &wgpu::Device, roles: &[RoleLeaves], max_slots: u32) -> Result<Grouping> {
-        // Each record holds the offsets up to the highest binding, then the length and the slot.
+        // Each record holds the offsets up to the highest binding, then the length.
         let offsets = roles.iter().map(|r| r.binding as usize).max().unwrap_or(0);
         let len_at = offsets.max(LEN_AT);
-        let segment_words = (len_at + 2).max(SEGMENT_WORDS);
+        let segment_words = (len_at + 1).max(SEGMENT_WORDS);
         let device_limits = device.limits();
         let alignment = device_limits.min_storage_buffer_offset_alignment as u64;
         // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
         let window = device_limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
         let window = window - window % alignment;
-        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 2 + segment_words) as u64;
+        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 1 + MAX_SLOTS as usize + segment_words) as u64;
         if window < min_window {
             return Err(Error::ExceedsLimit {
                 what: "a window of at least two alignment units".into(),
@@ -312,11 +315,15 @@ impl Plan {
             // Greedy packing, in order, into tiles of bounded cost; then into dispatches whose
             // tables fit one binding window.
             let mut tiles: Vec<std::ops::Range<usize>> = Vec::new();
-            let mut rounds = TILE_ROUNDS;
+            // Every slot's segment loop costs a tile at least one round, run or not (a CPU
+            // driver runs an empty loop's body once with its lanes masked off), so a tile of
+            // many slots holds that many times the work, to keep that cost per element.
+            let tile_rounds = TILE_ROUNDS * slots as u64;
+            let mut rounds = tile_rounds;
             for (i, segment) in segments.iter().enumerate() {
                 let cost = (segment.len as u64).div_ceil(WORKGROUP_SIZE);
                 match tiles.last_mut() {
-                    Some(tile) if rounds + cost <= TILE_ROUNDS => {
+                    Some(tile) if rounds + cost <= tile_rounds => {
                         tile.end = i + 1;
                         rounds += cost;
                     }
@@ -326,11 +333,15 @@ impl Plan {
                     }
                 }
             }
+            for tile in &tiles {
+                segments[tile.clone()].sort_by_key(|segment| segment.slot);
+            }
             let mut first_tile = 0;
             while first_tile < tiles.len() {
                 let mut last_tile = first_tile;
                 let words = |first: usize, last: usize| {
-                    HEADER_WORDS + (last - first + 2) + (tiles[last].end - tiles[first].start) * segment_words
+                    let bounds = (last - first + 1) * slots as usize + 1;
+                    HEADER_WORDS + bounds + (tiles[last].end - tiles[first].start) * segment_words
                 };
                 while last_tile + 1 < tiles.len()
                     && ((last_tile + 1 - first_tile) as u64) < max_tiles
@@ -343,14 +354,20 @@ impl Plan {
                 table.resize(table.len().next_multiple_of((alignment / 4).max(1) as usize), 0);
                 let base = table.len();
                 let first_segment = chunk[0].start;
-                let segments_at = HEADER_WORDS + count + 1;
+                let segments_at = HEADER_WORDS + count * slots as usize + 1;
                 table.extend([count as u32, tile_count as u32, segments_at as u32]);
-                table.extend(chunk.iter().map(|t| (t.start - first_segment) as u32));
+                // Per tile and slot, where the slot's segments start (a tile's are in slot order).
+                for tile in chunk {
+                    let in_tile = &segments[tile.clone()];
+                    table.extend((0..slots).map(|s| {
+                        (tile.start + in_tile.partition_point(|segment| segment.slot < s) - first_segment) as u32
+                    }));
+                }
                 table.push((chunk[count - 1].end - first_segment) as u32);
                 for segment in &segments[first_segment..chunk[count - 1].end] {
                     let start = table.len();
                     table.extend(&segment.offsets[..len_at]);
-                    table.extend([segment.len, segment.slot]);
+                    table.push(segment.len);
                     table.resize(start + segment_words, 0);
                 }
                 regions.push((g, base, table.len() - base, count as u64));

@@ -564,10 +564,16 @@ pub(crate) struct SlotCopies {
 }
 
 impl SlotCopies {
-    /// Slot `s`'s name for an identifier of slot 0: its roles' load/store functions and the
-    /// per-slot functions get an `_s<s>` suffix (a role's pair store keeps `_pair` last, as the
-    /// storage templates name it).
+    /// Slot `s`'s name for an identifier of slot 0: `SLOT` is the slot's number, and (past slot
+    /// 0) its roles' load/store functions and the per-slot functions get an `_s<s>` suffix (a
+    /// role's pair store keeps `_pair` last, as the storage templates name it).
     fn name(&self, token: &str, s: u32) -> Option<String> {
+        if token == "SLOT" {
+            return Some(format!("{s}u"));
+        }
+        if s == 0 {
+            return None;
+        }
         if PER_SLOT_FUNCTIONS.contains(&token) {
             return Some(format!("{token}_s{s}"));
         }
@@ -584,7 +590,8 @@ impl SlotCopies {
         None
     }
 
-    /// `text` as slot `s` runs it: every identifier of a slot-0 role function renamed.
+    /// `text` as slot `s` runs it: its number in, every identifier of a slot-0 role function
+    /// renamed.
     fn rename(&self, text: &str, s: u32) -> String {
         let mut out = String::with_capacity(text.len() + 64);
         let mut token = String::new();
@@ -616,24 +623,15 @@ impl SlotCopies {
         out
     }
 
-    /// `body` once per slot, as the cases of a switch on `selector`: the branch is taken once
-    /// per segment, and each case's loop reads its own slot's bindings.
-    fn switch(&self, selector: &str, body: &str) -> String {
-        if self.count == 1 {
-            return body.to_string();
-        }
-        let mut out = format!("switch {selector} {{\ndefault: {{\n{body}}}\n");
-        for s in 1..self.count {
-            out.push_str(&format!("case {s}u: {{\n{}}}\n", self.rename(body, s)));
-        }
-        out.push_str("}\n");
-        out
+    /// `body` once per slot, one after the other, each in a block of its own and reading its
+    /// own slot's bindings.
+    fn each(&self, body: &str) -> String {
+        (0..self.count).map(|s| format!("{{\n{}}}\n", self.rename(body, s))).collect()
     }
 }
 
 /// Where a segment record's length word is, at the least: after the offsets of the eight
-/// bindings of `Segment` in `shaders/bindings.wgsl` (a hierarchy's records put it later). The
-/// segment's slot follows its length.
+/// bindings of `Segment` in `shaders/bindings.wgsl` (a hierarchy's records put it later).
 pub const SEGMENT_LEN_AT: u32 = 8;
 
 /// Role names of a hierarchy's gradients `g_0 .. g_k` (`#storage` lines in
@@ -663,13 +661,9 @@ pub mod hierarchy_slots {
     pub fn len_at(k: u32) -> u32 {
         out(k).max(super::SEGMENT_LEN_AT)
     }
-    /// Where a segment record's slot is: after its length.
-    pub fn slot_at(k: u32) -> u32 {
-        len_at(k) + 1
-    }
     /// Words of one segment record.
     pub fn segment_words(k: u32) -> u32 {
-        (slot_at(k) + 1).max(12)
+        (len_at(k) + 1).max(12)
     }
     /// Entries of the Gram matrix's lower triangle (and of the products `<g_i, e_j>`, j < i).
     pub fn gram(k: u32) -> u32 {
@@ -702,7 +696,6 @@ fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage, sl
     let _ = writeln!(t, "const PARTIAL_VECS: u32 = {}u;", hierarchy_slots::partial_vecs(k));
     let _ = writeln!(t, "const SEG_WORDS: u32 = {}u;", hierarchy_slots::segment_words(k));
     let _ = writeln!(t, "const LEN_AT: u32 = {}u;", hierarchy_slots::len_at(k));
-    let _ = writeln!(t, "const SLOT_AT: u32 = {}u;", hierarchy_slots::slot_at(k));
     let _ = writeln!(t, "const OUT_AT: u32 = {}u;", hierarchy_slots::out(k) - 1);
     let _ = writeln!(t, "const LEVEL_WORDS: u32 = {}u;", hierarchy_slots::level_words(k));
     let ema_at = |j: u32| hierarchy_slots::ema(k, j) - 1;
@@ -824,12 +817,12 @@ pub fn preprocess(entry: &str, defines: &HashSet<&str>, roles: &[Role]) -> Strin
     preprocess_slots(entry, defines, roles, &SlotCopies { count: 1, roles: Vec::new() })
 }
 
-/// [`preprocess`] with slots: a per-slot role's `#storage` line declares one binding per slot,
-/// a `#per_slot` ... `#end_per_slot` block is followed by its copies for the other slots, and a
-/// `#switch_slot EXPR` ... `#end_switch_slot` block becomes a switch on EXPR with one copy per
-/// slot (just the block with one slot).
+/// [`preprocess`] with slots (`SLOTS`, a constant of the source): a per-slot role's `#storage`
+/// line declares one binding per slot, a `#per_slot` ... `#end_per_slot` block is followed by
+/// its copies for the other slots, and an `#each_slot` ... `#end_each_slot` block is repeated
+/// for every slot, with `SLOT` its number.
 pub(crate) fn preprocess_slots(entry: &str, defines: &HashSet<&str>, roles: &[Role], slots: &SlotCopies) -> String {
-    let mut out = String::new();
+    let mut out = format!("const SLOTS: u32 = {}u;\n", slots.count);
     let mut imported = HashSet::new();
     expand(entry, defines, roles, slots, &mut imported, &mut out);
     out
@@ -848,8 +841,8 @@ fn expand<'a>(
     }
     // Each entry: (this block is emitted, some branch of it was taken).
     let mut stack: Vec<(bool, bool)> = Vec::new();
-    // Open slot blocks: where their text starts in `out`, and a switch's selector.
-    let mut slot_blocks: Vec<(usize, Option<String>)> = Vec::new();
+    // Open slot blocks: where their text starts in `out`, and whether each slot runs it.
+    let mut slot_blocks: Vec<(usize, bool)> = Vec::new();
     let active = |stack: &[(bool, bool)]| stack.iter().all(|&(on, _)| on);
     for line in source_file(name).lines() {
         let trimmed = line.trim();
@@ -866,18 +859,13 @@ fn expand<'a>(
             stack.pop().expect("#endif without #ifdef");
         } else if !active(&stack) {
             continue;
-        } else if trimmed == "#per_slot" {
-            slot_blocks.push((out.len(), None));
-        } else if let Some(selector) = trimmed.strip_prefix("#switch_slot ") {
-            slot_blocks.push((out.len(), Some(selector.trim().to_string())));
-        } else if trimmed == "#end_per_slot" || trimmed == "#end_switch_slot" {
-            let (start, selector) = slot_blocks.pop().unwrap_or_else(|| panic!("{trimmed} without a start"));
-            assert_eq!(selector.is_some(), trimmed == "#end_switch_slot", "mismatched slot block in {name}");
+        } else if trimmed == "#per_slot" || trimmed == "#each_slot" {
+            slot_blocks.push((out.len(), trimmed == "#each_slot"));
+        } else if trimmed == "#end_per_slot" || trimmed == "#end_each_slot" {
+            let (start, each) = slot_blocks.pop().unwrap_or_else(|| panic!("{trimmed} without a start"));
+            assert_eq!(each, trimmed == "#end_each_slot", "mismatched slot block in shaders/{name}.wgsl");
             let body = out.split_off(start);
-            out.push_str(&match selector {
-                Some(selector) => slots.switch(&selector, &body),
-                None => slots.copies(&body),
-            });
+            out.push_str(&if each { slots.each(&body) } else { slots.copies(&body) });
         } else if let Some(import) = trimmed.strip_prefix("#import ") {
             let import = SOURCES
                 .iter()

@@ -202,15 +202,17 @@ fn hierarchy_stages_are_unrolled_per_level() {
 }
 
 #[test]
-fn slots_copy_the_element_loop_not_the_element() {
-    // Each slot's loop reads its own bindings, chosen once per segment by a switch; slot 0's
-    // names are those of a one-slot variant.
+fn slots_copy_the_segment_loop() {
+    // Each slot's segment loop reads its own bindings, without a branch between slots; slot
+    // 0's names are those of a one-slot variant.
     let all = Variant::all();
     let adam =
         all.iter().find(|v| v.slots == 4 && v.optimizer.is_some() && v.storages.gradients == Storage::F32).unwrap();
     let apply = adam.source(Stage::Apply);
     assert!(!apply.contains('#'), "no directive survives");
-    assert_eq!(apply.matches("switch seg.slot").count(), 2, "the skip loop and the main loop");
+    // The skip loop and the main loop, once per slot, each over that slot's segments.
+    assert_eq!(apply.matches("let segments = slot_segments(tile, ").count(), 8);
+    assert!(apply.contains("slot_segments(tile, 3u)") && !apply.contains("switch"));
     for s in 1..4 {
         assert!(apply.contains(&format!("fn element_s{s}(")) && apply.contains(&format!("fn optimize_s{s}(")));
         assert!(apply.contains(&format!("load_g_main_s{s}(seg.main + i)")));
@@ -221,8 +223,11 @@ fn slots_copy_the_element_loop_not_the_element() {
     assert!(!apply.contains("opt_m_s1") && !apply.contains("main_ema_s1") && !apply.contains("element_s4"));
     let k8 = all.iter().find(|v| v.kind == bloop::shaders::Kind::Hierarchy(8) && v.slots == 16).unwrap();
     let accumulate = k8.source(Stage::Accumulate);
-    assert!(accumulate.contains("case 15u:") && accumulate.contains("fn accumulate_element_s15("));
+    assert!(accumulate.contains("slot_segments(tile, 15u)") && accumulate.contains("fn accumulate_element_s15("));
     assert!(accumulate.contains("load_g8_s15(") && !accumulate.contains("load_e0_s1"));
     let one = all.iter().find(|v| v.slots == 1 && v.kind == bloop::shaders::Kind::Project).unwrap();
-    assert!(!one.source(Stage::Apply).contains("switch"));
+    assert!(
+        one.source(Stage::Apply).contains("const SLOTS: u32 = 1u;")
+            && !one.source(Stage::Apply).contains("fn load_g_main_s1")
+    );
 }

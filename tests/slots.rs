@@ -13,8 +13,8 @@ use bloop::hierarchy::HierarchyReference;
 use bloop::reference::{relative_error, widen};
 use bloop::rng::SplitMix64;
 use bloop::{
-    read_leaves, BloopState, Config, DType, ElementTypes, EmaInits, Error, GpuContext, KernelOptions, Kernels, Layout,
-    LeafBuffer, Method, Optimizer, Output,
+    read_leaves, BloopState, Config, DType, ElementTypes, EmaInit, EmaRole, Error, GpuContext, KernelOptions, Kernels,
+    Layout, LeafBuffer, Method, Optimizer, Output,
 };
 use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
 
@@ -115,5 +115,145 @@ fn more_buffers_than_slots_shared_buffers_and_pages() {
             }
         }
         check(&kernels_with(4), 300 + i as u64, config, Arrangement::ManyPages { pages: 6 }, true);
+    }
+}
+
+/// Every leaf of `lengths` in a guarded buffer of its own, at a random word offset.
+fn per_leaf(rng: &mut SplitMix64, lengths: &[u64], dtype: DType, guarded: &mut Vec<GuardedBuffer>) -> Vec<LeafBuffer> {
+    lengths
+        .iter()
+        .map(|&n| {
+            let at = below(rng, 10);
+            let mut b = GuardedBuffer::new(&gpu().device, &gpu().queue, at + n + below(rng, 10) + 1);
+            // 16-bit leaves fill whole words but the last one (odd lengths).
+            b.owned.push((at, (n * dtype.size()).div_ceil(4)));
+            let leaf = LeafBuffer::typed(&b.buffer, at * 4, n, dtype);
+            guarded.push(b);
+            leaf
+        })
+        .collect()
+}
+
+fn write(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
+    for (leaf, v) in leaves.iter().zip(values) {
+        let mut bytes = leaf.dtype.encode(v);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        gpu().queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
+    }
+}
+
+#[test]
+fn hierarchies_over_one_buffer_per_leaf() {
+    // k + 1 gradients and the output in a buffer per leaf each; f32 and 16-bit storage; the
+    // most slots the device allows, 4, and the fallback.
+    let packed = Kernels::with_options(&gpu().device, KernelOptions { native_f16: false, ..Default::default() });
+    let cases: [(usize, Arc<Kernels>, DType); 5] = [
+        (2, kernels_with(16), DType::F32),
+        (3, kernels_with(4), DType::F32),
+        (1, kernels_with(1), DType::F32),
+        (2, packed, DType::F16),
+        (2, kernels_with(4), DType::Bf16),
+    ];
+    for (case, (k, kernels, dtype)) in cases.into_iter().enumerate() {
+        let mut rng = SplitMix64::new(400 + case as u64);
+        let count = 5 + below(&mut rng, 30) as usize;
+        let layout = layout(&mut rng, count);
+        let lengths = layout.lengths();
+        let types = if dtype == DType::F32 { ElementTypes::default() } else { ElementTypes::all(dtype) };
+        let lambdas: Vec<f64> = (0..k).map(|j| 0.7 / (j + 1) as f64).collect();
+        let config = Config::hierarchy(&lambdas).ema(0.4).types(types);
+        let inits: Vec<Vec<Vec<f32>>> = (0..k)
+            .map(|_| {
+                normal_leaves(&mut rng, &lengths, 1.0)
+                    .into_iter()
+                    .map(|l| l.into_iter().map(|x| dtype.round(x)).collect())
+                    .collect()
+            })
+            .collect();
+        let mut state = BloopState::new_hierarchy(
+            &kernels,
+            &gpu().queue,
+            &layout,
+            config,
+            inits.iter().map(|v| EmaInit::Values(v.clone())).collect(),
+        )
+        .unwrap();
+        let mut reference = HierarchyReference::new(config, inits.iter().map(|v| widen(v)).collect());
+        let mut guarded = Vec::new();
+        let grads: Vec<Vec<LeafBuffer>> = (0..=k).map(|_| per_leaf(&mut rng, &lengths, dtype, &mut guarded)).collect();
+        let out = per_leaf(&mut rng, &lengths, dtype, &mut guarded);
+        let lists: Vec<&[LeafBuffer]> = grads.iter().map(|g| g.as_slice()).collect();
+        let bindings = state.bind_hierarchy(&lists, Output::Buffers(&out)).unwrap();
+        let context = format!("k = {k}, {dtype}, {bindings:?}");
+        let bound = bloop::conformance::bound(types);
+        for _ in 0..2 {
+            let values: Vec<Vec<Vec<f32>>> = (0..=k)
+                .map(|_| {
+                    normal_leaves(&mut rng, &lengths, 1.0)
+                        .into_iter()
+                        .map(|l| l.into_iter().map(|x| dtype.round(x)).collect())
+                        .collect()
+                })
+                .collect();
+            for (leaves, v) in grads.iter().zip(&values) {
+                write(leaves, v);
+            }
+            write(&out, &lengths.iter().map(|&n| vec![f32::NAN; n as usize]).collect::<Vec<_>>());
+            let mut encoder = gpu().device.create_command_encoder(&Default::default());
+            state.record_step(&mut encoder, &bindings).unwrap();
+            gpu().queue.submit([encoder.finish()]);
+            let expected = reference.step(&values.iter().map(|v| widen(v)).collect::<Vec<_>>());
+            let got = widen(&read_leaves(&gpu().device, &gpu().queue, &out).unwrap());
+            let error = relative_error(&got, &expected);
+            assert!(error <= bound, "{error}; {context}");
+            for j in 0..k {
+                let ema = widen(&state.read_ema(EmaRole::Level(j)).unwrap());
+                assert!(relative_error(&ema, &reference.emas[j]) <= bound, "average {j}; {context}");
+            }
+        }
+        assert_eq!(guarded.iter().map(|g| g.corrupted()).sum::<usize>(), 0, "{context}");
+        if k == 3 {
+            assert_eq!(bindings.dispatch_count(), count.div_ceil(4), "{context}");
+        }
+    }
+}
+
+#[test]
+fn slots_stay_within_the_device_limits() {
+    // At wgpu's default 8 storage buffers per stage BLOOP fits one slot only (7 buffers): one
+    // dispatch per leaf, still right. At 16, four slots (4 + 3 per slot).
+    let mut rng = SplitMix64::new(500);
+    let layout = layout(&mut rng, 9);
+    let lengths = layout.lengths();
+    for (limit, slots) in [(8u32, 1usize), (16, 4)] {
+        let limited = pollster::block_on(GpuContext::from_env_with_limits(|limits| wgpu::Limits {
+            max_storage_buffers_per_shader_stage: limit,
+            ..limits
+        }))
+        .unwrap();
+        let kernels = Kernels::new(&limited.device);
+        let config = Config::new(Method::Bloop).ema(0.5).lambda(0.9);
+        let init = normal_leaves(&mut rng, &lengths, 1.0);
+        let inits = bloop::EmaInits { main: EmaInit::Values(init.clone()), aux: EmaInit::Zeros };
+        let mut state = BloopState::new(&kernels, &limited.queue, &layout, config, inits).unwrap();
+        let mut reference = bloop::ReferenceState::new(config, widen(&init), vec![]);
+        let leaves = Leaves::new(&mut rng, &limited, &layout, Arrangement::PerLeaf);
+        let bindings = leaves.bind(&state);
+        assert_eq!(bindings.dispatch_count(), layout.len().div_ceil(slots), "limit {limit}");
+        let (g_main, g_aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 1.0));
+        common::run_step_on(&limited, &mut state, &leaves, &bindings, &g_main, &g_aux);
+        let expected = reference.step(&widen(&g_main), &widen(&g_aux));
+        let out = widen(&read_leaves(&limited.device, &limited.queue, leaves.output_leaves()).unwrap());
+        assert!(relative_error(&out, &expected) <= BOUND, "limit {limit}");
+        // A variant that does not fit even one slot is refused when the state is made.
+        if limit == 8 {
+            let adam = Config::new(Method::PcGrad).optimizer(Optimizer::adam(1e-3));
+            match BloopState::new(&kernels, &limited.queue, &layout, adam, bloop::EmaInits::zeros()) {
+                Err(Error::ExceedsCount { needed: 12, limit: 8, limit_name, .. }) => {
+                    assert_eq!(limit_name, "max_storage_buffers_per_shader_stage")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
