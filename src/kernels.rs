@@ -195,6 +195,12 @@ impl Kernels {
         }
     }
 
+    /// The options the kernels were made with, as the device allows them (a feature it lacks
+    /// reads as off).
+    pub fn options(&self) -> KernelOptions {
+        KernelOptions { subgroups: self.subgroups, native_f16: self.native_f16, max_slots: self.max_slots }
+    }
+
     /// Whether reductions use subgroup operations.
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
