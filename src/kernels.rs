@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::optimizer::Optimizer;
 use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, Variant, SLOT_COUNTS};
 
-/// The most slots a variant has: past this, the shaders' size (a copy of the element loop per
+/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
 /// slot) costs more compile time than the dispatches saved are worth.
 pub(crate) const MAX_SLOTS: u32 = 16;
 

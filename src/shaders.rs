@@ -2,7 +2,9 @@
 //!
 //! Each stage is a `.wgsl` file in `shaders/`. A small preprocessor resolves `#import name`
 //! (another file of that folder) and `#ifdef NAME` / `#ifndef NAME` / `#else` / `#endif`, so
-//! one source serves every method without runtime branches in the hot loops.
+//! one source serves every method without runtime branches in the hot loops; and it copies the
+//! code that touches the user's buffers once per slot (`#per_slot`, `#each_slot`), since WGSL
+//! cannot pass a storage buffer to a function.
 
 use std::collections::HashSet;
 
