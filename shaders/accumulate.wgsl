@@ -21,9 +21,10 @@ fn accumulate(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
     var dots = vec4<f32>(0.0);
     var grads = vec4<f32>(0.0);
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var s = segments.x; s < segments.y; s++) {
         let seg = segment(s);
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
@@ -60,6 +61,7 @@ fn accumulate(
 #endif
         }
     }
+#end_each_slot
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);
 #else

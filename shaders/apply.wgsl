@@ -44,7 +44,9 @@ fn one_minus_exp(y: f32) -> f32 {
 }
 
 #ifdef OPTIMIZER
-// PyTorch's update of one parameter from the direction `d` (see `src/optimizer.rs`).
+// PyTorch's update of one parameter from the direction `d` (see `src/optimizer.rs`); copied
+// per slot, like `element`, since WGSL cannot pass a storage buffer to a function.
+#per_slot
 fn optimize(seg: Segment, i: u32, d: f32, c: Coefficients, x: ptr<function, Element>) {
     let p = load_weights(seg.weights + i);
     var g = d + params.weight_decay * p;
@@ -66,8 +68,10 @@ fn optimize(seg: Segment, i: u32, d: f32, c: Coefficients, x: ptr<function, Elem
     (*x).p = p * (1.0 - c.lr * params.decoupled_decay) - (c.lr / c.bc1) * (m / denom);
 #endif
 }
+#end_per_slot
 #endif
 
+#per_slot
 fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
     let s = c.s;
     let l = c.l;
@@ -110,6 +114,7 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
 #endif
     return x;
 }
+#end_per_slot
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn apply(
@@ -128,17 +133,19 @@ fn apply(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
 #ifdef GUARD_APPLY
     if scalars.skip != 0u {
+#ifdef WRITE_OUT
+#each_slot
+        let segments = slot_segments(tile, SLOT);
         for (var k = segments.x; k < segments.y; k++) {
             let seg = segment(k);
-#ifdef WRITE_OUT
             for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
                 store_out(seg.out + i, 0.0);
             }
-#endif
         }
+#end_each_slot
+#endif
         return;
     }
 #endif
@@ -155,6 +162,8 @@ fn apply(
 #ifdef MIXED_SUMS
     var grads = vec4<f32>(0.0);
 #endif
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
 #ifdef PAIRS
@@ -219,6 +228,7 @@ fn apply(
         }
 #endif
     }
+#end_each_slot
 #ifdef MIXED_SUMS
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);

@@ -37,7 +37,8 @@ struct Params {
     lambdas: array<vec4<f32>, 2>,
 }
 
-// A run of elements of one leaf. Offsets are element indices into this dispatch's windows.
+// A run of elements of one leaf. Offsets are element indices into this dispatch's windows
+// (for a user-owned role, into the window of the slot whose segments these are).
 struct Segment {
     main: u32,
     aux: u32,
@@ -97,13 +98,19 @@ struct Schedule {
 #endif
 
 // This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
-// first partial, [2] the word where segments start, [3 + t] the first segment of tile t (one
-// more entry closes the last tile), then 12 words per segment.
+// first partial, [2] the word where segments start, [3 + t * SLOTS + s] the first segment of
+// tile t in slot s (a tile's segments are ordered by slot; one more entry closes the last
+// tile), then 12 words per segment.
 @group(1) @binding(0) var<storage, read> table: array<u32>;
 // Each role's storage, declared with load_/store_ functions by the preprocessor from
 // `storage_f32.wgsl`, `storage_f16.wgsl` or `storage_packed.wgsl`, for the element type the
 // state stores it in. Inputs are writable only where the output shares their buffer: wgpu
-// forbids binding one buffer read-only and writable in the same dispatch.
+// forbids binding one buffer read-only and writable in the same dispatch. With more than one
+// slot, each user-owned role (gradients, output, weights) is declared once per slot
+// (`g_main_s1` at binding 1 + 32, ...), and the code of the per-slot blocks is copied per
+// slot with those names (`src/shaders.rs`). Each slot's segments of a tile run in a loop of
+// their own, one after the other: choosing a slot per segment or per element would be a
+// branch, which a CPU driver (llvmpipe) runs for every slot with its lanes masked off.
 #storage g_main 1
 #storage g_aux 2
 #storage main_ema 3
@@ -151,9 +158,10 @@ fn first_partial() -> u32 {
     return table[1];
 }
 
-// The segments of a tile, as a half-open range [x, y).
-fn tile_segments(tile: u32) -> vec2<u32> {
-    return vec2<u32>(table[3u + tile], table[4u + tile]);
+// The segments of a tile in one slot, as a half-open range [x, y).
+fn slot_segments(tile: u32, slot: u32) -> vec2<u32> {
+    let at = 3u + tile * SLOTS + slot;
+    return vec2<u32>(table[at], table[at + 1u]);
 }
 
 fn segment(index: u32) -> Segment {

@@ -12,11 +12,13 @@ fn clear(
     if tile >= tile_count() || scalars.skip == 0u {
         return;
     }
-    let segments = tile_segments(tile);
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var k = segments.x; k < segments.y; k++) {
         let seg = segment(k);
         for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
             store_out(seg.out + i, 0.0);
         }
     }
+#end_each_slot
 }

@@ -20,8 +20,9 @@ fn accumulate(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
     var acc: array<vec4<f32>, PARTIAL_VECS>;
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var s = segments.x; s < segments.y; s++) {
         let at = segment_at(s);
         let len = table[at + LEN_AT];
@@ -30,6 +31,7 @@ fn accumulate(
             accumulate_element(o, i, &acc);
         }
     }
+#end_each_slot
 #ifdef SUBGROUPS
     let lanes = Lanes(lid, subgroup, subgroups, lane);
 #else

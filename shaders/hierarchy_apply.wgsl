@@ -15,9 +15,10 @@ fn apply(
     if tile >= tile_count() {
         return;
     }
-    let segments = tile_segments(tile);
 #ifdef GUARD_APPLY
     if scalars.skip != 0u {
+#each_slot
+        let segments = slot_segments(tile, SLOT);
         for (var k = segments.x; k < segments.y; k++) {
             let at = segment_at(k);
             let len = table[at + LEN_AT];
@@ -25,10 +26,13 @@ fn apply(
                 store_out(table[at + OUT_AT] + i, 0.0);
             }
         }
+#end_each_slot
         return;
     }
 #endif
     load_coefficients();
+#each_slot
+    let segments = slot_segments(tile, SLOT);
     for (var k = segments.x; k < segments.y; k++) {
         let at = segment_at(k);
         let len = table[at + LEN_AT];
@@ -55,4 +59,5 @@ fn apply(
         }
 #endif
     }
+#end_each_slot
 }

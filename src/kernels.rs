@@ -7,7 +7,11 @@ use crate::context::gpu_scope;
 use crate::dtype::ElementTypes;
 use crate::error::Result;
 use crate::optimizer::Optimizer;
-use crate::shaders::{Kind, OptVariant, Stage, Storage, Storages, Variant};
+use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, Variant, SLOT_COUNTS};
+
+/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
+/// slot) costs more compile time than the dispatches saved are worth.
+pub(crate) const MAX_SLOTS: u32 = 16;
 
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {
@@ -94,11 +98,17 @@ pub struct KernelOptions {
     pub subgroups: bool,
     /// Store f16 as `array<f16>` (`Features::SHADER_F16`) instead of packed in `u32` words.
     pub native_f16: bool,
+    /// The most buffers of each user-owned role (gradients, output, parameters) one dispatch
+    /// binds, so that leaves in that many distinct buffers share a dispatch; never more than
+    /// the device's `max_storage_buffers_per_shader_stage` allows (nor 16). A binding uses the
+    /// smallest of 1, 4, 16 and that most that holds its buffers, so a variant is compiled in
+    /// at most three slot counts. 1 records one dispatch per distinct buffer.
+    pub max_slots: u32,
 }
 
 impl Default for KernelOptions {
     fn default() -> KernelOptions {
-        KernelOptions { subgroups: true, native_f16: true }
+        KernelOptions { subgroups: true, native_f16: true, max_slots: 16 }
     }
 }
 
@@ -110,6 +120,7 @@ pub struct Kernels {
     lost: Arc<std::sync::OnceLock<String>>,
     subgroups: bool,
     native_f16: bool,
+    max_slots: u32,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
@@ -162,7 +173,9 @@ impl Kernels {
         device.set_device_lost_callback(move |reason, message| {
             let _ = flag.set(format!("{reason:?}: {message}"));
         });
-        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, cache: Mutex::new(HashMap::new()) })
+        let max_slots = options.max_slots;
+        let cache = Mutex::new(HashMap::new());
+        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, cache })
     }
 
     /// Records that the device was lost (for trainers that replaced the lost callback).
@@ -180,6 +193,12 @@ impl Kernels {
             Some(why) => Err(crate::Error::DeviceLost(why.clone())),
             None => Ok(()),
         }
+    }
+
+    /// The options the kernels were made with, as the device allows them (a feature it lacks
+    /// reads as off).
+    pub fn options(&self) -> KernelOptions {
+        KernelOptions { subgroups: self.subgroups, native_f16: self.native_f16, max_slots: self.max_slots }
     }
 
     /// Whether reductions use subgroup operations.
@@ -209,30 +228,17 @@ impl Kernels {
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
             .try_for_each(|v| {
-                // Hierarchies past the device's limits are refused when asked for, not here.
-                if let Kind::Hierarchy(k) = v.kind {
-                    if self.check_hierarchy_limits(k as u32).is_err() {
-                        return Ok(());
-                    }
+                // Variants past the device's limits are refused when asked for, not here.
+                if v.slots != 1 || self.check_limits(v).is_err() {
+                    return Ok(());
                 }
-                let flags = VariantFlags { guard: v.guard, extras: v.extras, project_first: v.project_first };
-                self.variant(v.kind, v.inputs_writable, flags, ElementTypes::default()).map(drop)
+                self.compile(v).map(drop)
             })
     }
 
-    pub(crate) fn variant(
-        &self,
-        kind: Kind,
-        inputs_writable: bool,
-        flags: VariantFlags,
-        types: ElementTypes,
-    ) -> Result<Arc<VariantKernels>> {
-        self.variant_with(kind, inputs_writable, flags, types, None, true)
-    }
-
-    /// [`Kernels::variant`] with an optimizer fused into the apply stage, and the direction
-    /// written or not.
-    pub(crate) fn variant_with(
+    /// The one-slot variant of a config on this device, with an optimizer fused into the apply
+    /// stage or not, and the direction written or not (not compiled yet).
+    pub(crate) fn describe(
         &self,
         kind: Kind,
         inputs_writable: bool,
@@ -240,20 +246,47 @@ impl Kernels {
         types: ElementTypes,
         optimizer: Option<&Optimizer>,
         write_out: bool,
-    ) -> Result<Arc<VariantKernels>> {
+    ) -> Variant {
         let VariantFlags { guard, extras, project_first } = flags;
-        self.check_device()?;
         let storage = |d| Storage::of(d, self.native_f16);
         let storages =
             Storages { gradients: storage(types.gradients), output: storage(types.output), ema: storage(types.ema) };
         let optimizer =
             optimizer.map(|o| OptVariant { kind: o.kind(), params: storage(o.params), state: storage(o.state) });
         let subgroups = self.subgroups;
-        let variant =
-            Variant { kind, inputs_writable, subgroups, guard, extras, storages, optimizer, write_out, project_first };
-        if let Kind::Hierarchy(k) = kind {
-            self.check_hierarchy_limits(k as u32)?;
+        // One slot until a binding asks for more.
+        Variant {
+            kind,
+            inputs_writable,
+            subgroups,
+            guard,
+            extras,
+            storages,
+            optimizer,
+            write_out,
+            project_first,
+            ..Variant::PLAIN
         }
+    }
+
+    /// The slot counts bindings of `variant` may use here, smallest first: those of
+    /// [`SLOT_COUNTS`] below the most that the kernels' option and the device's limits allow,
+    /// and that most (`[1]` when only one fits).
+    pub(crate) fn slot_counts(&self, variant: Variant) -> Vec<u32> {
+        let most = (1..=self.max_slots.min(MAX_SLOTS))
+            .rev()
+            .find(|&slots| self.check_limits(Variant { slots: slots as u8, ..variant }).is_ok())
+            .unwrap_or(1);
+        let mut counts: Vec<u32> = SLOT_COUNTS.iter().map(|&s| s as u32).filter(|&s| s < most).collect();
+        counts.push(most);
+        counts
+    }
+
+    /// The variant's pipelines, compiled on first use; refused where the device's limits do not
+    /// allow its bindings.
+    pub(crate) fn compile(&self, variant: Variant) -> Result<Arc<VariantKernels>> {
+        self.check_device()?;
+        self.check_limits(variant)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
@@ -263,25 +296,35 @@ impl Kernels {
         Ok(kernels)
     }
 
-    /// A hierarchy of k auxiliary losses binds 2k + 5 storage buffers in its first and last
-    /// stages (scalars, partials, tile table, k + 1 gradients, k averages, output): refused
-    /// here, at state or binding creation, where the device allows fewer.
-    fn check_hierarchy_limits(&self, k: u32) -> Result<()> {
+    /// A stage over tiles binds the scalars, the partials (and an optimizer's schedule), the
+    /// tile table, every role the state owns once, and every user-owned role once per slot: a
+    /// hierarchy of k auxiliary losses with one slot binds 2k + 5 storage buffers. Refused here,
+    /// at state or binding creation, where the device allows fewer (and where the highest
+    /// binding number is past `max_bindings_per_bind_group`).
+    pub(crate) fn check_limits(&self, variant: Variant) -> Result<()> {
         let limits = self.device.limits();
-        let storage = 2 * k + 5;
+        let what = || match variant.kind {
+            Kind::Hierarchy(k) => format!("a hierarchy of {k} auxiliary losses"),
+            _ => format!("the {:?} kernels with {} buffers per role", variant.kind, variant.slots),
+        };
+        let roles = variant.roles();
+        let per_slot = variant.slot_roles().len() as u32;
+        let slots = variant.slots as u32;
+        let storage = 3 + variant.optimizer.is_some() as u32 + roles.len() as u32 + (slots - 1) * per_slot;
         if storage > limits.max_storage_buffers_per_shader_stage {
             return Err(crate::Error::ExceedsCount {
-                what: format!("a hierarchy of {k} auxiliary losses"),
+                what: what(),
                 needed: storage,
                 limit: limits.max_storage_buffers_per_shader_stage,
                 limit_name: "max_storage_buffers_per_shader_stage",
             });
         }
-        let group1 = 2 * k + 3;
-        if group1 > limits.max_bindings_per_bind_group {
+        let highest = roles.iter().map(|r| r.1).max().unwrap_or(0);
+        let bindings = slot_binding(highest, slots - 1) + 1;
+        if bindings > limits.max_bindings_per_bind_group {
             return Err(crate::Error::ExceedsCount {
-                what: format!("a hierarchy of {k} auxiliary losses"),
-                needed: group1,
+                what: what(),
+                needed: bindings,
                 limit: limits.max_bindings_per_bind_group,
                 limit_name: "max_bindings_per_bind_group",
             });
@@ -313,7 +356,11 @@ impl Kernels {
             entries: &state_entries,
         });
         let mut entries = vec![storage_entry(slot::TILES, true)];
-        entries.extend(variant.roles().into_iter().map(|(_, binding, _, writable)| storage_entry(binding, !writable)));
+        let per_slot = variant.slot_roles();
+        for (name, binding, _, writable) in variant.roles() {
+            let copies = if per_slot.contains(&name) { variant.slots as u32 } else { 1 };
+            entries.extend((0..copies).map(|s| storage_entry(slot_binding(binding, s), !writable)));
+        }
         let group1 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bloop leaves"),
             entries: &entries,

@@ -1,9 +1,11 @@
 //! How a step's elements are cut into dispatches and tiles.
 //!
-//! Leaves may live in any mix of buffers. Leaves whose roles share buffers go into one
-//! dispatch; each dispatch binds, per role, one window of at most
-//! `max_storage_buffer_binding_size` bytes that starts at an aligned offset, so a pool or leaf
-//! larger than the binding limit is split over several dispatches without the caller noticing.
+//! Leaves may live in any mix of buffers. A dispatch binds, per role, windows of at most
+//! `max_storage_buffer_binding_size` bytes that start at aligned offsets: one for each role the
+//! state owns (averages, optimizer state), and one per slot for each role the user owns
+//! (gradients, output, parameters), so leaves in up to that many distinct buffers share a
+//! dispatch, and each segment names its slot. A pool or leaf larger than the binding limit is
+//! split over several dispatches without the caller noticing.
 //! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements of
 //! one leaf, described by element offsets relative to the windows) of at most [`TILE_LEN`]
 //! elements together. Small leaves share tiles, so a model with many tiny leaves (biases,
@@ -15,6 +17,10 @@ use crate::context::gpu_scope;
 use crate::error::{Error, Result};
 use crate::kernels::slot;
 use crate::layout::LeafBuffer;
+use crate::shaders::slot_binding;
+
+/// The most slots the window check below makes room for (`kernels::MAX_SLOTS`).
+const MAX_SLOTS: u32 = crate::kernels::MAX_SLOTS;
 
 /// Elements per tile: 16 per invocation of a 256-invocation workgroup, enough to amortise the
 /// workgroup reduction while keeping thousands of workgroups in flight on large steps.
@@ -33,11 +39,12 @@ const TILE_ROUNDS: u64 = TILE_LEN / WORKGROUP_SIZE;
 /// offsets (`hierarchy_slots::segment_words`).
 const SEGMENT_WORDS: usize = 12;
 
-/// Where a segment record's length is, at the least (`shaders::SEGMENT_LEN_AT`).
+/// Where a segment record's length is, at the least (`shaders::SEGMENT_LEN_AT`); its slot
+/// follows.
 const LEN_AT: usize = crate::shaders::SEGMENT_LEN_AT as usize;
 
 /// Most offsets a segment record holds (a hierarchy's 2k + 1 roles with k = `MAX_LEVELS`).
-const MAX_SLOTS: usize = 2 * crate::config::MAX_LEVELS + 2;
+const MAX_OFFSETS: usize = 2 * crate::config::MAX_LEVELS + 2;
 
 /// Words before the tile starts in a dispatch's table: tile count, first partial, first
 /// segment word.
@@ -46,33 +53,71 @@ const HEADER_WORDS: usize = 3;
 /// Size of one tile's partial sums (`Partial` in `shaders/bindings.wgsl`: two vec4 of f32).
 pub(crate) const PARTIAL_BYTES: u64 = 32;
 
-/// Element offsets of one segment, indexed by binding slot - 1 (main, aux, main_ema, aux_ema,
-/// out, params, opt_m, opt_v), and its length.
+/// Size of the buffer an unused slot binds: one element of any storage type.
+const PLACEHOLDER_BYTES: u64 = 16;
+
+/// Element offsets of one segment, indexed by binding - 1 (main, aux, main_ema, aux_ema, out,
+/// params, opt_m, opt_v), its length, and the slot whose bindings hold its user-owned roles.
 #[derive(Clone, Copy, Debug, Default)]
 struct Segment {
-    offsets: [u32; MAX_SLOTS],
+    offsets: [u32; MAX_OFFSETS],
     len: u32,
+    slot: u32,
 }
 
-/// The per-leaf buffers of one role, with the binding slot they go to.
+/// The per-leaf buffers of one role, with the binding they go to (slot 0's, for a role bound
+/// once per slot).
 pub(crate) struct RoleLeaves<'a> {
-    pub slot: u32,
+    pub binding: u32,
     pub leaves: &'a [LeafBuffer],
+    /// The user owns the buffers, which may be many: one binding per slot. The state's own
+    /// roles (averages, optimizer state) have one buffer set for all leaves and one binding.
+    pub per_slot: bool,
+    /// Bound read-write (unused slots then bind a writable placeholder).
+    pub writable: bool,
 }
 
-/// A part of a leaf that lies inside one dispatch's windows.
+impl<'a> RoleLeaves<'a> {
+    /// A role in the user's buffers, bound once per slot.
+    pub fn user(binding: u32, leaves: &'a [LeafBuffer], writable: bool) -> RoleLeaves<'a> {
+        RoleLeaves { binding, leaves, per_slot: true, writable }
+    }
+
+    /// A role in the state's own buffers (written by the step), bound once.
+    pub fn state(binding: u32, leaves: &'a [LeafBuffer]) -> RoleLeaves<'a> {
+        RoleLeaves { binding, leaves, per_slot: false, writable: true }
+    }
+}
+
+/// A part of a leaf that lies inside one dispatch's windows, and the slot it uses.
 struct Piece {
     leaf: usize,
     start: u64,
     len: u64,
+    slot: u32,
 }
 
-/// Leaves (or parts of leaves) that share bound windows.
+/// The range of a buffer one binding covers: `start` aligned, `end` one past the last byte
+/// a piece touches.
+struct Window {
+    buffer: wgpu::Buffer,
+    start: u64,
+    end: u64,
+}
+
+impl Window {
+    /// Where the window would start if it also held `bytes` (else `None`: another buffer, or
+    /// more than one binding could hold).
+    fn extended(&self, buffer: &wgpu::Buffer, bytes: std::ops::Range<u64>, limits: &Limits) -> Option<u64> {
+        let start = self.start.min(bytes.start - bytes.start % limits.alignment);
+        (*buffer == self.buffer && self.end.max(bytes.end) - start <= limits.window).then_some(start)
+    }
+}
+
+/// Leaves (or parts of leaves) that share one dispatch: per role, its windows (one per slot
+/// in use for a per-slot role, else one).
 struct Group {
-    /// Per role: the buffer and the window's first byte.
-    windows: Vec<(wgpu::Buffer, u64)>,
-    /// Per role: one past the last byte any piece touches.
-    ends: Vec<u64>,
+    windows: Vec<Vec<Window>>,
     pieces: Vec<Piece>,
 }
 
@@ -88,6 +133,8 @@ pub(crate) struct Plan {
     pub tile_count: u64,
     /// Holds every dispatch's tile table; kept alive with the bind groups.
     pub _tiles: wgpu::Buffer,
+    /// What unused slots bind (read-only roles, writable roles), if any is unused.
+    pub _placeholders: Option<[wgpu::Buffer; 2]>,
 }
 
 struct Limits {
@@ -100,7 +147,34 @@ fn byte_at(leaf: &LeafBuffer, element: u64) -> u64 {
     leaf.offset + element * leaf.dtype.size()
 }
 
-fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
+/// The slot element `pos` of `leaf` would use in `group` (a new one when the group has fewer
+/// than `max_slots`), or `None` when the group cannot take it. Windows may grow downwards as
+/// well as upwards, so leaves taken out of their buffers' order (by the sort on buffer
+/// identity) still share the state's windows.
+fn place(group: &Group, roles: &[RoleLeaves], leaf: usize, pos: u64, max_slots: u32, limits: &Limits) -> Option<u32> {
+    let fits = |r: &RoleLeaves, w: &Window| {
+        let l = &r.leaves[leaf];
+        let at = byte_at(l, pos);
+        w.extended(&l.buffer, at..at + l.dtype.size(), limits).is_some()
+    };
+    let mut slots = 1;
+    for (r, windows) in roles.iter().zip(&group.windows) {
+        if r.per_slot {
+            slots = windows.len() as u32;
+        } else if !fits(r, &windows[0]) {
+            return None;
+        }
+    }
+    let open = (0..slots)
+        .find(|&s| roles.iter().zip(&group.windows).filter(|(r, _)| r.per_slot).all(|(r, w)| fits(r, &w[s as usize])));
+    match open {
+        Some(s) => Some(s),
+        None if slots < max_slots => Some(slots),
+        None => None,
+    }
+}
+
+fn group_pieces(roles: &[RoleLeaves], max_slots: u32, limits: &Limits) -> Vec<Group> {
     let leaf_count = roles[0].leaves.len();
     // Sorting by buffers then offset puts leaves that can share windows next to each other.
     let mut order: Vec<usize> = (0..leaf_count).collect();
@@ -118,67 +192,65 @@ fn group_pieces(roles: &[RoleLeaves], limits: &Limits) -> Vec<Group> {
         let len = roles[0].leaves[leaf].len;
         let mut pos = 0;
         while pos < len {
-            let fits = groups.last().is_some_and(|g| {
-                roles.iter().zip(&g.windows).all(|(r, (buffer, start))| {
-                    let l = &r.leaves[leaf];
-                    let at = byte_at(l, pos);
-                    l.buffer == *buffer && at >= *start && at + l.dtype.size() <= start + limits.window
-                })
-            });
-            if !fits {
-                let windows: Vec<(wgpu::Buffer, u64)> = roles
-                    .iter()
-                    .map(|r| {
-                        let l = &r.leaves[leaf];
-                        let at = byte_at(l, pos);
-                        (l.buffer.clone(), at - at % limits.alignment)
-                    })
-                    .collect();
-                let ends = windows.iter().map(|w| w.1).collect();
-                groups.push(Group { windows, ends, pieces: Vec::new() });
-            }
+            let slot = match groups.last().and_then(|g| place(g, roles, leaf, pos, max_slots, limits)) {
+                Some(slot) => slot,
+                None => {
+                    groups.push(Group { windows: roles.iter().map(|_| Vec::new()).collect(), pieces: Vec::new() });
+                    0
+                }
+            };
             let group = groups.last_mut().unwrap();
-            let room = roles
-                .iter()
-                .zip(&group.windows)
-                .map(|(r, (_, start))| {
-                    let l = &r.leaves[leaf];
-                    (start + limits.window - byte_at(l, pos)) / l.dtype.size()
-                })
-                .min()
-                .unwrap();
+            let mut room = u64::MAX;
+            for (r, windows) in roles.iter().zip(&mut group.windows) {
+                let l = &r.leaves[leaf];
+                let at = byte_at(l, pos);
+                let k = if r.per_slot { slot as usize } else { 0 };
+                if k == windows.len() {
+                    windows.push(Window { buffer: l.buffer.clone(), start: at - at % limits.alignment, end: at });
+                }
+                let window = &mut windows[k];
+                window.start = window.extended(&l.buffer, at..at + l.dtype.size(), limits).expect("placed");
+                room = room.min((window.start + limits.window - at) / l.dtype.size());
+            }
             let take = room.min(len - pos);
             // Whole words: 16-bit elements are read and written through the 4-byte word they share.
-            for (r, end) in roles.iter().zip(&mut group.ends) {
-                *end = (*end).max(byte_at(&r.leaves[leaf], pos + take).next_multiple_of(4));
+            for (r, windows) in roles.iter().zip(&mut group.windows) {
+                let window = &mut windows[if r.per_slot { slot as usize } else { 0 }];
+                window.end = window.end.max(byte_at(&r.leaves[leaf], pos + take).next_multiple_of(4));
             }
-            group.pieces.push(Piece { leaf, start: pos, len: take });
+            group.pieces.push(Piece { leaf, start: pos, len: take, slot });
             pos += take;
         }
     }
     groups
 }
 
-impl Plan {
-    /// Builds the dispatches for `roles` (all with one entry per leaf, validated by the caller),
-    /// with partial sums of `partial_bytes` per tile.
-    pub fn new(
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        layout: &wgpu::BindGroupLayout,
-        roles: &[RoleLeaves],
-        partial_bytes: u64,
-    ) -> Result<Plan> {
+/// How a set of bindings is cut into groups of leaves, each one dispatch (or more, where its
+/// tile table outgrows a binding), before the kernels are chosen: the slots the groups use
+/// decide which variant runs.
+pub(crate) struct Grouping {
+    groups: Vec<Group>,
+    limits: Limits,
+    /// Words of one segment record.
+    segment_words: usize,
+    /// Where a record's length is (its slot follows).
+    len_at: usize,
+}
+
+impl Grouping {
+    /// Groups `roles` (all with one entry per leaf, validated by the caller), each group using
+    /// at most `max_slots` slots.
+    pub fn new(device: &wgpu::Device, roles: &[RoleLeaves], max_slots: u32) -> Result<Grouping> {
         // Each record holds the offsets up to the highest binding, then the length.
-        let slots = roles.iter().map(|r| r.slot as usize).max().unwrap_or(0);
-        let len_at = slots.max(LEN_AT);
+        let offsets = roles.iter().map(|r| r.binding as usize).max().unwrap_or(0);
+        let len_at = offsets.max(LEN_AT);
         let segment_words = (len_at + 1).max(SEGMENT_WORDS);
         let device_limits = device.limits();
         let alignment = device_limits.min_storage_buffer_offset_alignment as u64;
         // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
         let window = device_limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
         let window = window - window % alignment;
-        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 2 + segment_words) as u64;
+        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 1 + MAX_SLOTS as usize + segment_words) as u64;
         if window < min_window {
             return Err(Error::ExceedsLimit {
                 what: "a window of at least two alignment units".into(),
@@ -189,7 +261,31 @@ impl Plan {
         }
         let limits =
             Limits { window, alignment, max_per_dimension: device_limits.max_compute_workgroups_per_dimension as u64 };
-        let groups = group_pieces(roles, &limits);
+        let groups = group_pieces(roles, max_slots.max(1), &limits);
+        Ok(Grouping { groups, limits, segment_words, len_at })
+    }
+
+    /// The most slots any group uses.
+    pub fn slots_used(&self) -> u32 {
+        self.groups.iter().flat_map(|g| g.windows.iter().map(|w| w.len() as u32)).max().unwrap_or(1)
+    }
+}
+
+impl Plan {
+    /// Builds the dispatches of `grouping` for `roles` (as grouped), each binding `slots`
+    /// slots of every per-slot role (at least [`Grouping::slots_used`]; the unused ones a
+    /// placeholder), with partial sums of `partial_bytes` per tile.
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        layout: &wgpu::BindGroupLayout,
+        roles: &[RoleLeaves],
+        grouping: Grouping,
+        slots: u32,
+        partial_bytes: u64,
+    ) -> Result<Plan> {
+        let Grouping { groups, limits, segment_words, len_at } = grouping;
+        let (window, alignment) = (limits.window, limits.alignment);
 
         // One table of u32 words per dispatch, each at an aligned offset: the header, the first
         // segment of each tile (and one past the last), then the segments.
@@ -205,11 +301,12 @@ impl Plan {
                 let mut start = piece.start;
                 while start < piece.start + piece.len {
                     let len = TILE_LEN.min(piece.start + piece.len - start);
-                    let mut segment = Segment { len: len as u32, ..Default::default() };
-                    for (r, (_, window_start)) in roles.iter().zip(&group.windows) {
+                    let mut segment = Segment { len: len as u32, slot: piece.slot, ..Default::default() };
+                    for (r, windows) in roles.iter().zip(&group.windows) {
                         let l = &r.leaves[piece.leaf];
-                        segment.offsets[r.slot as usize - 1] =
-                            ((byte_at(l, start) - window_start) / l.dtype.size()) as u32;
+                        let window = &windows[if r.per_slot { piece.slot as usize } else { 0 }];
+                        segment.offsets[r.binding as usize - 1] =
+                            ((byte_at(l, start) - window.start) / l.dtype.size()) as u32;
                     }
                     segments.push(segment);
                     start += len;
@@ -218,11 +315,15 @@ impl Plan {
             // Greedy packing, in order, into tiles of bounded cost; then into dispatches whose
             // tables fit one binding window.
             let mut tiles: Vec<std::ops::Range<usize>> = Vec::new();
-            let mut rounds = TILE_ROUNDS;
+            // Every slot's segment loop costs a tile at least one round, run or not (a CPU
+            // driver runs an empty loop's body once with its lanes masked off), so a tile of
+            // many slots holds that many times the work, to keep that cost per element.
+            let tile_rounds = TILE_ROUNDS * slots as u64;
+            let mut rounds = tile_rounds;
             for (i, segment) in segments.iter().enumerate() {
                 let cost = (segment.len as u64).div_ceil(WORKGROUP_SIZE);
                 match tiles.last_mut() {
-                    Some(tile) if rounds + cost <= TILE_ROUNDS => {
+                    Some(tile) if rounds + cost <= tile_rounds => {
                         tile.end = i + 1;
                         rounds += cost;
                     }
@@ -232,11 +333,15 @@ impl Plan {
                     }
                 }
             }
+            for tile in &tiles {
+                segments[tile.clone()].sort_by_key(|segment| segment.slot);
+            }
             let mut first_tile = 0;
             while first_tile < tiles.len() {
                 let mut last_tile = first_tile;
                 let words = |first: usize, last: usize| {
-                    HEADER_WORDS + (last - first + 2) + (tiles[last].end - tiles[first].start) * segment_words
+                    let bounds = (last - first + 1) * slots as usize + 1;
+                    HEADER_WORDS + bounds + (tiles[last].end - tiles[first].start) * segment_words
                 };
                 while last_tile + 1 < tiles.len()
                     && ((last_tile + 1 - first_tile) as u64) < max_tiles
@@ -249,9 +354,15 @@ impl Plan {
                 table.resize(table.len().next_multiple_of((alignment / 4).max(1) as usize), 0);
                 let base = table.len();
                 let first_segment = chunk[0].start;
-                let segments_at = HEADER_WORDS + count + 1;
+                let segments_at = HEADER_WORDS + count * slots as usize + 1;
                 table.extend([count as u32, tile_count as u32, segments_at as u32]);
-                table.extend(chunk.iter().map(|t| (t.start - first_segment) as u32));
+                // Per tile and slot, where the slot's segments start (a tile's are in slot order).
+                for tile in chunk {
+                    let in_tile = &segments[tile.clone()];
+                    table.extend((0..slots).map(|s| {
+                        (tile.start + in_tile.partition_point(|segment| segment.slot < s) - first_segment) as u32
+                    }));
+                }
                 table.push((chunk[count - 1].end - first_segment) as u32);
                 for segment in &segments[first_segment..chunk[count - 1].end] {
                     let start = table.len();
@@ -281,6 +392,21 @@ impl Plan {
                 mapped_at_creation: false,
             });
             queue.write_buffer(&tiles, 0, bytemuck::cast_slice(&table));
+            // A read-only and a writable one: wgpu refuses a dispatch that binds one buffer
+            // both ways.
+            let unused = groups
+                .iter()
+                .any(|g| roles.iter().zip(&g.windows).any(|(r, w)| r.per_slot && (w.len() as u32) < slots));
+            let placeholders = unused.then(|| {
+                [false, true].map(|_| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("bloop unused slot"),
+                        size: PLACEHOLDER_BYTES,
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    })
+                })
+            });
             let dispatches = regions
                 .iter()
                 .map(|&(g, first_word, words, count)| {
@@ -293,15 +419,25 @@ impl Plan {
                             size: NonZeroU64::new(words as u64 * 4),
                         }),
                     }];
-                    for ((r, (buffer, start)), end) in roles.iter().zip(&group.windows).zip(&group.ends) {
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: r.slot,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer,
-                                offset: *start,
-                                size: NonZeroU64::new(end - start),
-                            }),
-                        });
+                    for (r, windows) in roles.iter().zip(&group.windows) {
+                        let copies = if r.per_slot { slots } else { 1 };
+                        for s in 0..copies {
+                            let (buffer, offset, size) = match windows.get(s as usize) {
+                                Some(w) => (&w.buffer, w.start, w.end - w.start),
+                                None => {
+                                    let placeholders = placeholders.as_ref().expect("made for unused slots");
+                                    (&placeholders[r.writable as usize], 0, PLACEHOLDER_BYTES)
+                                }
+                            };
+                            entries.push(wgpu::BindGroupEntry {
+                                binding: slot_binding(r.binding, s),
+                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer,
+                                    offset,
+                                    size: NonZeroU64::new(size),
+                                }),
+                            });
+                        }
                     }
                     let x = count.min(limits.max_per_dimension);
                     Dispatch {
@@ -314,7 +450,7 @@ impl Plan {
                     }
                 })
                 .collect();
-            Plan { dispatches, tile_count, _tiles: tiles }
+            Plan { dispatches, tile_count, _tiles: tiles, _placeholders: placeholders }
         })
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Each stage is a `.wgsl` file in `shaders/`. A small preprocessor resolves `#import name`
 //! (another file of that folder) and `#ifdef NAME` / `#ifndef NAME` / `#else` / `#endif`, so
-//! one source serves every method without runtime branches in the hot loops.
+//! one source serves every method without runtime branches in the hot loops; and it copies the
+//! code that touches the user's buffers once per slot (`#per_slot`, `#each_slot`), since WGSL
+//! cannot pass a storage buffer to a function.
 
 use std::collections::HashSet;
 
@@ -109,6 +111,11 @@ pub struct Variant {
     pub write_out: bool,
     /// Project on the averages of the previous steps, then update them (`Order::ProjectFirst`).
     pub project_first: bool,
+    /// Buffers per user-owned role one dispatch binds (one of [`SLOT_COUNTS`]): each segment
+    /// names its slot, and its element loop is compiled once per slot with that slot's
+    /// bindings, so leaves in that many distinct buffers share a dispatch without a branch per
+    /// element.
+    pub slots: u8,
 }
 
 /// The stages a step runs, in order.
@@ -137,6 +144,21 @@ impl Stage {
 }
 
 impl Variant {
+    /// Projecting (BLOOP) in f32 with the guard, read-only inputs, subgroups and one slot: the
+    /// defaults of the lists below where a field is not named.
+    pub const PLAIN: Variant = Variant {
+        kind: Kind::Project,
+        inputs_writable: false,
+        subgroups: true,
+        guard: true,
+        extras: true,
+        storages: Storages { gradients: Storage::F32, output: Storage::F32, ema: Storage::F32 },
+        optimizer: None,
+        write_out: true,
+        project_first: false,
+        slots: 1,
+    };
+
     /// Every variant the library can build; the cross-compilation test walks this list.
     pub fn all() -> Vec<Variant> {
         let kinds = [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed];
@@ -157,6 +179,7 @@ impl Variant {
                             optimizer: None,
                             write_out: true,
                             project_first: false,
+                            slots: 1,
                         });
                     }
                 }
@@ -179,6 +202,7 @@ impl Variant {
                                 optimizer: None,
                                 write_out: true,
                                 project_first: false,
+                                slots: 1,
                             });
                         }
                     }
@@ -186,17 +210,7 @@ impl Variant {
             }
         }
         // Defaults of the variants below that a field does not name.
-        let plain = Variant {
-            kind: Kind::Project,
-            inputs_writable: false,
-            subgroups: true,
-            guard: true,
-            extras: true,
-            storages: f32_only,
-            optimizer: None,
-            write_out: true,
-            project_first: false,
-        };
+        let plain = Variant::PLAIN;
         // Hierarchies of 1 to 4 auxiliary losses (and the largest), f32 with and without the
         // guard and in both orders; 16-bit storage with the guard.
         let f32_only = Storages::default();
@@ -268,6 +282,41 @@ impl Variant {
             }
         }
         all.extend(Variant::with_optimizers());
+        all.extend(Variant::with_slots());
+        all
+    }
+
+    /// The variants of [`Variant::all`] with more than one slot: each two-loss kind with 4
+    /// slots and read-only inputs and with 16 and writable inputs; mixing without sums; the
+    /// paper's order; 16-bit storage; each optimizer (Adam also in packed f16); hierarchies of
+    /// 2 (also in packed f16) and 8 losses.
+    pub fn with_slots() -> Vec<Variant> {
+        let base = Variant { slots: 4, ..Variant::PLAIN };
+        let mut all = Vec::new();
+        for kind in [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed] {
+            all.push(Variant { kind, ..base });
+            all.push(Variant { kind, inputs_writable: true, subgroups: false, slots: 16, ..base });
+        }
+        all.push(Variant { kind: Kind::Mixed, guard: false, extras: false, ..base });
+        all.push(Variant { project_first: true, ..base });
+        let packed = Storages { gradients: Storage::PackedBf16, output: Storage::PackedBf16, ema: Storage::PackedBf16 };
+        all.push(Variant { storages: packed, ..base });
+        let f16 = Storages { gradients: Storage::F16, output: Storage::F16, ema: Storage::F32 };
+        all.push(Variant { kind: Kind::PcGrad, storages: f16, ..base });
+        let f32_opt = |kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 });
+        all.push(Variant { optimizer: f32_opt(OptKind::Adam), ..base });
+        all.push(Variant { kind: Kind::Mixed, optimizer: f32_opt(OptKind::Sgd), write_out: false, ..base });
+        all.push(Variant { kind: Kind::PcGrad, optimizer: f32_opt(OptKind::Momentum), ..base });
+        let half = Storage::PackedF16;
+        let optimizer = Some(OptVariant { kind: OptKind::Adam, params: half, state: half });
+        all.push(Variant { storages: Storages { gradients: half, output: half, ema: half }, optimizer, ..base });
+        all.push(Variant { kind: Kind::Hierarchy(2), ..base });
+        all.push(Variant {
+            kind: Kind::Hierarchy(2),
+            storages: Storages { gradients: half, output: half, ema: half },
+            ..base
+        });
+        all.push(Variant { kind: Kind::Hierarchy(8), project_first: true, slots: 16, ..base });
         all
     }
 
@@ -278,17 +327,7 @@ impl Variant {
     pub fn with_optimizers() -> Vec<Variant> {
         let mut all = Vec::new();
         let f32_opt = |kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 });
-        let base = Variant {
-            kind: Kind::Project,
-            inputs_writable: false,
-            subgroups: true,
-            guard: true,
-            extras: true,
-            storages: Storages::default(),
-            optimizer: None,
-            write_out: true,
-            project_first: false,
-        };
+        let base = Variant::PLAIN;
         for opt in [OptKind::Sgd, OptKind::Momentum, OptKind::Adam] {
             for kind in [Kind::Project, Kind::PcGrad, Kind::Mixed] {
                 for (guard, extras) in [(false, false), (true, true)] {
@@ -421,6 +460,14 @@ impl Variant {
         defines
     }
 
+    /// The roles the user owns (gradients, output, parameters): each has one binding per slot.
+    /// The averages and optimizer state are the state's own, one buffer set for every leaf, so
+    /// they keep one binding.
+    pub(crate) fn slot_roles(self) -> Vec<&'static str> {
+        let user = |name: &str| ["g_main", "g_aux", "out", "weights"].contains(&name) || GRADIENT_ROLES.contains(&name);
+        self.roles().into_iter().map(|r| r.0).filter(|name| user(name)).collect()
+    }
+
     /// The roles this variant binds: (name, binding, storage, writable).
     pub(crate) fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
         let s = self.storages;
@@ -462,7 +509,7 @@ impl Variant {
         let roles = self.roles();
         let mut defines = self.defines();
         defines.insert("SHARDED");
-        let mut source = preprocess(Stage::Finalize.name(), &defines, &roles);
+        let mut source = preprocess_slots(Stage::Finalize.name(), &defines, &roles, &self.slot_copies());
         if roles.iter().any(|r| r.2 == Storage::F16) {
             source.insert_str(0, "enable f16;\n");
         }
@@ -472,19 +519,116 @@ impl Variant {
     /// The WGSL of one stage of this variant.
     pub fn source(self, stage: Stage) -> String {
         let roles = self.roles();
+        let slots = self.slot_copies();
         let mut source = match self.kind {
             Kind::Hierarchy(k) => {
                 let file = format!("hierarchy_{}", stage.name());
-                let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras, stage);
-                text.push_str(&preprocess(&file, &self.defines(), &roles));
+                let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras, stage, &slots);
+                text.push_str(&preprocess_slots(&file, &self.defines(), &roles, &slots));
                 text
             }
-            _ => preprocess(stage.name(), &self.defines(), &roles),
+            _ => preprocess_slots(stage.name(), &self.defines(), &roles, &slots),
         };
         if roles.iter().any(|r| r.2 == Storage::F16) {
             source.insert_str(0, "enable f16;\n");
         }
         source
+    }
+
+    fn slot_copies(self) -> SlotCopies {
+        SlotCopies { count: self.slots as u32, roles: self.slot_roles() }
+    }
+}
+
+/// The slot counts variants are compiled for, with the most the device's limits allow (9 for
+/// BLOOP at 32 storage buffers per stage): a binding picks the smallest that holds the distinct
+/// buffers it needs, so a pool or a flat buffer keeps the one-slot kernels and only scattered
+/// leaves pay for the larger shaders.
+pub const SLOT_COUNTS: [u8; 3] = [1, 4, 16];
+
+/// Binding numbers of slot s > 0 are slot 0's plus `s * SLOT_STRIDE` (above every role's
+/// slot-0 binding, a hierarchy's included).
+pub const SLOT_STRIDE: u32 = 32;
+
+/// The binding of a role's slot `s`, given its slot-0 binding.
+pub fn slot_binding(binding: u32, s: u32) -> u32 {
+    binding + s * SLOT_STRIDE
+}
+
+/// Functions whose body touches a user-owned role and so is copied per slot (`#per_slot`
+/// blocks in `shaders/`, and the hierarchy's generated element code).
+const PER_SLOT_FUNCTIONS: [&str; 3] = ["element", "optimize", "accumulate_element"];
+
+/// How many copies of the per-slot code a source gets, and the roles bound once per slot.
+pub(crate) struct SlotCopies {
+    count: u32,
+    roles: Vec<&'static str>,
+}
+
+impl SlotCopies {
+    /// Slot `s`'s name for an identifier of slot 0: `SLOT` is the slot's number, and (past slot
+    /// 0) its roles' load/store functions and the per-slot functions get an `_s<s>` suffix (a
+    /// role's pair store keeps `_pair` last, as the storage templates name it).
+    fn name(&self, token: &str, s: u32) -> Option<String> {
+        if token == "SLOT" {
+            return Some(format!("{s}u"));
+        }
+        if s == 0 {
+            return None;
+        }
+        if PER_SLOT_FUNCTIONS.contains(&token) {
+            return Some(format!("{token}_s{s}"));
+        }
+        for prefix in ["load_", "store_", "word_"] {
+            let Some(rest) = token.strip_prefix(prefix) else { continue };
+            let (role, pair) = match rest.strip_suffix("_pair") {
+                Some(role) if prefix == "store_" => (role, "_pair"),
+                _ => (rest, ""),
+            };
+            if self.roles.contains(&role) {
+                return Some(format!("{prefix}{role}_s{s}{pair}"));
+            }
+        }
+        None
+    }
+
+    /// `text` as slot `s` runs it: its number in, every identifier of a slot-0 role function
+    /// renamed.
+    fn rename(&self, text: &str, s: u32) -> String {
+        let mut out = String::with_capacity(text.len() + 64);
+        let mut token = String::new();
+        let flush = |token: &mut String, out: &mut String| {
+            match self.name(token, s) {
+                Some(name) => out.push_str(&name),
+                None => out.push_str(token),
+            }
+            token.clear();
+        };
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                token.push(c);
+            } else {
+                flush(&mut token, &mut out);
+                out.push(c);
+            }
+        }
+        flush(&mut token, &mut out);
+        out
+    }
+
+    /// `text` followed by its copies for slots 1 ..
+    fn copies(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in 1..self.count {
+            out.push_str(&self.rename(text, s));
+        }
+        out
+    }
+
+    /// `body` once per slot, one after the other, each in a block of its own and reading its
+    /// own slot's bindings.
+    fn each(&self, body: &str) -> String {
+        (0..self.count).map(|s| format!("{{\n{}}}\n", self.rename(body, s))).collect()
     }
 }
 
@@ -545,7 +689,7 @@ pub mod hierarchy_slots {
 /// order, so this goes first). `accumulate_element` adds one element's Gram and product terms
 /// (and the guard's sums with `extras`) to a tile's partial; `element` computes one element's
 /// direction and updated averages; `store_emas` / `store_emas_pair` write the averages.
-fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage) -> String {
+fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage, slots: &SlotCopies) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(t, "const LEVELS: u32 = {k}u;");
@@ -587,6 +731,8 @@ fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage) ->
         .collect();
     t.push_str(&words.join(", "));
     t.push_str(");\n}\n");
+    // The functions that load gradients, copied per slot.
+    let per_slot_from = t.len();
     t.push_str("\nfn accumulate_element(o: Offsets, i: u32, acc: ptr<function, array<vec4<f32>, PARTIAL_VECS>>) {\n");
     t.push_str(&loads);
     let mut terms: Vec<String> = Vec::new();
@@ -617,7 +763,10 @@ fn hierarchy_prelude(k: u32, project_first: bool, extras: bool, stage: Stage) ->
         d.join(" + ").replace("+ -", "-"),
         news.join(", ")
     );
-    t.push_str("}\n\nfn store_emas(o: Offsets, i: u32, x: Element) {\n");
+    t.push_str("}\n");
+    let per_slot = t.split_off(per_slot_from);
+    t.push_str(&slots.copies(&per_slot));
+    t.push_str("\nfn store_emas(o: Offsets, i: u32, x: Element) {\n");
     for j in 0..k {
         let _ = writeln!(t, "    store_{}(o.e{j} + i, x.e[{j}]);", EMA_ROLES[j as usize]);
     }
@@ -665,11 +814,19 @@ type Role = (&'static str, u32, Storage, bool);
 
 /// Expands imports (each file once), `#storage ROLE BINDING` (the role's storage template with
 /// ROLE, BINDING, ACCESS and FORMAT filled in; nothing for a role the variant does not bind)
-/// and conditional blocks.
+/// and conditional blocks, for a variant of one slot.
 pub fn preprocess(entry: &str, defines: &HashSet<&str>, roles: &[Role]) -> String {
-    let mut out = String::new();
+    preprocess_slots(entry, defines, roles, &SlotCopies { count: 1, roles: Vec::new() })
+}
+
+/// [`preprocess`] with slots (`SLOTS`, a constant of the source): a per-slot role's `#storage`
+/// line declares one binding per slot, a `#per_slot` ... `#end_per_slot` block is followed by
+/// its copies for the other slots, and an `#each_slot` ... `#end_each_slot` block is repeated
+/// for every slot, with `SLOT` its number.
+pub(crate) fn preprocess_slots(entry: &str, defines: &HashSet<&str>, roles: &[Role], slots: &SlotCopies) -> String {
+    let mut out = format!("const SLOTS: u32 = {}u;\n", slots.count);
     let mut imported = HashSet::new();
-    expand(entry, defines, roles, &mut imported, &mut out);
+    expand(entry, defines, roles, slots, &mut imported, &mut out);
     out
 }
 
@@ -677,6 +834,7 @@ fn expand<'a>(
     name: &'a str,
     defines: &HashSet<&str>,
     roles: &[Role],
+    slots: &SlotCopies,
     imported: &mut HashSet<&'a str>,
     out: &mut String,
 ) {
@@ -685,6 +843,8 @@ fn expand<'a>(
     }
     // Each entry: (this block is emitted, some branch of it was taken).
     let mut stack: Vec<(bool, bool)> = Vec::new();
+    // Open slot blocks: where their text starts in `out`, and whether each slot runs it.
+    let mut slot_blocks: Vec<(usize, bool)> = Vec::new();
     let active = |stack: &[(bool, bool)]| stack.iter().all(|&(on, _)| on);
     for line in source_file(name).lines() {
         let trimmed = line.trim();
@@ -701,13 +861,20 @@ fn expand<'a>(
             stack.pop().expect("#endif without #ifdef");
         } else if !active(&stack) {
             continue;
+        } else if trimmed == "#per_slot" || trimmed == "#each_slot" {
+            slot_blocks.push((out.len(), trimmed == "#each_slot"));
+        } else if trimmed == "#end_per_slot" || trimmed == "#end_each_slot" {
+            let (start, each) = slot_blocks.pop().unwrap_or_else(|| panic!("{trimmed} without a start"));
+            assert_eq!(each, trimmed == "#end_each_slot", "mismatched slot block in shaders/{name}.wgsl");
+            let body = out.split_off(start);
+            out.push_str(&if each { slots.each(&body) } else { slots.copies(&body) });
         } else if let Some(import) = trimmed.strip_prefix("#import ") {
             let import = SOURCES
                 .iter()
                 .map(|(n, _)| *n)
                 .find(|n| *n == import.trim())
                 .unwrap_or_else(|| panic!("unknown import `{import}` in shaders/{name}.wgsl"));
-            expand(import, defines, roles, imported, out);
+            expand(import, defines, roles, slots, imported, out);
         } else if let Some(spec) = trimmed.strip_prefix("#storage ") {
             let role = spec.split_whitespace().next().unwrap_or_default();
             if let Some(&(role, binding, storage, writable)) = roles.iter().find(|r| r.0 == role) {
@@ -717,15 +884,19 @@ fn expand<'a>(
                     local.insert("WRITABLE");
                 }
                 let mut text = String::new();
-                expand(template, &local, roles, &mut HashSet::new(), &mut text);
+                expand(template, &local, roles, slots, &mut HashSet::new(), &mut text);
                 let access = if writable { "read_write" } else { "read" };
-                out.push_str(
-                    &text
-                        .replace("ROLE", role)
-                        .replace("BINDING", &binding.to_string())
-                        .replace("ACCESS", access)
-                        .replace("FORMAT", format),
-                );
+                let copies = if slots.roles.contains(&role) { slots.count } else { 1 };
+                for s in 0..copies {
+                    let name = if s == 0 { role.to_string() } else { format!("{role}_s{s}") };
+                    out.push_str(
+                        &text
+                            .replace("ROLE", &name)
+                            .replace("BINDING", &slot_binding(binding, s).to_string())
+                            .replace("ACCESS", access)
+                            .replace("FORMAT", format),
+                    );
+                }
             }
         } else {
             out.push_str(line);
@@ -733,4 +904,5 @@ fn expand<'a>(
         }
     }
     assert!(stack.is_empty(), "unterminated #ifdef in shaders/{name}.wgsl");
+    assert!(slot_blocks.is_empty(), "unterminated slot block in shaders/{name}.wgsl");
 }

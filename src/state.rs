@@ -10,11 +10,11 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantFlags, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
-use crate::plan::{Plan, RoleLeaves, PARTIAL_BYTES};
+use crate::plan::{Grouping, Plan, RoleLeaves, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
 use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
-use crate::shaders::{Kind, Stage};
+use crate::shaders::{Kind, Stage, Variant};
 use crate::validate;
 
 /// Usage of the EMA buffers: read and written by the kernels, copied for checkpoints.
@@ -225,7 +225,8 @@ impl BloopState {
         }
         // Compile before allocating so a failure leaves nothing behind.
         let opt = config.optimizer.as_ref();
-        kernels.variant_with(Kind::of(&config), false, VariantFlags::of(&config), config.types, opt, true)?;
+        let flags = VariantFlags::of(&config);
+        kernels.compile(kernels.describe(Kind::of(&config), false, flags, config.types, opt, true))?;
         let max_buffer = device.limits().max_buffer_size;
         let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
         let mut stores: Vec<Option<EmaStore>> = Vec::new();
@@ -586,20 +587,20 @@ impl BloopState {
         let input_buffers: std::collections::BTreeSet<&wgpu::Buffer> =
             gradients.iter().flat_map(|leaves| leaves.iter().map(|l| &l.buffer)).collect();
         let inputs_writable = output.iter().any(|o| input_buffers.contains(&o.buffer));
-        let kernels = self.kernels.variant(Kind::of(c), inputs_writable, VariantFlags::of(c), c.types)?;
+        let variant = self.kernels.describe(Kind::of(c), inputs_writable, VariantFlags::of(c), c.types, None, true);
         use crate::shaders::hierarchy_slots as slots;
         let k32 = k as u32;
         let mut roles: Vec<RoleLeaves> = gradients
             .iter()
             .enumerate()
-            .map(|(i, leaves)| RoleLeaves { slot: slots::gradient(i as u32), leaves })
+            .map(|(i, leaves)| RoleLeaves::user(slots::gradient(i as u32), leaves, inputs_writable))
             .collect();
         for j in 0..k {
             let store = self.store(EmaRole::Level(j))?;
-            roles.push(RoleLeaves { slot: slots::ema(k32, j as u32), leaves: &store.leaves });
+            roles.push(RoleLeaves::state(slots::ema(k32, j as u32), &store.leaves));
         }
-        roles.push(RoleLeaves { slot: slots::out(k32), leaves: output });
-        self.finish_bindings(kernels, &roles, 16 * slots::partial_vecs(k32) as u64, output)
+        roles.push(RoleLeaves::user(slots::out(k32), output, true));
+        self.finish_bindings(variant, &roles, 16 * slots::partial_vecs(k32) as u64, output)
     }
 
     /// The ratios of the last executed step of a hierarchy, `<g_i, u_j> / (<u_j, u_j> + eps)`
@@ -685,38 +686,47 @@ impl BloopState {
         let inputs_writable = output.iter().chain(params).any(|o| inputs.contains(&o.buffer));
         let c = &self.config;
         let flags = VariantFlags::of(c);
-        let kernels =
-            self.kernels.variant_with(Kind::of(c), inputs_writable, flags, c.types, c.optimizer.as_ref(), write_out)?;
+        let variant =
+            self.kernels.describe(Kind::of(c), inputs_writable, flags, c.types, c.optimizer.as_ref(), write_out);
 
         let mut roles = vec![
-            RoleLeaves { slot: slot::MAIN, leaves: gradients.main },
-            RoleLeaves { slot: slot::AUX, leaves: gradients.aux },
+            RoleLeaves::user(slot::MAIN, gradients.main, inputs_writable),
+            RoleLeaves::user(slot::AUX, gradients.aux, inputs_writable),
         ];
         if write_out {
-            roles.push(RoleLeaves { slot: slot::OUT, leaves: output });
+            roles.push(RoleLeaves::user(slot::OUT, output, true));
         }
         for (store, slot) in [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)] {
             if let Some(store) = store {
-                roles.push(RoleLeaves { slot, leaves: &store.leaves });
+                roles.push(RoleLeaves::state(slot, &store.leaves));
             }
         }
         if let Some(store) = &self.optimizer {
-            roles.push(RoleLeaves { slot: slot::PARAMS, leaves: params });
+            roles.push(RoleLeaves::user(slot::PARAMS, params, true));
             for (&slot, t) in [slot::OPT_M, slot::OPT_V].iter().zip(&store.tensors) {
-                roles.push(RoleLeaves { slot, leaves: &t.leaves });
+                roles.push(RoleLeaves::state(slot, &t.leaves));
             }
         }
-        self.finish_bindings(kernels, &roles, PARTIAL_BYTES, output)
+        self.finish_bindings(variant, &roles, PARTIAL_BYTES, output)
     }
 
+    /// Groups the leaves, picks the smallest slot count that holds each group's buffers (within
+    /// what the kernels and the device allow), and builds the dispatches with that variant.
     fn finish_bindings(
         &self,
-        kernels: Arc<VariantKernels>,
+        variant: Variant,
         roles: &[RoleLeaves],
         partial_bytes: u64,
         output: &[LeafBuffer],
     ) -> Result<StepBindings> {
-        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, partial_bytes)?;
+        self.kernels.check_limits(variant)?;
+        let counts = self.kernels.slot_counts(variant);
+        let most = counts.last().copied().unwrap_or(1);
+        let grouping = Grouping::new(&self.device, roles, most)?;
+        let used = grouping.slots_used();
+        let slots = counts.into_iter().find(|&s| s >= used).unwrap_or(most);
+        let kernels = self.kernels.compile(Variant { slots: slots as u8, ..variant })?;
+        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop partials"),

@@ -453,6 +453,24 @@ fn half_params_in_user_buffers() {
 }
 
 #[test]
+fn user_buffers_over_more_buffers_than_slots_and_the_fallback() {
+    // One buffer per leaf and role: 4 slots (fewer than the leaves, so several dispatches
+    // each binding 4 buffers of each user role, the last ones placeholders) and one buffer
+    // per dispatch; parameters in f32 and in 16 bits.
+    let mut rng = SplitMix64::new(8);
+    for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
+        let max_slots = if i % 2 == 0 { 4 } else { 1 };
+        let kernels =
+            bloop::Kernels::with_options(&gpu().device, bloop::KernelOptions { max_slots, ..Default::default() });
+        let method = [Method::Bloop, Method::PcGrad, Method::Mixed][i % 3];
+        check_trial_on(&kernels, 800 + i as u64, method, optimizer, Path::PerLeaf, ElementTypes::default(), F32_BOUND);
+        let optimizer = optimizer.params_type(DType::Bf16).state_type(DType::F16);
+        let types = ElementTypes::all(DType::F16);
+        check_trial_on(&kernels, 900 + i as u64, Method::Bloop, optimizer, Path::PerLeaf, types, 1.5e-2);
+    }
+}
+
+#[test]
 fn a_wrong_reference_is_caught() {
     let mut rng = SplitMix64::new(7);
     let layout = Layout::from_lengths(&[1001, 37]).unwrap();

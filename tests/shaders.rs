@@ -69,9 +69,16 @@ fn every_variant_translates_to_spirv() {
     // Hierarchies of 1, 2, 3, 4 and 8 aux losses: f32 with read-only and writable inputs, with
     // and without subgroups, guard off and on, both orders (16 x 3 stages), and 16-bit
     // storage (3 kinds x 2 role mixes, 3 stages).
+    // Slots: 8 two-loss variants (3 stages each), mixing without sums (1), 3 more plain ones, 4
+    // with optimizers and 3 hierarchies (3 stages each).
     assert_eq!(
         count,
-        4 * (3 * 9 + 6) + 24 * (18 + 4) + 3 * (48 + 20 + 6 + 6 + 27) + 3 * (8 * 3 + 2 * 3) + 5 * (16 * 3 + 6 * 3)
+        4 * (3 * 9 + 6)
+            + 24 * (18 + 4)
+            + 3 * (48 + 20 + 6 + 6 + 27)
+            + 3 * (8 * 3 + 2 * 3)
+            + 5 * (16 * 3 + 6 * 3)
+            + (8 * 3 + 1 + 3 * 3 + 4 * 3 + 3 * 3)
     );
 }
 
@@ -161,8 +168,9 @@ fn every_sharded_finalize_translates_to_every_backend() {
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         count += 1;
     }
-    // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit ones.
-    assert_eq!(count, shardable.len() - 4 - 24);
+    // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit
+    // ones, and one with slots.
+    assert_eq!(count, shardable.len() - 4 - 24 - 1);
 }
 
 #[test]
@@ -191,4 +199,35 @@ fn hierarchy_stages_are_unrolled_per_level() {
         let apply = v.source(Stage::Apply);
         assert!(apply.contains(&format!("store_e{}(", k - 1)), "k = {k}");
     }
+}
+
+#[test]
+fn slots_copy_the_segment_loop() {
+    // Each slot's segment loop reads its own bindings, without a branch between slots; slot
+    // 0's names are those of a one-slot variant.
+    let all = Variant::all();
+    let adam =
+        all.iter().find(|v| v.slots == 4 && v.optimizer.is_some() && v.storages.gradients == Storage::F32).unwrap();
+    let apply = adam.source(Stage::Apply);
+    assert!(!apply.contains('#'), "no directive survives");
+    // The skip loop and the main loop, once per slot, each over that slot's segments.
+    assert_eq!(apply.matches("let segments = slot_segments(tile, ").count(), 8);
+    assert!(apply.contains("slot_segments(tile, 3u)") && !apply.contains("switch"));
+    for s in 1..4 {
+        assert!(apply.contains(&format!("fn element_s{s}(")) && apply.contains(&format!("fn optimize_s{s}(")));
+        assert!(apply.contains(&format!("load_g_main_s{s}(seg.main + i)")));
+        assert!(apply.contains(&format!("store_weights_s{s}(seg.weights + i")));
+        assert!(apply.contains(&format!("@binding({}) var<storage, read> g_aux_s{s}", 2 + 32 * s)));
+    }
+    // The state's own roles stay single.
+    assert!(!apply.contains("opt_m_s1") && !apply.contains("main_ema_s1") && !apply.contains("element_s4"));
+    let k8 = all.iter().find(|v| v.kind == bloop::shaders::Kind::Hierarchy(8) && v.slots == 16).unwrap();
+    let accumulate = k8.source(Stage::Accumulate);
+    assert!(accumulate.contains("slot_segments(tile, 15u)") && accumulate.contains("fn accumulate_element_s15("));
+    assert!(accumulate.contains("load_g8_s15(") && !accumulate.contains("load_e0_s1"));
+    let one = all.iter().find(|v| v.slots == 1 && v.kind == bloop::shaders::Kind::Project).unwrap();
+    assert!(
+        one.source(Stage::Apply).contains("const SLOTS: u32 = 1u;")
+            && !one.source(Stage::Apply).contains("fn load_g_main_s1")
+    );
 }

@@ -66,6 +66,10 @@ struct Cli {
     /// step followed by a separate optimizer kernel.
     #[arg(long)]
     optimizers_only: bool,
+    /// The most buffers per gradient and output role one dispatch binds
+    /// (`KernelOptions::max_slots`; 1 records one dispatch per distinct buffer) [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_slots: Option<u32>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -80,6 +84,7 @@ struct Args {
     out: std::path::PathBuf,
     quick: bool,
     optimizers_only: bool,
+    max_slots: u32,
 }
 
 impl Args {
@@ -95,6 +100,7 @@ impl Args {
             out: cli.out,
             quick: cli.quick,
             optimizers_only: cli.optimizers_only,
+            max_slots: cli.max_slots.unwrap_or(bloop::KernelOptions::default().max_slots),
         }
     }
 }
@@ -227,6 +233,8 @@ struct Row {
     fused_speedup: f64,
     cpu_f32_threads_ms: Option<f64>,
     cpu_f64_reference_ms: Option<f64>,
+    /// Dispatches of each stage over tiles, per step.
+    dispatches: usize,
 }
 
 /// (name, method, ratio_only, guard, gradient and output type, averages' type). The guard is
@@ -400,7 +408,8 @@ fn write_layouts(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = GpuContext::from_env()?;
     let clock = Clock::new(&gpu);
-    let kernels = Kernels::new(&gpu.device);
+    let kernels =
+        Kernels::with_options(&gpu.device, bloop::KernelOptions { max_slots: args.max_slots, ..Default::default() });
     let info = gpu.adapter.get_info();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -410,11 +419,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if kernels.uses_subgroups() { "subgroups" } else { "shared-memory tree" }
     );
     println!(
-        "{:<18} {:>10} {:<17} {:<8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
+        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
         "layout",
         "elements",
         "method",
         "path",
+        "disp",
         "median ms",
         "min ms",
         "max ms",
@@ -537,12 +547,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     fused_speedup: unfused.median_ms / stats.median_ms,
                     cpu_f32_threads_ms: cpu32,
                     cpu_f64_reference_ms: cpu64,
+                    dispatches: bindings.dispatch_count(),
                 };
                 let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
                 // Rows go to stdout whether or not the bar is drawn (it hides itself off a terminal).
                 bar.suspend(|| println!(
-                    "{:<18} {:>10} {:<17} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
-                    row.layout, row.elements, row.method, row.path, stats.median_ms, stats.min_ms, stats.max_ms,
+                    "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
+                    row.layout, row.elements, row.method, row.path, row.dispatches, stats.median_ms, stats.min_ms, stats.max_ms,
                     row.elements_per_s / 1e9, row.gbps, row.roofline_fraction, row.unfused_median_ms, row.fused_speedup, opt(cpu32), opt(cpu64)
                 ));
                 rows.push(row);
@@ -550,20 +561,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         for (name, k) in hierarchy::LEVELS {
             bar.inc(1);
+            let mut dispatches = Vec::new();
             let mut time = |state: &mut BloopState, bindings: &bloop::StepBindings| {
+                dispatches.push(bindings.dispatch_count());
                 clock.stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, bindings, t).unwrap())
             };
-            for (path, stats, config) in hierarchy::measure(&gpu, &kernels, layout, k, &mut rng, &mut time) {
+            let measured = hierarchy::measure(&gpu, &kernels, layout, k, &mut rng, &mut time);
+            for ((path, stats, config), dispatches) in measured.into_iter().zip(dispatches) {
                 let bytes = config.bytes_per_element();
                 let seconds = stats.median_ms / 1e3;
                 let gbps = (bytes * elements) as f64 / seconds / 1e9;
                 bar.suspend(|| {
                     println!(
-                        "{:<18} {:>10} {:<17} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2}",
+                        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2}",
                         workload.name,
                         elements,
                         name,
                         path,
+                        dispatches,
                         stats.median_ms,
                         stats.min_ms,
                         stats.max_ms,
@@ -596,6 +611,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     fused_speedup: f64::NAN,
                     cpu_f32_threads_ms: None,
                     cpu_f64_reference_ms: None,
+                    dispatches,
                 });
             }
         }

@@ -51,6 +51,10 @@ pub enum Arrangement {
     /// placed in a random page after unrelated live data (guards), so main, aux and output
     /// ranges of different leaves interleave in every page.
     Pages,
+    /// As `Pages` with this many pages: more distinct buffers than one dispatch's slots.
+    ManyPages {
+        pages: usize,
+    },
 }
 
 /// A user buffer with the leaf ranges it holds; everything else must keep the guard value.
@@ -150,8 +154,11 @@ impl Leaves {
                 guarded.insert(0, flat);
                 Leaves { main, aux, output, guarded, pool: None }
             }
-            Arrangement::Pages => {
-                let pages = 2 + below(rng, 3) as usize;
+            Arrangement::Pages | Arrangement::ManyPages { .. } => {
+                let pages = match arrangement {
+                    Arrangement::ManyPages { pages } => pages,
+                    _ => 2 + below(rng, 3) as usize,
+                };
                 let capacity: u64 = 3 * (lengths.iter().sum::<u64>() + 10 * lengths.len() as u64) + 16;
                 let mut guarded: Vec<GuardedBuffer> =
                     (0..pages).map(|_| GuardedBuffer::new(device, queue, capacity)).collect();
