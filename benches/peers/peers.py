@@ -105,10 +105,10 @@ def main():
         rows.append({"layout": name, "elements": sum(lengths), "leaves": len(lengths), **{f"bloop {k}": v for k, v in mine.items()}, **peers})
         print(json.dumps(rows[-1]), flush=True)
 
-    columns = ["bloop pool", "bloop external", "torch eager", "torch.compile", "jax jit"]
+    columns = ["bloop pool", "bloop per-leaf", "bloop pages", "torch eager", "torch.compile", "jax jit"]
     lines = [f"{'layout':<16} {'elements':>11} " + " ".join(f"{c:>15}" for c in columns) + f" {'best peer / ours':>17}"]
     for r in rows:
-        peer = min((r[c] for c in columns[2:] if c in r), default=float("nan"))
+        peer = min((r[c] for c in columns[3:] if c in r), default=float("nan"))
         ours_ms = r.get("bloop pool", float("nan"))
         cells = " ".join(f"{r[c]:>15.4f}" if c in r else f"{'-':>15}" for c in columns)
         lines.append(f"{r['layout']:<16} {r['elements']:>11} {cells} {peer / ours_ms:>17.2f}")

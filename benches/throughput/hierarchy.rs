@@ -10,7 +10,7 @@ use bloop::{
 /// (row name, k).
 pub const LEVELS: [(&str, usize); 2] = [("hierarchy_k2", 2), ("hierarchy_k4", 4)];
 
-/// Per path ("pool", "external"): the step's timing and its config.
+/// Per path ("pool", "per-leaf"): the step's timing and its config.
 pub fn measure(
     gpu: &GpuContext,
     kernels: &std::sync::Arc<Kernels>,
@@ -45,7 +45,7 @@ pub fn measure(
     }
     let out = per_leaf("hierarchy output");
     let mut rows = Vec::new();
-    for path in ["pool", "external"] {
+    for path in ["pool", "per-leaf"] {
         let mut state = BloopState::new(kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
         let bindings = match path {
             "pool" => state.bind_pool(&pool).unwrap(),

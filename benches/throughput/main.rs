@@ -273,12 +273,33 @@ fn fill(gpu: &GpuContext, leaves: &[LeafBuffer], rng: &mut SplitMix64) {
     }
 }
 
-/// Gradient buffers of one element type: a pool, and a buffer of its own per leaf and role.
-struct Buffers {
-    pool: GradientPool,
+/// The leaves of every role somewhere in the user's own buffers.
+struct Arrangement {
+    name: &'static str,
     main: Vec<LeafBuffer>,
     aux: Vec<LeafBuffer>,
     out: Vec<LeafBuffer>,
+}
+
+/// Gradient buffers of one element type: the library's pool, and the user-buffer arrangements
+/// trainers have: a buffer of its own per leaf and role (always), and for the model layouts one
+/// flat buffer per role with the leaves back to back, and a pooled allocator's pages.
+struct Buffers {
+    pool: GradientPool,
+    arrangements: Vec<Arrangement>,
+}
+
+/// A pooled allocator's page size and allocation alignment (cubecl's are of this order).
+const PAGE_BYTES: u64 = 8 << 20;
+const PAGE_ALIGN: u64 = 256;
+
+fn storage_buffer(gpu: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.next_multiple_of(4).max(4),
+        usage: bloop::pool::POOL_USAGE,
+        mapped_at_creation: false,
+    })
 }
 
 impl Buffers {
@@ -286,25 +307,51 @@ impl Buffers {
         let pool = GradientPool::typed(&gpu.device, layout, false, ElementTypes::gradients_and_output(dtype)).unwrap();
         fill(gpu, pool.main_leaves(), rng);
         fill(gpu, pool.aux_leaves(), rng);
+        let lengths = layout.lengths();
         let per_leaf = |label: &str| -> Vec<LeafBuffer> {
-            layout
-                .lengths()
-                .iter()
-                .map(|&n| {
-                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some(label),
-                        size: (n * dtype.size()).next_multiple_of(4),
-                        usage: bloop::pool::POOL_USAGE,
-                        mapped_at_creation: false,
-                    });
-                    LeafBuffer::typed(&b, 0, n, dtype)
-                })
-                .collect()
+            lengths.iter().map(|&n| LeafBuffer::typed(&storage_buffer(gpu, label, n * dtype.size()), 0, n, dtype)).collect()
         };
-        let (main, aux, out) = (per_leaf("main"), per_leaf("aux"), per_leaf("out"));
-        fill(gpu, &main, rng);
-        fill(gpu, &aux, rng);
-        Buffers { pool, main, aux, out }
+        let mut arrangements =
+            vec![Arrangement { name: "per-leaf", main: per_leaf("main"), aux: per_leaf("aux"), out: per_leaf("out") }];
+        if lengths.len() > 1 {
+            // One buffer per role, leaves back to back: element offsets that are not multiples
+            // of 4 (each leaf starts on a 4-byte word only so that `fill` can write it).
+            let starts: Vec<u64> = lengths
+                .iter()
+                .scan(0, |at, &n| {
+                    let start = *at;
+                    *at = (start + n * dtype.size()).next_multiple_of(4);
+                    Some(start)
+                })
+                .collect();
+            let flat = |label: &str| -> Vec<LeafBuffer> {
+                let end = starts.last().copied().unwrap_or(0) + lengths.last().copied().unwrap_or(0) * dtype.size();
+                let buffer = storage_buffer(gpu, label, end);
+                starts.iter().zip(&lengths).map(|(&at, &n)| LeafBuffer::typed(&buffer, at, n, dtype)).collect()
+            };
+            arrangements.push(Arrangement { name: "flat", main: flat("main"), aux: flat("aux"), out: flat("out") });
+            // A pooled allocator: each leaf's main, aux and output allocated one after the
+            // other on shared pages, aligned, so inputs and outputs share buffers.
+            let (mut main, mut aux, mut out) = (Vec::new(), Vec::new(), Vec::new());
+            let mut page: Option<(wgpu::Buffer, u64)> = None;
+            for &n in &lengths {
+                let bytes = (n * dtype.size()).next_multiple_of(PAGE_ALIGN);
+                if page.as_ref().is_none_or(|(_, used)| used + 3 * bytes > PAGE_BYTES.max(3 * bytes)) {
+                    page = Some((storage_buffer(gpu, "page", PAGE_BYTES.max(3 * bytes)), 0));
+                }
+                let (buffer, used) = page.as_mut().expect("a page was made above");
+                for role in [&mut main, &mut aux, &mut out] {
+                    role.push(LeafBuffer::typed(buffer, *used, n, dtype));
+                    *used += bytes;
+                }
+            }
+            arrangements.push(Arrangement { name: "pages", main, aux, out });
+        }
+        for a in &arrangements {
+            fill(gpu, &a.main, rng);
+            fill(gpu, &a.aux, rng);
+        }
+        Buffers { pool, arrangements }
     }
 }
 
@@ -507,17 +554,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     (unfused, eager.bytes_per_element, cpu32, cpu64)
                 }
             };
-            for path in ["pool", "external"] {
+            let paths = std::iter::once(None).chain(data.arrangements.iter().map(Some));
+            for arrangement in paths {
                 let mut state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
-                let bindings = match path {
-                    "pool" => state.bind_pool(&data.pool).unwrap(),
-                    _ => state
-                        .bind_external(&ExternalGradients {
-                            main: &data.main,
-                            aux: &data.aux,
-                            output: Output::Buffers(&data.out),
-                        })
-                        .unwrap(),
+                let (path, bindings) = match arrangement {
+                    None => ("pool", state.bind_pool(&data.pool).unwrap()),
+                    Some(a) => (
+                        a.name,
+                        state
+                            .bind_external(&ExternalGradients {
+                                main: &a.main,
+                                aux: &a.aux,
+                                output: Output::Buffers(&a.out),
+                            })
+                            .unwrap(),
+                    ),
                 };
                 let stats = clock
                     .stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, &bindings, t).unwrap());
