@@ -104,11 +104,16 @@ pub struct KernelOptions {
     /// smallest of 1, 4, 16 and that most that holds its buffers, so a variant is compiled in
     /// at most three slot counts. 1 records one dispatch per distinct buffer.
     pub max_slots: u32,
+    /// Vector loads and stores (16 bytes) in f32 segments whose offsets are multiples of 4
+    /// elements, where the variant has them ([`crate::shaders::Variant::vec4_able`]) and every
+    /// bound range is a whole number of vec4s; scalar ones otherwise. Off: scalar everywhere
+    /// (for comparisons and tests).
+    pub vec4: bool,
 }
 
 impl Default for KernelOptions {
     fn default() -> KernelOptions {
-        KernelOptions { subgroups: true, native_f16: true, max_slots: 16 }
+        KernelOptions { subgroups: true, native_f16: true, max_slots: 16, vec4: true }
     }
 }
 
@@ -121,6 +126,7 @@ pub struct Kernels {
     subgroups: bool,
     native_f16: bool,
     max_slots: u32,
+    vec4: bool,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
@@ -175,7 +181,8 @@ impl Kernels {
         });
         let max_slots = options.max_slots;
         let cache = Mutex::new(HashMap::new());
-        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, cache })
+        let vec4 = options.vec4;
+        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, vec4, cache })
     }
 
     /// Records that the device was lost (for trainers that replaced the lost callback).
@@ -198,7 +205,17 @@ impl Kernels {
     /// The options the kernels were made with, as the device allows them (a feature it lacks
     /// reads as off).
     pub fn options(&self) -> KernelOptions {
-        KernelOptions { subgroups: self.subgroups, native_f16: self.native_f16, max_slots: self.max_slots }
+        KernelOptions {
+            subgroups: self.subgroups,
+            native_f16: self.native_f16,
+            max_slots: self.max_slots,
+            vec4: self.vec4,
+        }
+    }
+
+    /// Whether bindings may use the variants with vector loads ([`KernelOptions::vec4`]).
+    pub(crate) fn vec4_allowed(&self) -> bool {
+        self.vec4
     }
 
     /// Whether reductions use subgroup operations.
