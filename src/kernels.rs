@@ -213,11 +213,6 @@ impl Kernels {
         }
     }
 
-    /// Whether bindings may use the variants with vector loads ([`KernelOptions::vec4`]).
-    pub(crate) fn vec4_allowed(&self) -> bool {
-        self.vec4
-    }
-
     /// Whether reductions use subgroup operations.
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
@@ -238,12 +233,15 @@ impl Kernels {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// Compiles every variant now instead of on first use (for start-up latency budgets).
+    /// Compiles every variant now instead of on first use (for start-up latency budgets): with
+    /// vector loads allowed, both forms of those that have them, since a binding whose ranges
+    /// are not whole vec4s takes the scalar one.
     pub fn compile_all(&self) -> Result<()> {
         let f32_only = Storages::default();
         Variant::all()
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
+            .filter(|v| self.vec4 || !v.vec4)
             .try_for_each(|v| {
                 // Variants past the device's limits are refused when asked for, not here.
                 if v.slots != 1 || self.check_limits(v).is_err() {
@@ -271,8 +269,9 @@ impl Kernels {
         let optimizer =
             optimizer.map(|o| OptVariant { kind: o.kind(), params: storage(o.params), state: storage(o.state) });
         let subgroups = self.subgroups;
-        // One slot until a binding asks for more.
-        Variant {
+        // One slot until a binding asks for more; vector loads where the kernels allow them,
+        // until a binding's windows say otherwise (a pool's never do).
+        let variant = Variant {
             kind,
             inputs_writable,
             subgroups,
@@ -283,7 +282,8 @@ impl Kernels {
             write_out,
             project_first,
             ..Variant::PLAIN
-        }
+        };
+        Variant { vec4: self.vec4 && variant.vec4_able(), ..variant }
     }
 
     /// The slot counts bindings of `variant` may use here, smallest first: those of

@@ -305,8 +305,8 @@ impl Variant {
     }
 
     /// The variants of [`Variant::all`] with vector loads and stores: each kind that has them,
-    /// with read-only and writable inputs, both reductions, each guard and sums setting, in
-    /// both orders, and with 4 and 16 slots.
+    /// with read-only and writable inputs, both reductions, each guard and sums setting; the
+    /// paper's order for those with averages; and with 4 and 16 slots.
     pub fn with_vec4() -> Vec<Variant> {
         let base = Variant { vec4: true, ..Variant::PLAIN };
         let mut all = Vec::new();
@@ -316,10 +316,22 @@ impl Variant {
                     for (guard, extras) in [(false, false), (false, true), (true, true)] {
                         all.push(Variant { kind, inputs_writable, subgroups, guard, extras, ..base });
                     }
+                    if kind != Kind::Mixed {
+                        for guard in [false, true] {
+                            let project_first = true;
+                            all.push(Variant {
+                                kind,
+                                inputs_writable,
+                                subgroups,
+                                guard,
+                                extras: guard,
+                                project_first,
+                                ..base
+                            });
+                        }
+                    }
                 }
             }
-            all.push(Variant { kind, project_first: true, ..base });
-            all.push(Variant { kind, project_first: true, guard: false, extras: false, ..base });
             all.push(Variant { kind, slots: 4, ..base });
             all.push(Variant { kind, inputs_writable: true, subgroups: false, slots: 16, ..base });
         }

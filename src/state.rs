@@ -733,8 +733,9 @@ impl BloopState {
         let grouping = Grouping::new(&self.device, roles, most)?;
         let used = grouping.slots_used();
         let slots = counts.into_iter().find(|&s| s >= used).unwrap_or(most);
-        // Vector loads where the variant has them and every window holds whole vec4s.
-        let vec4 = self.kernels.vec4_allowed() && variant.vec4_able() && grouping.vec4_ready();
+        // Vector loads where the variant has them (`Kernels::describe`) and every window holds
+        // whole vec4s.
+        let vec4 = variant.vec4 && grouping.vec4_ready();
         let kernels = self.kernels.compile(Variant { slots: slots as u8, vec4, ..variant })?;
         let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
