@@ -27,7 +27,38 @@ fn accumulate(
     let segments = slot_segments(tile, SLOT);
     for (var s = segments.x; s < segments.y; s++) {
         let seg = segment(s);
-        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+        var first = lid;
+#ifdef VEC4
+        // Whole vec4s where every offset is a multiple of 4 elements, the rest one at a time:
+        // a CPU driver (llvmpipe) moves 16 bytes per lane per load instead of 4. The same
+        // sums as below, four elements per term.
+        if aligned(seg) {
+            let body = seg.len & ~3u;
+            for (var i = 4u * lid; i < body; i += 4u * WORKGROUP_SIZE) {
+                let gm = load4_g_main(seg.main + i);
+                let ga = load4_g_aux(seg.aux + i);
+#ifdef MAIN_EMA
+                let e_old = load4_main_ema(seg.main_ema + i);
+                let e_new = ema_step4(e_old, gm);
+#ifdef WRITE_EMA_IN_ACCUMULATE
+                store4_main_ema(seg.main_ema + i, e_new);
+#endif
+#ifdef PROJECT_FIRST
+                let e = e_old;
+#else
+                let e = e_new;
+#endif
+                dots.x += dot(e, ga);
+                dots.y += dot(e, e);
+#endif
+#ifdef EXTRAS
+                grads += gradient_sums4(gm, ga);
+#endif
+            }
+            first = body + lid;
+        }
+#endif
+        for (var i = first; i < seg.len; i += WORKGROUP_SIZE) {
             let gm = load_g_main(seg.main + i);
             let ga = load_g_aux(seg.aux + i);
 #ifdef MAIN_EMA

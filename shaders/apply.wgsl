@@ -116,6 +116,46 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
 }
 #end_per_slot
 
+#ifdef VEC4
+// `element` for four consecutive elements at a multiple of 4 in every role, the same
+// operations in the same order (VEC4 variants have no optimizer, PCGrad or 16-bit storage).
+struct Element4 {
+    gm: vec4<f32>,
+    ga: vec4<f32>,
+    d: vec4<f32>,
+    e: vec4<f32>,
+}
+
+#per_slot
+fn element4(seg: Segment, i: u32, c: Coefficients) -> Element4 {
+    let s = c.s;
+    let l = c.l;
+    let gm = load4_g_main(seg.main + i);
+    let ga = load4_g_aux(seg.aux + i);
+    var x = Element4(gm, ga, vec4<f32>(0.0), vec4<f32>(0.0));
+#ifdef UPDATE_EMA_IN_APPLY
+    let e_old = load4_main_ema(seg.main_ema + i);
+    x.e = ema_step4(e_old, gm);
+#endif
+#ifdef MIXED
+    x.d = s * (gm + l * ga);
+#endif
+#ifdef RATIO_ONLY
+    x.d = s * ((1.0 - l * c.r) * gm + l * ga);
+#endif
+#ifdef PROJECT
+#ifdef PROJECT_FIRST
+    let pe = e_old;
+#else
+    let pe = x.e;
+#endif
+    x.d = s * (gm + l * (ga - c.r * pe));
+#endif
+    return x;
+}
+#end_per_slot
+#endif
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn apply(
     @builtin(local_invocation_index) lid: u32,
@@ -202,7 +242,28 @@ fn apply(
 #endif
         }
 #else
-        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+        var first = lid;
+#ifdef VEC4
+        // Whole vec4s where every offset is a multiple of 4 elements, the rest one at a time
+        // (see accumulate).
+        if aligned(seg) {
+            let body = seg.len & ~3u;
+            for (var i = 4u * lid; i < body; i += 4u * WORKGROUP_SIZE) {
+                let x = element4(seg, i, c);
+#ifdef WRITE_OUT
+                store4_out(seg.out + i, x.d);
+#endif
+#ifdef UPDATE_EMA_IN_APPLY
+                store4_main_ema(seg.main_ema + i, x.e);
+#endif
+#ifdef MIXED_SUMS
+                grads += gradient_sums4(x.gm, x.ga);
+#endif
+            }
+            first = body + lid;
+        }
+#endif
+        for (var i = first; i < seg.len; i += WORKGROUP_SIZE) {
             let x = element(seg, i, c);
 #ifdef WRITE_OUT
             store_out(seg.out + i, x.d);

@@ -144,6 +144,25 @@ fn ema_step(e: f32, g: f32) -> f32 {
     return e + params.ema * (g - e);
 }
 
+#ifdef VEC4
+// `gradient_sums` of four pairs of elements.
+fn gradient_sums4(gm: vec4<f32>, ga: vec4<f32>) -> vec4<f32> {
+    let exp_mask = vec4<u32>(0x7f800000u);
+    let finite = ((bitcast<vec4<u32>>(gm) & exp_mask) != exp_mask) & ((bitcast<vec4<u32>>(ga) & exp_mask) != exp_mask);
+    let bad = select(vec4<f32>(1.0), vec4<f32>(0.0), finite);
+    return vec4<f32>(dot(gm, gm), dot(ga, ga), dot(gm, ga), dot(bad, vec4<f32>(1.0)));
+}
+
+fn ema_step4(e: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
+    return e + params.ema * (g - e);
+}
+
+// Whether every role's offset of a segment is a multiple of 4 elements.
+fn aligned(seg: Segment) -> bool {
+    return ((seg.main | seg.aux | seg.main_ema | seg.aux_ema | seg.out | seg.weights | seg.opt_m | seg.opt_v) & 3u) == 0u;
+}
+#endif
+
 // Index of this workgroup's tile in a dispatch that may be laid out in 2D (more tiles than
 // one dimension allows).
 fn tile_index(wg: vec3<u32>, num_wg: vec3<u32>) -> u32 {

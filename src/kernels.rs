@@ -104,11 +104,16 @@ pub struct KernelOptions {
     /// smallest of 1, 4, 16 and that most that holds its buffers, so a variant is compiled in
     /// at most three slot counts. 1 records one dispatch per distinct buffer.
     pub max_slots: u32,
+    /// Vector loads and stores (16 bytes) in f32 segments whose offsets are multiples of 4
+    /// elements, where the variant has them ([`crate::shaders::Variant::vec4_able`]) and every
+    /// bound range is a whole number of vec4s; scalar ones otherwise. Off: scalar everywhere
+    /// (for comparisons and tests).
+    pub vec4: bool,
 }
 
 impl Default for KernelOptions {
     fn default() -> KernelOptions {
-        KernelOptions { subgroups: true, native_f16: true, max_slots: 16 }
+        KernelOptions { subgroups: true, native_f16: true, max_slots: 16, vec4: true }
     }
 }
 
@@ -121,6 +126,7 @@ pub struct Kernels {
     subgroups: bool,
     native_f16: bool,
     max_slots: u32,
+    vec4: bool,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
@@ -175,7 +181,8 @@ impl Kernels {
         });
         let max_slots = options.max_slots;
         let cache = Mutex::new(HashMap::new());
-        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, cache })
+        let vec4 = options.vec4;
+        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, vec4, cache })
     }
 
     /// Records that the device was lost (for trainers that replaced the lost callback).
@@ -198,7 +205,12 @@ impl Kernels {
     /// The options the kernels were made with, as the device allows them (a feature it lacks
     /// reads as off).
     pub fn options(&self) -> KernelOptions {
-        KernelOptions { subgroups: self.subgroups, native_f16: self.native_f16, max_slots: self.max_slots }
+        KernelOptions {
+            subgroups: self.subgroups,
+            native_f16: self.native_f16,
+            max_slots: self.max_slots,
+            vec4: self.vec4,
+        }
     }
 
     /// Whether reductions use subgroup operations.
@@ -221,12 +233,15 @@ impl Kernels {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// Compiles every variant now instead of on first use (for start-up latency budgets).
+    /// Compiles every variant now instead of on first use (for start-up latency budgets): with
+    /// vector loads allowed, both forms of those that have them, since a binding whose ranges
+    /// are not whole vec4s takes the scalar one.
     pub fn compile_all(&self) -> Result<()> {
         let f32_only = Storages::default();
         Variant::all()
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
+            .filter(|v| self.vec4 || !v.vec4)
             .try_for_each(|v| {
                 // Variants past the device's limits are refused when asked for, not here.
                 if v.slots != 1 || self.check_limits(v).is_err() {
@@ -254,8 +269,9 @@ impl Kernels {
         let optimizer =
             optimizer.map(|o| OptVariant { kind: o.kind(), params: storage(o.params), state: storage(o.state) });
         let subgroups = self.subgroups;
-        // One slot until a binding asks for more.
-        Variant {
+        // One slot until a binding asks for more; vector loads where the kernels allow them,
+        // until a binding's windows say otherwise (a pool's never do).
+        let variant = Variant {
             kind,
             inputs_writable,
             subgroups,
@@ -266,7 +282,8 @@ impl Kernels {
             write_out,
             project_first,
             ..Variant::PLAIN
-        }
+        };
+        Variant { vec4: self.vec4 && variant.vec4_able(), ..variant }
     }
 
     /// The slot counts bindings of `variant` may use here, smallest first: those of

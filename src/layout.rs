@@ -186,9 +186,12 @@ impl Packing {
             *buffer_sizes.last_mut().unwrap() = offset + bytes;
             places.push((buffer_sizes.len() - 1, offset));
         }
-        // Round up so copies of whole buffers stay 4-byte multiples.
+        // Round up so copies of whole buffers stay 4-byte multiples, and to whole vec4s where
+        // the device allows, so that the last leaf can be bound as `array<vec4<f32>>` too (the
+        // kernels' vector loads, `plan::Grouping::vec4_ready`).
         for size in &mut buffer_sizes {
-            *size = size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+            let padded = size.next_multiple_of(16);
+            *size = if padded <= max_buffer_size { padded } else { size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT) };
         }
         Ok(Packing { buffer_sizes, places, dtype })
     }

@@ -112,6 +112,15 @@ impl Window {
         let start = self.start.min(bytes.start - bytes.start % limits.alignment);
         (*buffer == self.buffer && self.end.max(bytes.end) - start <= limits.window).then_some(start)
     }
+
+    /// The window's end rounded up to a whole vec4 (16 bytes), where the buffer and the
+    /// binding size allow: a variant with vec4 loads declares its f32 roles as
+    /// `array<vec4<f32>>`, whose length is the binding's size over 16, so only such a window
+    /// reaches its last element.
+    fn vec4_end(&self, limits: &Limits) -> Option<u64> {
+        let end = self.end.next_multiple_of(16);
+        (self.start % 16 == 0 && end <= self.buffer.size() && end - self.start <= limits.window).then_some(end)
+    }
 }
 
 /// Leaves (or parts of leaves) that share one dispatch: per role, its windows (one per slot
@@ -238,6 +247,12 @@ pub(crate) struct Grouping {
 }
 
 impl Grouping {
+    /// Whether every window can be bound as whole vec4s ([`Window::vec4_end`]), so the
+    /// dispatches may run a variant with vector loads (`Variant::vec4`).
+    pub fn vec4_ready(&self) -> bool {
+        self.groups.iter().flat_map(|g| g.windows.iter().flatten()).all(|w| w.vec4_end(&self.limits).is_some())
+    }
+
     /// Groups `roles` (all with one entry per leaf, validated by the caller), each group using
     /// at most `max_slots` slots.
     pub fn new(device: &wgpu::Device, roles: &[RoleLeaves], max_slots: u32) -> Result<Grouping> {
@@ -423,7 +438,9 @@ impl Plan {
                         let copies = if r.per_slot { slots } else { 1 };
                         for s in 0..copies {
                             let (buffer, offset, size) = match windows.get(s as usize) {
-                                Some(w) => (&w.buffer, w.start, w.end - w.start),
+                                // Whole vec4s where possible, for the vec4 variants; a
+                                // wider range of the same buffer binds the same way.
+                                Some(w) => (&w.buffer, w.start, w.vec4_end(&limits).unwrap_or(w.end) - w.start),
                                 None => {
                                     let placeholders = placeholders.as_ref().expect("made for unused slots");
                                     (&placeholders[r.writable as usize], 0, PLACEHOLDER_BYTES)

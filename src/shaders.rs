@@ -116,6 +116,11 @@ pub struct Variant {
     /// bindings, so leaves in that many distinct buffers share a dispatch without a branch per
     /// element.
     pub slots: u8,
+    /// f32 roles are declared as `array<vec4<f32>>`, and segments whose offsets are all
+    /// multiples of 4 elements move whole vec4s (only where [`Variant::vec4_able`], and only
+    /// for bindings whose every window is a whole number of vec4s, so that a single element
+    /// is a component of one).
+    pub vec4: bool,
 }
 
 /// The stages a step runs, in order.
@@ -157,6 +162,7 @@ impl Variant {
         write_out: true,
         project_first: false,
         slots: 1,
+        vec4: false,
     };
 
     /// Every variant the library can build; the cross-compilation test walks this list.
@@ -180,6 +186,7 @@ impl Variant {
                             write_out: true,
                             project_first: false,
                             slots: 1,
+                            vec4: false,
                         });
                     }
                 }
@@ -203,6 +210,7 @@ impl Variant {
                                 write_out: true,
                                 project_first: false,
                                 slots: 1,
+                                vec4: false,
                             });
                         }
                     }
@@ -283,6 +291,50 @@ impl Variant {
         }
         all.extend(Variant::with_optimizers());
         all.extend(Variant::with_slots());
+        all.extend(Variant::with_vec4());
+        all
+    }
+
+    /// Whether this variant has vector loads and stores (`vec4`): f32 storage in every role,
+    /// no optimizer, and a kind whose per-element code has a vec4 form (not PCGrad, not a
+    /// hierarchy).
+    pub fn vec4_able(self) -> bool {
+        matches!(self.kind, Kind::Project | Kind::RatioOnly | Kind::Mixed)
+            && self.optimizer.is_none()
+            && self.storages == Storages::default()
+    }
+
+    /// The variants of [`Variant::all`] with vector loads and stores: each kind that has them,
+    /// with read-only and writable inputs, both reductions, each guard and sums setting; the
+    /// paper's order for those with averages; and with 4 and 16 slots.
+    pub fn with_vec4() -> Vec<Variant> {
+        let base = Variant { vec4: true, ..Variant::PLAIN };
+        let mut all = Vec::new();
+        for kind in [Kind::Project, Kind::RatioOnly, Kind::Mixed] {
+            for inputs_writable in [false, true] {
+                for subgroups in [false, true] {
+                    for (guard, extras) in [(false, false), (false, true), (true, true)] {
+                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras, ..base });
+                    }
+                    if kind != Kind::Mixed {
+                        for guard in [false, true] {
+                            let project_first = true;
+                            all.push(Variant {
+                                kind,
+                                inputs_writable,
+                                subgroups,
+                                guard,
+                                extras: guard,
+                                project_first,
+                                ..base
+                            });
+                        }
+                    }
+                }
+            }
+            all.push(Variant { kind, slots: 4, ..base });
+            all.push(Variant { kind, inputs_writable: true, subgroups: false, slots: 16, ..base });
+        }
         all
     }
 
@@ -457,6 +509,10 @@ impl Variant {
         if self.subgroups {
             defines.insert("SUBGROUPS");
         }
+        if self.vec4 {
+            assert!(self.vec4_able(), "{self:?} has no vec4 form");
+            defines.insert("VEC4");
+        }
         defines
     }
 
@@ -557,7 +613,7 @@ pub fn slot_binding(binding: u32, s: u32) -> u32 {
 
 /// Functions whose body touches a user-owned role and so is copied per slot (`#per_slot`
 /// blocks in `shaders/`, and the hierarchy's generated element code).
-const PER_SLOT_FUNCTIONS: [&str; 3] = ["element", "optimize", "accumulate_element"];
+const PER_SLOT_FUNCTIONS: [&str; 4] = ["element", "element4", "optimize", "accumulate_element"];
 
 /// How many copies of the per-slot code a source gets, and the roles bound once per slot.
 pub(crate) struct SlotCopies {
@@ -579,7 +635,7 @@ impl SlotCopies {
         if PER_SLOT_FUNCTIONS.contains(&token) {
             return Some(format!("{token}_s{s}"));
         }
-        for prefix in ["load_", "store_", "word_"] {
+        for prefix in ["load_", "store_", "word_", "load4_", "store4_"] {
             let Some(rest) = token.strip_prefix(prefix) else { continue };
             let (role, pair) = match rest.strip_suffix("_pair") {
                 Some(role) if prefix == "store_" => (role, "_pair"),

@@ -83,6 +83,7 @@ impl std::fmt::Debug for StepBindings {
         f.debug_struct("StepBindings")
             .field("dispatches", &self.plan.dispatches.len())
             .field("tiles", &self.plan.tile_count)
+            .field("vec4", &self.kernels.variant.vec4)
             .finish()
     }
 }
@@ -96,6 +97,13 @@ impl StepBindings {
     /// How many workgroups (tiles) each of the accumulate and apply stages runs in all.
     pub fn tile_count(&self) -> u64 {
         self.plan.tile_count
+    }
+
+    /// Whether the kernels load and store whole vec4s in segments whose offsets are multiples
+    /// of 4 elements ([`crate::KernelOptions::vec4`]): f32 storage, no optimizer, not PCGrad
+    /// or a hierarchy, and every bound range a whole number of vec4s.
+    pub fn vector_loads(&self) -> bool {
+        self.kernels.variant.vec4
     }
 
     /// Where each leaf's direction lands (none with [`Output::Discard`]).
@@ -725,7 +733,10 @@ impl BloopState {
         let grouping = Grouping::new(&self.device, roles, most)?;
         let used = grouping.slots_used();
         let slots = counts.into_iter().find(|&s| s >= used).unwrap_or(most);
-        let kernels = self.kernels.compile(Variant { slots: slots as u8, ..variant })?;
+        // Vector loads where the variant has them (`Kernels::describe`) and every window holds
+        // whole vec4s.
+        let vec4 = variant.vec4 && grouping.vec4_ready();
+        let kernels = self.kernels.compile(Variant { slots: slots as u8, vec4, ..variant })?;
         let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -71,6 +71,10 @@ fn every_variant_translates_to_spirv() {
     // storage (3 kinds x 2 role mixes, 3 stages).
     // Slots: 8 two-loss variants (3 stages each), mixing without sums (1), 3 more plain ones, 4
     // with optimizers and 3 hierarchies (3 stages each).
+    // Vector loads: projecting and ratio_only (3 stages each) in 22 variants each (read-only
+    // and writable inputs, both reductions: three guard and sums settings, and the paper's
+    // order with the guard off and on; 4 and 16 slots); mixing in 14 (the same but the
+    // paper's order: 1 stage without sums, 2 with, 3 with the guard).
     assert_eq!(
         count,
         4 * (3 * 9 + 6)
@@ -79,6 +83,7 @@ fn every_variant_translates_to_spirv() {
             + 3 * (8 * 3 + 2 * 3)
             + 5 * (16 * 3 + 6 * 3)
             + (8 * 3 + 1 + 3 * 3 + 4 * 3 + 3 * 3)
+            + (2 * 22 * 3 + (4 * (1 + 2 + 3) + 3 + 3))
     );
 }
 
@@ -169,8 +174,8 @@ fn every_sharded_finalize_translates_to_every_backend() {
         count += 1;
     }
     // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit
-    // ones, and one with slots.
-    assert_eq!(count, shardable.len() - 4 - 24 - 1);
+    // ones, one with slots and 4 with vector loads.
+    assert_eq!(count, shardable.len() - 4 - 24 - 1 - 4);
 }
 
 #[test]

@@ -92,12 +92,13 @@ fn states_on_one_device_share_compiled_kernels() {
     kernels.compile_all().unwrap();
     // Every f32 variant of this device's reduction: 4 kinds x 2 input bindings x 3 settings of
     // the guard and diagnostics, and project_first for the 3 kinds with averages x 2 input
-    // bindings x guard off and on.
+    // bindings x guard off and on; and those with vector loads: bloop, ratio_only and mixing
+    // x 2 input bindings x 3 settings, and project_first for the first two x 2 x 2.
     // Hierarchies of k = 1, 2, 3, 4 and 8 aux losses, where the device binds 2k + 5 storage
     // buffers per stage: 2 input bindings x guard off and on x 2 orders.
     let limit = gpu().device.limits().max_storage_buffers_per_shader_stage;
     let levels = [1u32, 2, 3, 4, 8].iter().filter(|&&k| 2 * k + 5 <= limit).count();
-    assert_eq!(kernels.compiled_variants(), 4 * 2 * 3 + 3 * 2 * 2 + levels * 2 * 2 * 2);
+    assert_eq!(kernels.compiled_variants(), 4 * 2 * 3 + 3 * 2 * 2 + 3 * 2 * 3 + 2 * 2 * 2 + levels * 2 * 2 * 2);
 }
 
 #[test]

@@ -70,6 +70,9 @@ struct Cli {
     /// (`KernelOptions::max_slots`; 1 records one dispatch per distinct buffer) [default: 16].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_slots: Option<u32>,
+    /// Scalar loads and stores everywhere (`KernelOptions::vec4` off), to compare.
+    #[arg(long)]
+    no_vec4: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -85,6 +88,7 @@ struct Args {
     quick: bool,
     optimizers_only: bool,
     max_slots: u32,
+    vec4: bool,
 }
 
 impl Args {
@@ -101,6 +105,7 @@ impl Args {
             quick: cli.quick,
             optimizers_only: cli.optimizers_only,
             max_slots: cli.max_slots.unwrap_or(bloop::KernelOptions::default().max_slots),
+            vec4: !cli.no_vec4,
         }
     }
 }
@@ -455,15 +460,18 @@ fn write_layouts(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = GpuContext::from_env()?;
     let clock = Clock::new(&gpu);
-    let kernels =
-        Kernels::with_options(&gpu.device, bloop::KernelOptions { max_slots: args.max_slots, ..Default::default() });
+    let kernels = Kernels::with_options(
+        &gpu.device,
+        bloop::KernelOptions { max_slots: args.max_slots, vec4: args.vec4, ..Default::default() },
+    );
     let info = gpu.adapter.get_info();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "adapter: {}; timing: {}; reduction: {}; host threads: {threads}",
+        "adapter: {}; timing: {}; reduction: {}; loads: {}; host threads: {threads}",
         gpu.describe(),
         clock.name(),
-        if kernels.uses_subgroups() { "subgroups" } else { "shared-memory tree" }
+        if kernels.uses_subgroups() { "subgroups" } else { "shared-memory tree" },
+        if args.vec4 { "vec4 where aligned" } else { "scalar" }
     );
     println!(
         "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
