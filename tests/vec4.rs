@@ -60,14 +60,7 @@ fn check(seed: u64, config: Config, arrangement: Arrangement, max_slots: u32) ->
         } else {
             assert!(!bindings.vector_loads(), "{context}");
         }
-        for step in 0..3 {
-            let g_main = normal_leaves(&mut rng, &lengths, 1.0);
-            let g_aux = normal_leaves(&mut rng, &lengths, 0.7);
-            common::run_step(&mut state, &leaves, &bindings, &g_main, &g_aux);
-            let expected = reference.step(&widen(&g_main), &widen(&g_aux));
-            let errors = common::compare_step(&state, &reference, &expected, leaves.output_leaves());
-            assert!(errors.iter().all(|&e| e <= BOUND), "step {step}: {errors:?}; {context}");
-        }
+        common::check_three_steps(&mut rng, &mut state, &mut reference, &leaves, &bindings, &lengths, BOUND, &context);
         assert_eq!(leaves.corrupted_guards(), 0, "writes outside the leaves; {context}");
         directions.push(widen(&read_leaves(&gpu().device, &gpu().queue, leaves.output_leaves()).unwrap()));
     }

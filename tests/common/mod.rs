@@ -279,6 +279,30 @@ pub fn compare_step(
     [relative_error(&out, direction), main, aux]
 }
 
+/// Three steps of unit-scale main and 0.7-scale aux gradients through `bindings`, each against
+/// the reference within `bound` (direction and averages).
+#[allow(dead_code)] // not every test binary that includes this module calls it
+#[allow(clippy::too_many_arguments)]
+pub fn check_three_steps(
+    rng: &mut SplitMix64,
+    state: &mut BloopState,
+    reference: &mut ReferenceState,
+    leaves: &Leaves,
+    bindings: &StepBindings,
+    lengths: &[u64],
+    bound: f64,
+    context: &str,
+) {
+    for step in 0..3 {
+        let g_main = normal_leaves(rng, lengths, 1.0);
+        let g_aux = normal_leaves(rng, lengths, 0.7);
+        run_step(state, leaves, bindings, &g_main, &g_aux);
+        let expected = reference.step(&widen(&g_main), &widen(&g_aux));
+        let errors = compare_step(state, reference, &expected, leaves.output_leaves());
+        assert!(errors.iter().all(|&e| e <= bound), "step {step}: {errors:?}; {context}");
+    }
+}
+
 /// A random valid config for `method`.
 pub fn random_config(rng: &mut SplitMix64, method: Method) -> Config {
     let ema = match below(rng, 5) {
