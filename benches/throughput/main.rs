@@ -110,6 +110,10 @@ impl Args {
     }
 }
 
+/// Records one timed run into an encoder (with the pass's timestamp writes, where the clock
+/// has them).
+type Record<'r> = dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>) + 'r;
+
 /// How step times are taken.
 enum Clock {
     Timestamps { set: wgpu::QuerySet, resolve: wgpu::Buffer, read: wgpu::Buffer, period_ns: f64 },
@@ -147,11 +151,7 @@ impl Clock {
     }
 
     /// Milliseconds one recording takes on the GPU.
-    fn time(
-        &self,
-        gpu: &GpuContext,
-        record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>),
-    ) -> f64 {
+    fn time(&self, gpu: &GpuContext, record: &mut Record) -> f64 {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         match self {
             Clock::Timestamps { set, resolve, read, period_ns } => {
@@ -183,17 +183,33 @@ impl Clock {
     }
 
     /// (median, min, max) in ms over `reps` timed runs after 3 warm-up runs.
-    fn stats(
-        &self,
-        gpu: &GpuContext,
-        reps: usize,
-        record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>),
-    ) -> Stats {
-        for _ in 0..3 {
-            self.time(gpu, record);
-        }
-        Stats::of((0..reps).map(|_| self.time(gpu, record)).collect())
+    fn stats(&self, gpu: &GpuContext, reps: usize, record: &mut Record) -> Stats {
+        Stats::of(self.interleaved(gpu, reps, &mut [record]).remove(0))
     }
+
+    /// Times of `reps` runs of each recording, taken in turn (one run of each, then the next
+    /// round) after 3 warm-up rounds, so that a machine whose speed drifts (a shared VM) moves
+    /// them all alike and their ratios within a round hold.
+    fn interleaved(&self, gpu: &GpuContext, reps: usize, records: &mut [&mut Record]) -> Vec<Vec<f64>> {
+        let mut times = vec![Vec::with_capacity(reps); records.len()];
+        for round in 0..3 + reps {
+            for (record, times) in records.iter_mut().zip(&mut times) {
+                let ms = self.time(gpu, *record);
+                if round >= 3 {
+                    times.push(ms);
+                }
+            }
+        }
+        times
+    }
+}
+
+/// The median over rounds of `times[r] / base[r]`: how many times the base's time a recording
+/// takes, from runs taken in the same rounds ([`Clock::interleaved`]).
+fn paired_ratio(times: &[f64], base: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = times.iter().zip(base).map(|(t, b)| t / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 /// The unfused baseline's time and bytes, and the host baselines' times.
@@ -240,6 +256,9 @@ struct Row {
     cpu_f64_reference_ms: Option<f64>,
     /// Dispatches of each stage over tiles, per step.
     dispatches: usize,
+    /// This path's time over the pool's: the median of the ratios of runs taken in turn
+    /// ([`Clock::interleaved`]); none where the paths were timed one after the other.
+    pool_ratio: Option<f64>,
 }
 
 /// (name, method, ratio_only, guard, gradient and output type, averages' type). The guard is
@@ -314,7 +333,10 @@ impl Buffers {
         fill(gpu, pool.aux_leaves(), rng);
         let lengths = layout.lengths();
         let per_leaf = |label: &str| -> Vec<LeafBuffer> {
-            lengths.iter().map(|&n| LeafBuffer::typed(&storage_buffer(gpu, label, n * dtype.size()), 0, n, dtype)).collect()
+            lengths
+                .iter()
+                .map(|&n| LeafBuffer::typed(&storage_buffer(gpu, label, n * dtype.size()), 0, n, dtype))
+                .collect()
         };
         let mut arrangements =
             vec![Arrangement { name: "per-leaf", main: per_leaf("main"), aux: per_leaf("aux"), out: per_leaf("out") }];
@@ -474,12 +496,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if args.vec4 { "vec4 where aligned" } else { "scalar" }
     );
     println!(
-        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
+        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
         "layout",
         "elements",
         "method",
         "path",
         "disp",
+        "x pool",
         "median ms",
         "min ms",
         "max ms",
@@ -562,24 +585,44 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     (unfused, eager.bytes_per_element, cpu32, cpu64)
                 }
             };
-            let paths = std::iter::once(None).chain(data.arrangements.iter().map(Some));
-            for arrangement in paths {
-                let mut state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
-                let (path, bindings) = match arrangement {
-                    None => ("pool", state.bind_pool(&data.pool).unwrap()),
-                    Some(a) => (
-                        a.name,
-                        state
-                            .bind_external(&ExternalGradients {
+            // The pool and every arrangement, timed in turn so that their ratios hold on a
+            // machine whose speed drifts.
+            let mut paths: Vec<(&str, BloopState, bloop::StepBindings)> = std::iter::once(None)
+                .chain(data.arrangements.iter().map(Some))
+                .map(|arrangement| {
+                    let state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros())?;
+                    let (path, bindings) = match arrangement {
+                        None => ("pool", state.bind_pool(&data.pool)?),
+                        Some(a) => (
+                            a.name,
+                            state.bind_external(&ExternalGradients {
                                 main: &a.main,
                                 aux: &a.aux,
                                 output: Output::Buffers(&a.out),
-                            })
-                            .unwrap(),
-                    ),
-                };
-                let stats = clock
-                    .stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, &bindings, t).unwrap());
+                            })?,
+                        ),
+                    };
+                    Ok((path, state, bindings))
+                })
+                .collect::<bloop::Result<_>>()?;
+            let times = {
+                let mut records: Vec<Box<Record>> = paths
+                    .iter_mut()
+                    .map(|(_, state, bindings)| {
+                        Box::new(
+                            move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
+                                state.record_step_timed(encoder, bindings, t).unwrap()
+                            },
+                        ) as Box<Record>
+                    })
+                    .collect();
+                clock.interleaved(&gpu, args.reps, &mut records.iter_mut().map(|r| &mut **r).collect::<Vec<_>>())
+            };
+            for ((path, _, bindings), path_times) in paths.iter().zip(&times) {
+                let path = *path;
+                let stats = Stats::of(path_times.clone());
+                // The pool is the first path.
+                let pool_ratio = paired_ratio(path_times, &times[0]);
                 let bytes = config.bytes_per_element();
                 let seconds = stats.median_ms / 1e3;
                 let gbps = (bytes * elements) as f64 / seconds / 1e9;
@@ -607,12 +650,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     cpu_f32_threads_ms: cpu32,
                     cpu_f64_reference_ms: cpu64,
                     dispatches: bindings.dispatch_count(),
+                    pool_ratio: Some(pool_ratio),
                 };
                 let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
                 // Rows go to stdout whether or not the bar is drawn (it hides itself off a terminal).
                 bar.suspend(|| println!(
-                    "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
-                    row.layout, row.elements, row.method, row.path, row.dispatches, stats.median_ms, stats.min_ms, stats.max_ms,
+                    "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6.2} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
+                    row.layout, row.elements, row.method, row.path, row.dispatches, pool_ratio, stats.median_ms, stats.min_ms, stats.max_ms,
                     row.elements_per_s / 1e9, row.gbps, row.roofline_fraction, row.unfused_median_ms, row.fused_speedup, opt(cpu32), opt(cpu64)
                 ));
                 rows.push(row);
@@ -632,12 +676,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let gbps = (bytes * elements) as f64 / seconds / 1e9;
                 bar.suspend(|| {
                     println!(
-                        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2}",
+                        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2}",
                         workload.name,
                         elements,
                         name,
                         path,
                         dispatches,
+                        "-",
                         stats.median_ms,
                         stats.min_ms,
                         stats.max_ms,
@@ -671,6 +716,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     cpu_f32_threads_ms: None,
                     cpu_f64_reference_ms: None,
                     dispatches,
+                    pool_ratio: None,
                 });
             }
         }
