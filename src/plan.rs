@@ -119,7 +119,7 @@ impl Window {
     /// reaches its last element.
     fn vec4_end(&self, limits: &Limits) -> Option<u64> {
         let end = self.end.next_multiple_of(16);
-        (self.start % 16 == 0 && end <= self.buffer.size() && end - self.start <= limits.window).then_some(end)
+        (self.start.is_multiple_of(16) && end <= self.buffer.size() && end - self.start <= limits.window).then_some(end)
     }
 }
 
