@@ -1,7 +1,7 @@
 // Bindings and shared types of every stage. The host side is `src/kernels.rs` (layouts) and
 // `src/plan.rs` (tiles); keep the three in step.
 
-// Threads per workgroup. Each workgroup walks one tile of at most TILE_LEN elements.
+// Threads per workgroup. Each workgroup walks one tile (`KernelOptions::tile_len` elements).
 const WORKGROUP_SIZE: u32 = 256u;
 
 struct Params {

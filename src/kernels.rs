@@ -13,6 +13,20 @@ use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, V
 /// slot) costs more compile time than the dispatches saved are worth.
 pub(crate) const MAX_SLOTS: u32 = 16;
 
+/// Elements per tile on a GPU (`KernelOptions::tile_len`): 16 per invocation of a
+/// 256-invocation workgroup, enough to amortise the workgroup reduction while keeping
+/// thousands of workgroups in flight on large steps.
+pub const TILE_LEN: u64 = 4096;
+
+/// Elements per tile on a CPU adapter: 64 per invocation. llvmpipe runs each barrier of a
+/// workgroup's reduction as a switch between coroutines, one per 8 lanes; on lavapipe (2
+/// cores) the guarded `bloop` step went from 0.54 – 0.62 to 0.67 – 0.91 of the copy kernel's
+/// bandwidth at 2^16 – 2^22 elements with these tiles (`BENCHMARKS.md`).
+pub const CPU_TILE_LEN: u64 = 16384;
+
+/// Invocations per workgroup (`WORKGROUP_SIZE` in `shaders/bindings.wgsl`).
+pub(crate) const WORKGROUP_SIZE: u64 = 256;
+
 /// Binding numbers of group 1 (see `shaders/bindings.wgsl`).
 pub(crate) mod slot {
     pub const TILES: u32 = 0;
@@ -109,11 +123,17 @@ pub struct KernelOptions {
     /// bound range is a whole number of vec4s; scalar ones otherwise. Off: scalar everywhere
     /// (for comparisons and tests).
     pub vec4: bool,
+    /// Elements of work a workgroup takes per tile, rounded up to whole rounds of the
+    /// workgroup (256 elements). `None` picks by adapter: [`TILE_LEN`] on a GPU, which
+    /// wants many workgroups in flight, and [`CPU_TILE_LEN`] on a CPU adapter, whose
+    /// driver (llvmpipe) runs a workgroup's barriers as switches between its lanes' coroutines
+    /// and so gains from fewer, larger tiles.
+    pub tile_len: Option<u32>,
 }
 
 impl Default for KernelOptions {
     fn default() -> KernelOptions {
-        KernelOptions { subgroups: true, native_f16: true, max_slots: 16, vec4: true }
+        KernelOptions { subgroups: true, native_f16: true, max_slots: 16, vec4: true, tile_len: None }
     }
 }
 
@@ -127,6 +147,8 @@ pub struct Kernels {
     native_f16: bool,
     max_slots: u32,
     vec4: bool,
+    /// Elements per tile, whole rounds of the workgroup.
+    tile_len: u64,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
@@ -134,6 +156,7 @@ impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kernels")
             .field("subgroups", &self.subgroups)
+            .field("tile_len", &self.tile_len)
             .field("compiled_variants", &self.compiled_variants())
             .finish()
     }
@@ -182,7 +205,13 @@ impl Kernels {
         let max_slots = options.max_slots;
         let cache = Mutex::new(HashMap::new());
         let vec4 = options.vec4;
-        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, vec4, cache })
+        let tile_len = match options.tile_len {
+            Some(len) => len as u64,
+            None if device.adapter_info().device_type == wgpu::DeviceType::Cpu => CPU_TILE_LEN,
+            None => TILE_LEN,
+        };
+        let tile_len = tile_len.max(1).next_multiple_of(WORKGROUP_SIZE);
+        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, vec4, tile_len, cache })
     }
 
     /// Records that the device was lost (for trainers that replaced the lost callback).
@@ -210,7 +239,13 @@ impl Kernels {
             native_f16: self.native_f16,
             max_slots: self.max_slots,
             vec4: self.vec4,
+            tile_len: Some(self.tile_len as u32),
         }
+    }
+
+    /// Elements of work per tile (`KernelOptions::tile_len`, as chosen for this adapter).
+    pub fn tile_len(&self) -> u64 {
+        self.tile_len
     }
 
     /// Whether reductions use subgroup operations.

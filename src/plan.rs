@@ -7,31 +7,21 @@
 //! dispatch, and each segment names its slot. A pool or leaf larger than the binding limit is
 //! split over several dispatches without the caller noticing.
 //! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements of
-//! one leaf, described by element offsets relative to the windows) of at most [`TILE_LEN`]
-//! elements together. Small leaves share tiles, so a model with many tiny leaves (biases,
+//! one leaf, described by element offsets relative to the windows) of at most the kernels'
+//! tile length (`KernelOptions::tile_len`) of elements together (that many times the slots, in
+//! a dispatch of several slots). Small leaves share tiles, so a model with many tiny leaves (biases,
 //! norms) does not pay a workgroup and a reduction for each.
 
 use std::num::NonZeroU64;
 
 use crate::context::gpu_scope;
 use crate::error::{Error, Result};
-use crate::kernels::slot;
+use crate::kernels::{slot, WORKGROUP_SIZE};
 use crate::layout::LeafBuffer;
 use crate::shaders::slot_binding;
 
 /// The most slots the window check below makes room for (`kernels::MAX_SLOTS`).
 const MAX_SLOTS: u32 = crate::kernels::MAX_SLOTS;
-
-/// Elements per tile: 16 per invocation of a 256-invocation workgroup, enough to amortise the
-/// workgroup reduction while keeping thousands of workgroups in flight on large steps.
-pub const TILE_LEN: u64 = 4096;
-
-/// Invocations per workgroup (`WORKGROUP_SIZE` in `shaders/bindings.wgsl`).
-const WORKGROUP_SIZE: u64 = 256;
-
-/// Loop iterations a tile may cost each invocation: every segment costs at least one, so a
-/// tile holds at most this many small segments, or one full-length one.
-const TILE_ROUNDS: u64 = TILE_LEN / WORKGROUP_SIZE;
 
 /// Words of one segment record (`Segment` in `shaders/bindings.wgsl`): the offsets by
 /// binding - 1 (main, aux, main_ema, aux_ema, out, weights, opt_m, opt_v), the length at
@@ -289,7 +279,9 @@ impl Grouping {
 impl Plan {
     /// Builds the dispatches of `grouping` for `roles` (as grouped), each binding `slots`
     /// slots of every per-slot role (at least [`Grouping::slots_used`]; the unused ones a
-    /// placeholder), with partial sums of `partial_bytes` per tile.
+    /// placeholder), with tiles of `tile_len` elements (whole rounds of the workgroup) and
+    /// partial sums of `partial_bytes` per tile.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
@@ -297,8 +289,12 @@ impl Plan {
         roles: &[RoleLeaves],
         grouping: Grouping,
         slots: u32,
+        tile_len: u64,
         partial_bytes: u64,
     ) -> Result<Plan> {
+        // Loop iterations a tile of one slot may cost each invocation: every segment costs at
+        // least one, so such a tile holds at most this many small segments, or one full one.
+        let tile_rounds_per_slot = tile_len / WORKGROUP_SIZE;
         let Grouping { groups, limits, segment_words, len_at } = grouping;
         let (window, alignment) = (limits.window, limits.alignment);
 
@@ -315,7 +311,7 @@ impl Plan {
             for piece in &group.pieces {
                 let mut start = piece.start;
                 while start < piece.start + piece.len {
-                    let len = TILE_LEN.min(piece.start + piece.len - start);
+                    let len = tile_len.min(piece.start + piece.len - start);
                     let mut segment = Segment { len: len as u32, slot: piece.slot, ..Default::default() };
                     for (r, windows) in roles.iter().zip(&group.windows) {
                         let l = &r.leaves[piece.leaf];
@@ -333,7 +329,7 @@ impl Plan {
             // Every slot's segment loop costs a tile at least one round, run or not (a CPU
             // driver runs an empty loop's body once with its lanes masked off), so a tile of
             // many slots holds that many times the work, to keep that cost per element.
-            let tile_rounds = TILE_ROUNDS * slots as u64;
+            let tile_rounds = tile_rounds_per_slot * slots as u64;
             let mut rounds = tile_rounds;
             for (i, segment) in segments.iter().enumerate() {
                 let cost = (segment.len as u64).div_ceil(WORKGROUP_SIZE);

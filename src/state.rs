@@ -737,7 +737,9 @@ impl BloopState {
         // whole vec4s.
         let vec4 = variant.vec4 && grouping.vec4_ready();
         let kernels = self.kernels.compile(Variant { slots: slots as u8, vec4, ..variant })?;
-        let plan = Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, partial_bytes)?;
+        let tile_len = self.kernels.tile_len();
+        let plan =
+            Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, tile_len, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop partials"),

@@ -6,9 +6,10 @@
 //! submit-and-wait), after warm-up, over at least 20 repetitions; reports the median, min and
 //! max. Bytes are the fewest each method must move per f32 element
 //! (`Config::bytes_per_element`); the roofline is a plain vec4 copy kernel over a buffer of
-//! the same size, measured in the same run. Baselines: the unfused (eager) sequence of
-//! operators on the same adapter, the f64 host reference and a multi-threaded f32 host
-//! implementation. Then the fused optimizer (SGD, momentum, Adam) against the step followed by
+//! the same size, run in turn with the steps (so a drifting machine moves both alike), as are
+//! the pool and the user-buffer arrangements of each method. Baselines: the unfused (eager)
+//! sequence of operators on the same adapter, the f64 host reference and a multi-threaded f32
+//! host implementation. Then the fused optimizer (SGD, momentum, Adam) against the step followed by
 //! a separate optimizer kernel, per layout (`optimizer.rs`). Writes a table to stdout,
 //! `DIR/throughput.json`, `DIR/optimizer.json` and `DIR/throughput.svg`.
 
@@ -73,6 +74,10 @@ struct Cli {
     /// Scalar loads and stores everywhere (`KernelOptions::vec4` off), to compare.
     #[arg(long)]
     no_vec4: bool,
+    /// Elements per workgroup's tile (`KernelOptions::tile_len`) [default: by adapter, 4096 on
+    /// a GPU and 16384 on a CPU adapter].
+    #[arg(long)]
+    tile_len: Option<u32>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -89,6 +94,7 @@ struct Args {
     optimizers_only: bool,
     max_slots: u32,
     vec4: bool,
+    tile_len: Option<u32>,
 }
 
 impl Args {
@@ -106,6 +112,7 @@ impl Args {
             optimizers_only: cli.optimizers_only,
             max_slots: cli.max_slots.unwrap_or(bloop::KernelOptions::default().max_slots),
             vec4: !cli.no_vec4,
+            tile_len: cli.tile_len,
         }
     }
 }
@@ -247,7 +254,10 @@ struct Row {
     stats: Stats,
     elements_per_s: f64,
     gbps: f64,
+    /// The copy kernel's GB/s (its median run, timed before the methods).
     copy_gbps: f64,
+    /// The step's GB/s over the copy kernel's: for the methods, the median over rounds of runs
+    /// of both taken side by side ([`Clock::interleaved`]); for hierarchies, the medians' ratio.
     roofline_fraction: f64,
     unfused_median_ms: f64,
     unfused_bytes_per_element: u64,
@@ -382,59 +392,76 @@ impl Buffers {
     }
 }
 
-/// Bandwidth of the vec4 copy kernel over `elements` f32 (bytes read + written per second).
-fn copy_gbps(gpu: &GpuContext, clock: &Clock, reps: usize, elements: u64) -> f64 {
-    let device = &gpu.device;
-    let n = elements.next_multiple_of(4);
-    let buffer = |label| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: n * 4,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
-    let (src, dst) = (buffer("copy src"), buffer("copy dst"));
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("copy"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()),
-    });
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: None,
-        entries: &[eager::storage(0, true), eager::storage(1, false)],
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: None,
-        bind_group_layouts: &[Some(&layout)],
-        immediate_size: 0,
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("copy"),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("copy"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &layout,
-        entries: &[
-            wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
-        ],
-    });
-    let groups = (n / 4).div_ceil(256);
-    let max = device.limits().max_compute_workgroups_per_dimension as u64;
-    let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
-    let stats = clock.stats(gpu, reps, &mut |encoder, timestamps| {
+/// The roofline: a vec4 copy of `elements` f32 from one buffer to another.
+struct CopyKernel {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: (u32, u32),
+    /// Bytes one run reads and writes.
+    bytes: u64,
+}
+
+impl CopyKernel {
+    fn new(gpu: &GpuContext, elements: u64) -> CopyKernel {
+        let device = &gpu.device;
+        let n = elements.next_multiple_of(4);
+        let buffer = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: n * 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (src, dst) = (buffer("copy src"), buffer("copy dst"));
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("copy"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()),
+        });
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: None,
+            entries: &[eager::storage(0, true), eager::storage(1, false)],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("copy"),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("copy"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        // The bind group holds the buffers alive.
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+            ],
+        });
+        let groups = (n / 4).div_ceil(256);
+        let max = device.limits().max_compute_workgroups_per_dimension as u64;
+        let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
+        CopyKernel { pipeline, bind_group, workgroups: (x as u32, y as u32), bytes: n * 8 }
+    }
+
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, timestamps: Option<wgpu::ComputePassTimestampWrites>) {
         let mut pass = encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: timestamps });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(x as u32, y as u32, 1);
-    });
-    (n * 8) as f64 / (stats.median_ms * 1e6)
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+    }
+
+    /// GB/s of a run that took `ms`.
+    fn gbps(&self, ms: f64) -> f64 {
+        self.bytes as f64 / (ms * 1e6)
+    }
 }
 
 struct Workload {
@@ -484,16 +511,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let clock = Clock::new(&gpu);
     let kernels = Kernels::with_options(
         &gpu.device,
-        bloop::KernelOptions { max_slots: args.max_slots, vec4: args.vec4, ..Default::default() },
+        bloop::KernelOptions {
+            max_slots: args.max_slots,
+            vec4: args.vec4,
+            tile_len: args.tile_len,
+            ..Default::default()
+        },
     );
     let info = gpu.adapter.get_info();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "adapter: {}; timing: {}; reduction: {}; loads: {}; host threads: {threads}",
+        "adapter: {}; timing: {}; reduction: {}; loads: {}; tiles of {} elements; host threads: {threads}",
         gpu.describe(),
         clock.name(),
         if kernels.uses_subgroups() { "subgroups" } else { "shared-memory tree" },
-        if args.vec4 { "vec4 where aligned" } else { "scalar" }
+        if args.vec4 { "vec4 where aligned" } else { "scalar" },
+        kernels.tile_len()
     );
     println!(
         "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
@@ -523,7 +556,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for workload in step_workloads {
         let layout = &workload.layout;
         let elements = layout.total_elements();
-        let copy = copy_gbps(&gpu, &clock, args.reps, elements);
+        let copy_kernel = CopyKernel::new(&gpu, elements);
+        let copy =
+            copy_kernel.gbps(clock.stats(&gpu, args.reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
         let mut buffers: Vec<(DType, Buffers)> = Vec::new();
         let host = args.cpu && elements <= 1 << 24;
         let (cpu_main, cpu_aux) =
@@ -605,18 +640,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     Ok((path, state, bindings))
                 })
                 .collect::<bloop::Result<_>>()?;
-            let times = {
-                let mut records: Vec<Box<Record>> = paths
-                    .iter_mut()
-                    .map(|(_, state, bindings)| {
-                        Box::new(
-                            move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
-                                state.record_step_timed(encoder, bindings, t).unwrap()
-                            },
-                        ) as Box<Record>
-                    })
-                    .collect();
-                clock.interleaved(&gpu, args.reps, &mut records.iter_mut().map(|r| &mut **r).collect::<Vec<_>>())
+            // The copy kernel runs in every round too, so that each path's roofline fraction is
+            // a ratio of runs taken side by side.
+            let (copy_times, times) = {
+                let mut records: Vec<Box<Record>> =
+                    vec![Box::new(|encoder: &mut wgpu::CommandEncoder, t| copy_kernel.record(encoder, t))];
+                records.extend(paths.iter_mut().map(|(_, state, bindings)| {
+                    Box::new(move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
+                        state.record_step_timed(encoder, bindings, t).unwrap()
+                    }) as Box<Record>
+                }));
+                let mut times =
+                    clock.interleaved(&gpu, args.reps, &mut records.iter_mut().map(|r| &mut **r).collect::<Vec<_>>());
+                let copy_times = times.remove(0);
+                (copy_times, times)
             };
             for ((path, _, bindings), path_times) in paths.iter().zip(&times) {
                 let path = *path;
@@ -626,6 +663,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let bytes = config.bytes_per_element();
                 let seconds = stats.median_ms / 1e3;
                 let gbps = (bytes * elements) as f64 / seconds / 1e9;
+                // Per round, the step's GB/s over the copy kernel's; the median of those.
+                let step_bytes = (bytes * elements) as f64 / copy_kernel.bytes as f64;
+                let roofline = paired_ratio(&copy_times, path_times) * step_bytes;
                 let row = Row {
                     adapter: info.name.clone(),
                     backend: format!("{:?}", info.backend),
@@ -643,7 +683,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     elements_per_s: elements as f64 / seconds,
                     gbps,
                     copy_gbps: copy,
-                    roofline_fraction: gbps / copy,
+                    roofline_fraction: roofline,
                     unfused_median_ms: unfused.median_ms,
                     unfused_bytes_per_element: unfused_bytes,
                     fused_speedup: unfused.median_ms / stats.median_ms,

@@ -16,9 +16,17 @@ pub fn gpu() -> &'static GpuContext {
     GPU.get_or_init(|| GpuContext::from_env().expect("a GPU adapter (lavapipe is enough)"))
 }
 
+/// Kernels with the tile length a GPU gets (lavapipe alone would pick `CPU_TILE_LEN`), so that
+/// the tests sharing them cut steps into tiles as users' GPUs do; `tests/tiles.rs` covers the
+/// other lengths, and the tests that make `Kernels::new` their own use the adapter's choice.
 pub fn kernels() -> Arc<Kernels> {
     static KERNELS: OnceLock<Arc<Kernels>> = OnceLock::new();
-    KERNELS.get_or_init(|| Kernels::new(&gpu().device)).clone()
+    KERNELS
+        .get_or_init(|| {
+            let options = bloop::KernelOptions { tile_len: Some(bloop::TILE_LEN as u32), ..Default::default() };
+            Kernels::with_options(&gpu().device, options)
+        })
+        .clone()
 }
 
 /// Written around leaves in user buffers; any change to it is a write outside the leaves.
