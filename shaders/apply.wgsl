@@ -118,13 +118,43 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
 
 #ifdef VEC4
 // `element` for four consecutive elements at a multiple of 4 in every role, the same
-// operations in the same order (VEC4 variants have no optimizer, PCGrad or 16-bit storage).
+// operations in the same order (VEC4 variants have no PCGrad or 16-bit storage).
 struct Element4 {
     gm: vec4<f32>,
     ga: vec4<f32>,
     d: vec4<f32>,
     e: vec4<f32>,
+    p: vec4<f32>,
+    m: vec4<f32>,
+    v: vec4<f32>,
 }
+
+#ifdef OPTIMIZER
+// `optimize` for four elements.
+#per_slot
+fn optimize4(seg: Segment, i: u32, d: vec4<f32>, c: Coefficients, x: ptr<function, Element4>) {
+    let p = load4_weights(seg.weights + i);
+    var g = d + params.weight_decay * p;
+#ifdef SGD
+#ifdef OPT_M
+    let b = select(params.momentum * load4_opt_m(seg.opt_m + i) + params.dampening_c * g, g, c.first != 0.0);
+    (*x).m = b;
+    g = select(b, g + params.momentum * b, params.nesterov != 0.0);
+#endif
+    (*x).p = p - c.lr * g;
+#endif
+#ifdef ADAM
+    let m0 = load4_opt_m(seg.opt_m + i);
+    let m = m0 + params.beta1_c * (g - m0);
+    let v = params.beta2 * load4_opt_v(seg.opt_v + i) + params.beta2_c * g * g;
+    (*x).m = m;
+    (*x).v = v;
+    let denom = sqrt(v) / c.bc2_sqrt + params.adam_eps;
+    (*x).p = p * (1.0 - c.lr * params.decoupled_decay) - (c.lr / c.bc1) * (m / denom);
+#endif
+}
+#end_per_slot
+#endif
 
 #per_slot
 fn element4(seg: Segment, i: u32, c: Coefficients) -> Element4 {
@@ -132,7 +162,7 @@ fn element4(seg: Segment, i: u32, c: Coefficients) -> Element4 {
     let l = c.l;
     let gm = load4_g_main(seg.main + i);
     let ga = load4_g_aux(seg.aux + i);
-    var x = Element4(gm, ga, vec4<f32>(0.0), vec4<f32>(0.0));
+    var x = Element4(gm, ga, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 #ifdef UPDATE_EMA_IN_APPLY
     let e_old = load4_main_ema(seg.main_ema + i);
     x.e = ema_step4(e_old, gm);
@@ -150,6 +180,9 @@ fn element4(seg: Segment, i: u32, c: Coefficients) -> Element4 {
     let pe = x.e;
 #endif
     x.d = s * (gm + l * (ga - c.r * pe));
+#endif
+#ifdef OPTIMIZER
+    optimize4(seg, i, x.d, c, &x);
 #endif
     return x;
 }
@@ -252,6 +285,15 @@ fn apply(
                 let x = element4(seg, i, c);
 #ifdef WRITE_OUT
                 store4_out(seg.out + i, x.d);
+#endif
+#ifdef OPTIMIZER
+                store4_weights(seg.weights + i, x.p);
+#endif
+#ifdef OPT_M
+                store4_opt_m(seg.opt_m + i, x.m);
+#endif
+#ifdef OPT_V
+                store4_opt_v(seg.opt_v + i, x.v);
 #endif
 #ifdef UPDATE_EMA_IN_APPLY
                 store4_main_ema(seg.main_ema + i, x.e);

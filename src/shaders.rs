@@ -295,12 +295,12 @@ impl Variant {
         all
     }
 
-    /// Whether this variant has vector loads and stores (`vec4`): f32 storage in every role,
-    /// no optimizer, and a kind whose per-element code has a vec4 form (not PCGrad, not a
-    /// hierarchy).
+    /// Whether this variant has vector loads and stores (`vec4`): f32 storage in every role
+    /// (an optimizer's parameters and state included), and a kind whose per-element code has a
+    /// vec4 form (not PCGrad, not a hierarchy).
     pub fn vec4_able(self) -> bool {
         matches!(self.kind, Kind::Project | Kind::RatioOnly | Kind::Mixed)
-            && self.optimizer.is_none()
+            && self.optimizer.is_none_or(|o| o.params == Storage::F32 && o.state == Storage::F32)
             && self.storages == Storages::default()
     }
 
@@ -334,6 +334,12 @@ impl Variant {
             }
             all.push(Variant { kind, slots: 4, ..base });
             all.push(Variant { kind, inputs_writable: true, subgroups: false, slots: 16, ..base });
+            // Fused optimizers in f32, the direction written or not.
+            for opt in [OptKind::Sgd, OptKind::Momentum, OptKind::Adam] {
+                let optimizer = Some(OptVariant { kind: opt, params: Storage::F32, state: Storage::F32 });
+                all.push(Variant { kind, optimizer, ..base });
+                all.push(Variant { kind, optimizer, write_out: false, inputs_writable: true, slots: 4, ..base });
+            }
         }
         all
     }
@@ -613,7 +619,7 @@ pub fn slot_binding(binding: u32, s: u32) -> u32 {
 
 /// Functions whose body touches a user-owned role and so is copied per slot (`#per_slot`
 /// blocks in `shaders/`, and the hierarchy's generated element code).
-const PER_SLOT_FUNCTIONS: [&str; 4] = ["element", "element4", "optimize", "accumulate_element"];
+const PER_SLOT_FUNCTIONS: [&str; 5] = ["element", "element4", "optimize", "optimize4", "accumulate_element"];
 
 /// How many copies of the per-slot code a source gets, and the roles bound once per slot.
 pub(crate) struct SlotCopies {

@@ -706,3 +706,40 @@ fn bytes_per_element_of_fused_and_separate_steps() {
         Config::new(Method::Bloop).optimizer(Optimizer::adam(1e-3).params_type(DType::Bf16).state_type(DType::F16));
     assert_eq!(half.fused_bytes_per_element(false), 28 + 4 + 8);
 }
+
+#[test]
+fn fused_f32_optimizers_use_vector_loads_and_match_the_scalar_kernels() {
+    // The pool's leaves are vec4-aligned in every role, so each f32 optimizer fused into a
+    // projecting, ratio_only or mixing step takes the vector-load kernels; three steps against
+    // the reference, and parameters and state against the scalar kernels on the same inputs.
+    let scalar =
+        bloop::Kernels::with_options(&gpu().device, bloop::KernelOptions { vec4: false, ..Default::default() });
+    let mut rng = SplitMix64::new(11);
+    for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
+        let method = [Method::Bloop, Method::Mixed, Method::DynamicBarrier][i % 3];
+        let ratio_only = i % 2 == 1 && method != Method::Mixed;
+        let config = Config::new(method).ema(0.2).lambda(0.7).ratio_only(ratio_only).optimizer(optimizer);
+        let layout = Layout::from_lengths(&[4099, 3, 517, 1024]).unwrap();
+        let path = Path::Pool { in_place: false, discard: i % 2 == 0 };
+        let mut params = Vec::new();
+        for (kernels, vec4) in [(kernels(), true), (scalar.clone(), false)] {
+            let mut rng = SplitMix64::new(100 + i as u64);
+            let mut run = start(&mut rng, &kernels, config, path, &layout);
+            assert_eq!(run.bindings.vector_loads(), vec4, "{config:?}");
+            for step in 0..3 {
+                let (g_main, g_aux) = run.gradients(&mut rng, DType::F32);
+                let direction = run.step(&g_main, &g_aux, None);
+                let errors = run.errors(&direction);
+                assert!(errors.iter().all(|&e| e <= F32_BOUND), "vec4 {vec4}, step {step}: {errors:?}; {config:?}");
+            }
+            assert_eq!(run.setup.corrupted_guards(), 0, "{config:?}");
+            params.push((widen(&read(&run.setup.params)), run.state.read_optimizer_state().unwrap()));
+        }
+        let apart = relative_error(&params[0].0, &params[1].0);
+        assert!(apart <= F32_BOUND, "parameters {apart} apart; {config:?}");
+        for (a, b) in params[0].1.iter().zip(&params[1].1) {
+            let apart = relative_error(&widen(a), &widen(b));
+            assert!(apart <= F32_BOUND, "optimizer state {apart} apart; {config:?}");
+        }
+    }
+}

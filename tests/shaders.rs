@@ -74,7 +74,8 @@ fn every_variant_translates_to_spirv() {
     // Vector loads: projecting and ratio_only (3 stages each) in 22 variants each (read-only
     // and writable inputs, both reductions: three guard and sums settings, and the paper's
     // order with the guard off and on; 4 and 16 slots); mixing in 14 (the same but the
-    // paper's order: 1 stage without sums, 2 with, 3 with the guard).
+    // paper's order: 1 stage without sums, 2 with, 3 with the guard); and each of the three
+    // with each fused f32 optimizer, the direction written or not (18 variants, 3 stages).
     assert_eq!(
         count,
         4 * (3 * 9 + 6)
@@ -84,6 +85,7 @@ fn every_variant_translates_to_spirv() {
             + 5 * (16 * 3 + 6 * 3)
             + (8 * 3 + 1 + 3 * 3 + 4 * 3 + 3 * 3)
             + (2 * 22 * 3 + (4 * (1 + 2 + 3) + 3 + 3))
+            + 3 * 3 * 2 * 3
     );
 }
 

@@ -8,7 +8,7 @@
 use bloop::{BloopState, Config, DType, EmaInits, GpuContext, GradientPool, Kernels, Layout, Method, Optimizer};
 use serde::Serialize;
 
-use super::{Clock, Stats};
+use super::{Clock, Record, Stats};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OptimizerRow {
@@ -72,7 +72,6 @@ pub fn measure(
 
     let mut fused = BloopState::new(kernels, &gpu.queue, layout, fused_config, EmaInits::zeros()).unwrap();
     let fused_bindings = fused.bind_pool_with(&pool, true).unwrap();
-    type Record<'a> = dyn FnMut(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>) + 'a;
     let record_fused: &mut Record = &mut |encoder, t| fused.record_step_timed(encoder, &fused_bindings, t).unwrap();
 
     // The separate kernel runs over the pool's flat buffers (leaves and their padding).
@@ -179,16 +178,8 @@ pub fn measure(
         pass.dispatch_workgroups(x as u32, y as u32, 1);
     };
     // Interleaved repetitions, so both see the same load on a shared machine.
-    for _ in 0..3 {
-        clock.time(gpu, record_fused);
-        clock.time(gpu, record_separate);
-    }
-    let (mut fused_ms, mut separate_ms) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        fused_ms.push(clock.time(gpu, record_fused));
-        separate_ms.push(clock.time(gpu, record_separate));
-    }
-    let (fused_stats, separate_stats) = (Stats::of(fused_ms), Stats::of(separate_ms));
+    let mut times = clock.interleaved(gpu, reps, &mut [record_fused, record_separate]);
+    let (separate_stats, fused_stats) = (Stats::of(times.pop().unwrap()), Stats::of(times.pop().unwrap()));
     let row = OptimizerRow {
         adapter: gpu.adapter.get_info().name,
         layout: name.to_string(),
