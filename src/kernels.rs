@@ -20,7 +20,7 @@ pub const TILE_LEN: u64 = 4096;
 
 /// Elements per tile on a CPU adapter: 64 per invocation. llvmpipe runs each barrier of a
 /// workgroup's reduction as a switch between coroutines, one per 8 lanes; on lavapipe (2
-/// cores) the guarded `bloop` step went from 0.54 – 0.62 to 0.67 – 0.91 of the copy kernel's
+/// cores) the guarded `bloop` step went from 0.49 – 0.68 to 0.62 – 0.88 of the copy kernel's
 /// bandwidth at 2^16 – 2^22 elements with these tiles (`BENCHMARKS.md`).
 pub const CPU_TILE_LEN: u64 = 16384;
 
@@ -124,7 +124,7 @@ pub struct KernelOptions {
     /// (for comparisons and tests).
     pub vec4: bool,
     /// Elements of work a workgroup takes per tile, rounded up to whole rounds of the
-    /// workgroup (256 elements). `None` picks by adapter: [`TILE_LEN`] on a GPU, which
+    /// workgroup (256 elements), at most 2^30. `None` picks by adapter: [`TILE_LEN`] on a GPU, which
     /// wants many workgroups in flight, and [`CPU_TILE_LEN`] on a CPU adapter, whose
     /// driver (llvmpipe) runs a workgroup's barriers as switches between its lanes' coroutines
     /// and so gains from fewer, larger tiles.
@@ -210,7 +210,7 @@ impl Kernels {
             None if device.adapter_info().device_type == wgpu::DeviceType::Cpu => CPU_TILE_LEN,
             None => TILE_LEN,
         };
-        let tile_len = tile_len.max(1).next_multiple_of(WORKGROUP_SIZE);
+        let tile_len = tile_len.clamp(1, 1 << 30).next_multiple_of(WORKGROUP_SIZE);
         Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, vec4, tile_len, cache })
     }
 

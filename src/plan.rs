@@ -8,9 +8,9 @@
 //! split over several dispatches without the caller noticing.
 //! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements of
 //! one leaf, described by element offsets relative to the windows) of at most the kernels'
-//! tile length (`KernelOptions::tile_len`) of elements together (that many times the slots, in
-//! a dispatch of several slots). Small leaves share tiles, so a model with many tiny leaves (biases,
-//! norms) does not pay a workgroup and a reduction for each.
+//! tile length (`KernelOptions::tile_len`) of elements together (that many times the slots in
+//! a dispatch of several slots). Small leaves share tiles, so a model with many tiny leaves
+//! (biases, norms) does not pay a workgroup and a reduction for each.
 
 use std::num::NonZeroU64;
 

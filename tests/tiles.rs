@@ -25,7 +25,9 @@ fn the_tile_length_is_chosen_by_adapter_and_rounded_to_whole_rounds() {
     let chosen = Kernels::new(&gpu().device);
     assert_eq!(chosen.tile_len(), if cpu { CPU_TILE_LEN } else { TILE_LEN });
     assert_eq!(chosen.options().tile_len, Some(chosen.tile_len() as u32));
-    for (asked, got) in [(Some(1000), 1024), (Some(0), 256), (Some(256), 256), (Some(4096), 4096)] {
+    for (asked, got) in
+        [(Some(1000), 1024), (Some(0), 256), (Some(256), 256), (Some(4096), 4096), (Some(u32::MAX), 1 << 30)]
+    {
         assert_eq!(kernels_with(asked, 16).tile_len(), got, "asked {asked:?}");
     }
 }
