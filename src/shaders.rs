@@ -306,7 +306,8 @@ impl Variant {
 
     /// The variants of [`Variant::all`] with vector loads and stores: each kind that has them,
     /// with read-only and writable inputs, both reductions, each guard and sums setting; the
-    /// paper's order for those with averages; and with 4 and 16 slots.
+    /// paper's order for those with averages; with 4 and 16 slots; and with each fused f32
+    /// optimizer, the direction written or not.
     pub fn with_vec4() -> Vec<Variant> {
         let base = Variant { vec4: true, ..Variant::PLAIN };
         let mut all = Vec::new();
