@@ -8,10 +8,10 @@ mod common;
 
 use std::sync::Arc;
 
-use bloop::reference::{relative_error, widen};
+use bloop::reference::relative_error;
 use bloop::rng::SplitMix64;
-use bloop::{read_leaves, Config, KernelOptions, Kernels, Layout, Method, CPU_TILE_LEN, TILE_LEN};
-use common::{below, gpu, normal_leaves, Arrangement, Leaves};
+use bloop::{Config, KernelOptions, Kernels, Layout, Method, CPU_TILE_LEN, TILE_LEN};
+use common::{below, gpu, Arrangement};
 
 const BOUND: f64 = 1e-5;
 
@@ -81,29 +81,15 @@ fn every_tile_length_matches_the_reference_in_every_arrangement() {
             for tile_len in [256, 1000, TILE_LEN as u32, CPU_TILE_LEN as u32] {
                 let kernels = kernels_with(Some(tile_len), max_slots);
                 // The same seed: the same layout, placement and gradients for every length.
-                let mut rng = SplitMix64::new(seed);
-                let count = 3 + below(&mut rng, 10) as usize;
-                let layout = layout(&mut rng, count);
-                let lengths = layout.lengths();
-                let main = normal_leaves(&mut rng, &lengths, 1.0);
-                let aux = normal_leaves(&mut rng, &lengths, 1.0);
-                let (mut state, mut reference) = common::state_on(&kernels, &layout, config, main, aux);
-                let leaves = Leaves::new(&mut rng, gpu(), &layout, arrangement);
-                let bindings = leaves.bind(&state);
-                let context = format!("seed {seed}, tile_len {tile_len}, {arrangement:?}, {config:?}, {bindings:?}");
+                let draw = |rng: &mut SplitMix64| {
+                    let count = 3 + below(rng, 10) as usize;
+                    layout(rng, count)
+                };
+                let context = format!("tile_len {tile_len}");
+                let (bindings, direction) =
+                    common::check_seeded(&kernels, seed, config, arrangement, draw, BOUND, &context);
                 tiles.push(bindings.tile_count());
-                common::check_three_steps(
-                    &mut rng,
-                    &mut state,
-                    &mut reference,
-                    &leaves,
-                    &bindings,
-                    &lengths,
-                    BOUND,
-                    &context,
-                );
-                assert_eq!(leaves.corrupted_guards(), 0, "writes outside the leaves; {context}");
-                directions.push(widen(&read_leaves(&gpu().device, &gpu().queue, leaves.output_leaves()).unwrap()));
+                directions.push(direction);
             }
             // Longer tiles, fewer of them (never more).
             assert!(tiles.windows(2).all(|w| w[0] >= w[1]), "tiles {tiles:?}; seed {seed}, {arrangement:?}");

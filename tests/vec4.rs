@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bloop::reference::{relative_error, widen};
 use bloop::rng::SplitMix64;
-use bloop::{read_leaves, Config, KernelOptions, Kernels, Layout, LeafBuffer, Method, Output};
+use bloop::{Config, KernelOptions, Kernels, Layout, LeafBuffer, Method, Output};
 use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
 
 const BOUND: f64 = 1e-5;
@@ -43,26 +43,20 @@ fn check(seed: u64, config: Config, arrangement: Arrangement, max_slots: u32) ->
     let mut directions = Vec::new();
     let mut used = false;
     for vec4 in [true, false] {
-        let kernels = kernels_with(vec4, max_slots);
         // The same seed: the same layout, placement and gradients for both kernels.
-        let mut rng = SplitMix64::new(seed);
-        let count = 3 + below(&mut rng, 30) as usize;
-        let layout = layout(&mut rng, count);
-        let lengths = layout.lengths();
-        let main = normal_leaves(&mut rng, &lengths, 1.0);
-        let aux = normal_leaves(&mut rng, &lengths, 1.0);
-        let (mut state, mut reference) = common::state_on(&kernels, &layout, config, main, aux);
-        let leaves = Leaves::new(&mut rng, gpu(), &layout, arrangement);
-        let bindings = leaves.bind(&state);
-        let context = format!("seed {seed}, {arrangement:?}, vec4 {vec4}, {config:?}, {bindings:?}");
+        let draw = |rng: &mut SplitMix64| {
+            let count = 3 + below(rng, 30) as usize;
+            layout(rng, count)
+        };
+        let context = format!("vec4 {vec4}");
+        let (bindings, direction) =
+            common::check_seeded(&kernels_with(vec4, max_slots), seed, config, arrangement, draw, BOUND, &context);
         if vec4 {
             used = bindings.vector_loads();
         } else {
-            assert!(!bindings.vector_loads(), "{context}");
+            assert!(!bindings.vector_loads(), "seed {seed}, {arrangement:?}, {config:?}, {bindings:?}");
         }
-        common::check_three_steps(&mut rng, &mut state, &mut reference, &leaves, &bindings, &lengths, BOUND, &context);
-        assert_eq!(leaves.corrupted_guards(), 0, "writes outside the leaves; {context}");
-        directions.push(widen(&read_leaves(&gpu().device, &gpu().queue, leaves.output_leaves()).unwrap()));
+        directions.push(direction);
     }
     let apart = relative_error(&directions[0], &directions[1]);
     assert!(apart <= BOUND, "vec4 and scalar kernels {apart} apart; seed {seed}, {arrangement:?}, {config:?}");

@@ -311,6 +311,35 @@ pub fn check_three_steps(
     }
 }
 
+/// Three steps of `config` on `kernels` over the case `seed` draws: the layout `layout` draws,
+/// random initial averages, the gradients placed as `arrangement` (guards around every user
+/// range), each step against the reference within `bound`, guards intact after. The same seed
+/// gives the same case whatever the kernels, so runs on different kernels compare. Returns the
+/// bindings and the last direction.
+pub fn check_seeded(
+    kernels: &Arc<Kernels>,
+    seed: u64,
+    config: Config,
+    arrangement: Arrangement,
+    layout: impl FnOnce(&mut SplitMix64) -> Layout,
+    bound: f64,
+    context: &str,
+) -> (StepBindings, Vec<Vec<f64>>) {
+    let mut rng = SplitMix64::new(seed);
+    let layout = layout(&mut rng);
+    let lengths = layout.lengths();
+    let main = normal_leaves(&mut rng, &lengths, 1.0);
+    let aux = normal_leaves(&mut rng, &lengths, 1.0);
+    let (mut state, mut reference) = state_on(kernels, &layout, config, main, aux);
+    let leaves = Leaves::new(&mut rng, gpu(), &layout, arrangement);
+    let bindings = leaves.bind(&state);
+    let context = format!("seed {seed}, {arrangement:?}, {context}, {config:?}, {bindings:?}");
+    check_three_steps(&mut rng, &mut state, &mut reference, &leaves, &bindings, &lengths, bound, &context);
+    assert_eq!(leaves.corrupted_guards(), 0, "writes outside the leaves; {context}");
+    let direction = widen(&read_leaves(&gpu().device, &gpu().queue, leaves.output_leaves()).unwrap());
+    (bindings, direction)
+}
+
 /// A random valid config for `method`.
 pub fn random_config(rng: &mut SplitMix64, method: Method) -> Config {
     let ema = match below(rng, 5) {
