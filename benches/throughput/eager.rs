@@ -70,7 +70,8 @@ pub struct Eager {
     pub bytes_per_element: u64,
 }
 
-fn grid(workgroups: u64, max: u64) -> [u32; 2] {
+/// A dispatch of `workgroups` workgroups laid out in 2D where one dimension's `max` is too few.
+pub fn grid(workgroups: u64, max: u64) -> [u32; 2] {
     let x = workgroups.clamp(1, max);
     [x as u32, workgroups.div_ceil(x).max(1) as u32]
 }

@@ -396,7 +396,7 @@ impl Buffers {
 struct CopyKernel {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
-    workgroups: (u32, u32),
+    workgroups: [u32; 2],
     /// Bytes one run reads and writes.
     bytes: u64,
 }
@@ -405,15 +405,7 @@ impl CopyKernel {
     fn new(gpu: &GpuContext, elements: u64) -> CopyKernel {
         let device = &gpu.device;
         let n = elements.next_multiple_of(4);
-        let buffer = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: n * 4,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            })
-        };
-        let (src, dst) = (buffer("copy src"), buffer("copy dst"));
+        let (src, dst) = (storage_buffer(gpu, "copy src", n * 4), storage_buffer(gpu, "copy dst", n * 4));
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("copy"),
             source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()),
@@ -444,10 +436,9 @@ impl CopyKernel {
                 wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
             ],
         });
-        let groups = (n / 4).div_ceil(256);
         let max = device.limits().max_compute_workgroups_per_dimension as u64;
-        let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
-        CopyKernel { pipeline, bind_group, workgroups: (x as u32, y as u32), bytes: n * 8 }
+        let workgroups = eager::grid((n / 4).div_ceil(256), max);
+        CopyKernel { pipeline, bind_group, workgroups, bytes: n * 8 }
     }
 
     fn record(&self, encoder: &mut wgpu::CommandEncoder, timestamps: Option<wgpu::ComputePassTimestampWrites>) {
@@ -455,7 +446,7 @@ impl CopyKernel {
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: timestamps });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], 1);
     }
 
     /// GB/s of a run that took `ms`.

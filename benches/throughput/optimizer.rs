@@ -80,15 +80,7 @@ pub fn measure(
     let direction = &pool.output(0).buffer;
     let params = &pool.params(0).unwrap().buffer;
     let n = direction.size() / 4;
-    let state = |label| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: n * 4,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
-    let (m, v) = (state("m"), state("v"));
+    let (m, v) = (super::storage_buffer(gpu, "m", n * 4), super::storage_buffer(gpu, "v", n * 4));
     let (b1, b2) = (0.9f64, 0.999f64);
     let constants = Constants {
         n: n as u32,
@@ -155,9 +147,7 @@ pub fn measure(
             .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect::<Vec<_>>(),
     });
-    let groups = n.div_ceil(256);
-    let max = device.limits().max_compute_workgroups_per_dimension as u64;
-    let (x, y) = (groups.min(max), groups.div_ceil(groups.min(max)));
+    let [x, y] = super::eager::grid(n.div_ceil(256), device.limits().max_compute_workgroups_per_dimension as u64);
     let record_separate: &mut Record = &mut |encoder, t| {
         // One span: the step's pass starts it, the optimizer's pass ends it.
         let first = t.as_ref().map(|w| wgpu::ComputePassTimestampWrites {
@@ -175,7 +165,7 @@ pub fn measure(
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("optimizer"), timestamp_writes: last });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(x as u32, y as u32, 1);
+        pass.dispatch_workgroups(x, y, 1);
     };
     // Interleaved repetitions, so both see the same load on a shared machine.
     let mut times = clock.interleaved(gpu, reps, &mut [record_fused, record_separate]);
