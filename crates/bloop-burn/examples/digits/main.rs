@@ -47,9 +47,16 @@ struct Args {
     /// step on lavapipe) and the number of CPUs on a GPU.
     #[arg(long, default_value_t = 0)]
     jobs: usize,
-    /// Seed of the initialisation, the power-iteration vectors and the batch order.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seeds, comma separated: each seeds the initialisation, the power-iteration vectors and
+    /// the batch order of one run per method and lambda; the comparison of the fronts is made
+    /// within each seed.
+    #[arg(long, alias = "seed", value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
+    /// Train nothing: read the results of earlier runs from this CSV (as this example writes
+    /// it; without a `seed` column every row is seed 0) and print their table and comparison and
+    /// draw their plots. `--epochs` then only labels the plots.
+    #[arg(long, value_name = "CSV")]
+    report: Option<PathBuf>,
     /// Folder with digits.csv.gz and split.json.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits"))]
     data: PathBuf,
@@ -174,8 +181,12 @@ fn exact_aux(model: &Mlp) -> f64 {
     total
 }
 
+/// One run of the grid: seed, method and lambda.
+type Run = (u64, Method, f64);
+
 #[derive(Clone, Debug)]
 struct RunResult {
+    seed: u64,
     method: Method,
     lambda: f64,
     train_ce: f64,
@@ -192,7 +203,6 @@ struct Shared {
     device: Device,
     epochs: usize,
     zero_ema: bool,
-    seed: u64,
 }
 
 fn method_config(method: Method, lambda: f64) -> Config {
@@ -200,11 +210,11 @@ fn method_config(method: Method, lambda: f64) -> Config {
     Config::new(method).ema(ema).lambda(lambda)
 }
 
-fn train(shared: &Shared, method: Method, lambda: f64, bar: &ProgressBar) -> Result<RunResult, String> {
+fn train(shared: &Shared, (seed, method, lambda): Run, bar: &ProgressBar) -> Result<RunResult, String> {
     let started = Instant::now();
     let device = shared.device.clone().autodiff();
-    let mut model = Mlp::new(shared.seed, &device);
-    let mut spectral = Spectral::new(shared.seed + 1, &device);
+    let mut model = Mlp::new(seed, &device);
+    let mut spectral = Spectral::new(seed + 1, &device);
     let init = if shared.zero_ema { EmaInit::Zeros } else { EmaInit::Values(bloop_burn::param_values(&model)) };
     let config = method_config(method, lambda);
     let mut bloop = BurnBloop::new(&model, config, &shared.kernels, &shared.queue, EmaInits::both(init))
@@ -213,7 +223,7 @@ fn train(shared: &Shared, method: Method, lambda: f64, bar: &ProgressBar) -> Res
     let d = &shared.digits;
     let train_x = d.features(&d.train, &device);
     let train_y = d.one_hot(&d.train, &device);
-    let mut order_rng = Rng::new(shared.seed + 2);
+    let mut order_rng = Rng::new(seed + 2);
     let n = d.train.len();
     for _epoch in 0..shared.epochs {
         let perm = order_rng.permutation(n);
@@ -236,6 +246,7 @@ fn train(shared: &Shared, method: Method, lambda: f64, bar: &ProgressBar) -> Res
     let predicted = model.logits(test_x).argmax(1).into_data().try_into_vec_as::<i64>().unwrap();
     let correct = predicted.iter().zip(&d.test).filter(|(&p, &i)| p as u8 == d.labels[i]).count();
     Ok(RunResult {
+        seed,
         method,
         lambda,
         train_ce,
@@ -280,6 +291,67 @@ fn main() -> ExitCode {
     }
 }
 
+const CSV_HEADER: &str = "seed,method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds";
+
+fn csv_line(r: &RunResult) -> String {
+    format!(
+        "{},{},{},{},{},{},{},{:.1}",
+        r.seed,
+        r.method.name(),
+        r.lambda,
+        r.train_ce,
+        r.test_ce,
+        r.test_acc,
+        r.aux,
+        r.seconds
+    )
+}
+
+/// Results as `csv_line` writes them; columns are found by name, so the files of the earlier
+/// format without `seed` (every row seed 0) read too.
+fn read_results(path: &std::path::Path) -> Result<Vec<RunResult>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().ok_or_else(|| format!("{}: empty", path.display()))?.1.split(',').collect();
+    let column = |name: &str| header.iter().position(|h| h.trim() == name);
+    let required = |name: &str| column(name).ok_or_else(|| format!("{}: no `{name}` column", path.display()));
+    let (method, lambda, train_ce, test_ce, test_acc, aux) = (
+        required("method")?,
+        required("lambda")?,
+        required("train_ce")?,
+        required("test_ce")?,
+        required("test_acc")?,
+        required("aux_loss")?,
+    );
+    let (seed, seconds) = (column("seed"), column("seconds"));
+    lines
+        .map(|(row, line)| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let at = |i: usize| {
+                fields.get(i).copied().ok_or_else(|| format!("{} line {}: too few fields", path.display(), row + 1))
+            };
+            let number = |i: usize| -> Result<f64, String> {
+                at(i)?.parse::<f64>().map_err(|e| format!("{} line {}: {e}", path.display(), row + 1))
+            };
+            Ok(RunResult {
+                seed: match seed {
+                    Some(i) => at(i)?.parse().map_err(|e| format!("{} line {}: seed: {e}", path.display(), row + 1))?,
+                    None => 0,
+                },
+                method: Method::from_name(at(method)?).ok_or_else(|| {
+                    format!("{} line {}: unknown method `{}`", path.display(), row + 1, fields[method])
+                })?,
+                lambda: number(lambda)?,
+                train_ce: number(train_ce)?,
+                test_ce: number(test_ce)?,
+                test_acc: number(test_acc)?,
+                aux: number(aux)?,
+                seconds: seconds.map(number).transpose()?.unwrap_or(f64::NAN),
+            })
+        })
+        .collect()
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let methods: Vec<Method> = args
         .methods
@@ -290,6 +362,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bad) = lambdas.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
         return Err(format!("lambda {bad} is not a finite value >= 0").into());
     }
+    let (results, heading) = match &args.report {
+        Some(path) => (read_results(path)?, format!("results read from {}", path.display())),
+        None => {
+            let mut runs: Vec<Run> = Vec::new();
+            for &s in &args.seeds {
+                for &m in &methods {
+                    runs.extend(lambdas.iter().map(|&l| (s, m, l)));
+                }
+            }
+            train_grid(&args, &runs)?
+        }
+    };
+    std::fs::create_dir_all(&args.out)?;
+    report(&results, &heading, args.epochs, &args.out)
+}
+
+/// Trains every run (`--jobs` at once on threads sharing burn's device) and returns the results
+/// with a line saying how long the grid took on which adapter.
+fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box<dyn std::error::Error>> {
     let digits = Digits::load(&args.data)?;
     // burn's own wgpu device, shared with the adapter (cubecl needs every feature the adapter
     // offers, which burn's setup requests).
@@ -301,53 +392,52 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (0, _) => std::thread::available_parallelism().map_or(2, |n| n.get()),
         (jobs, _) => jobs,
     };
-    let runs: Vec<(Method, f64)> = methods.iter().flat_map(|&m| lambdas.iter().map(move |&l| (m, l))).collect();
+    let distinct = |f: fn(&Run) -> String| runs.iter().map(f).collect::<std::collections::BTreeSet<_>>().len();
     println!("adapter: {}", adapter_name);
     println!(
-        "{} runs ({} methods x {} lambdas), {} epochs of {} Adam steps, {} at once, seed {}, averages from {}",
+        "{} runs ({} seeds x {} methods x {} lambdas), {} epochs of {} Adam steps, {} at once, averages from {}",
         runs.len(),
-        methods.len(),
-        lambdas.len(),
+        distinct(|r| r.0.to_string()),
+        distinct(|r| r.1.name().to_string()),
+        distinct(|r| r.2.to_string()),
         args.epochs,
         digits.train.len() / BATCH,
         jobs,
-        args.seed,
         if args.zero_ema { "zeros" } else { "the initial parameters" }
     );
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         digits,
         kernels: Kernels::new(&setup.device),
         queue: setup.queue.clone(),
         device,
         epochs: args.epochs,
         zero_ema: args.zero_ema,
-        seed: args.seed,
-    });
+    };
     std::fs::create_dir_all(&args.out)?;
     // Each finished run is appended here at once, so a long grid leaves its results behind
     // even if it is stopped.
     let partial = Mutex::new(std::fs::File::create(args.out.join("digits-partial.csv"))?);
     {
         use std::io::Write;
-        writeln!(partial.lock().expect("fresh"), "method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds")?;
+        writeln!(partial.lock().expect("fresh"), "{CSV_HEADER}")?;
     }
     let bar = ProgressBar::new((runs.len() * args.epochs) as u64);
     bar.set_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} epochs, {elapsed} elapsed, ETA {eta}")?);
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let results: Arc<Mutex<Vec<Option<Result<RunResult, String>>>>> = Arc::new(Mutex::new(vec![None; runs.len()]));
+    let next = AtomicUsize::new(0);
+    // One slot per run, in the order of `runs`, whichever thread finishes it.
+    let slots: Mutex<Vec<Option<Result<RunResult, String>>>> = Mutex::new(vec![None; runs.len()]);
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(runs.len()) {
-            let (shared, next, results, runs, bar, partial) =
-                (shared.clone(), next.clone(), results.clone(), &runs, &bar, &partial);
+            let (shared, next, slots, bar, partial) = (&shared, &next, &slots, &bar, &partial);
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&(method, lambda)) = runs.get(i) else { break };
-                let result = train(&shared, method, lambda, bar);
+                let Some(&(seed, method, lambda)) = runs.get(i) else { break };
+                let result = train(shared, (seed, method, lambda), bar);
                 match &result {
                     Ok(r) => {
                         let line = format!(
-                            "  {:<16} lambda {:>8.2e}: train CE {:.4}, test CE {:.4}, acc {:.3}, aux {:.3} ({:.0} s; {:.0} s into the grid)",
+                            "  seed {seed} {:<16} lambda {:>8.2e}: train CE {:.4}, test CE {:.4}, acc {:.3}, aux {:.3} ({:.0} s; {:.0} s into the grid)",
                             method.name(),
                             lambda,
                             r.train_ce,
@@ -359,17 +449,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         );
                         if let Ok(mut file) = partial.lock() {
                             use std::io::Write;
-                            let _ = writeln!(
-                                file,
-                                "{},{},{},{},{},{},{:.1}",
-                                method.name(),
-                                lambda,
-                                r.train_ce,
-                                r.test_ce,
-                                r.test_acc,
-                                r.aux,
-                                r.seconds
-                            );
+                            let _ = writeln!(file, "{}", csv_line(r));
                         }
                         if bar.is_hidden() {
                             eprintln!("{line}");
@@ -377,31 +457,39 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                             bar.println(line);
                         }
                     }
-                    Err(e) => eprintln!("  {} lambda {lambda:.2e} failed: {e}", method.name()),
+                    Err(e) => eprintln!("  seed {seed} {} lambda {lambda:.2e} failed: {e}", method.name()),
                 }
-                results.lock().expect("no thread panicked")[i] = Some(result);
+                slots.lock().expect("no thread panicked")[i] = Some(result);
             });
         }
     });
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let results: Vec<RunResult> = Arc::try_unwrap(results)
-        .map_err(|_| "threads still hold the results")?
+    let results: Vec<RunResult> = slots
         .into_inner()?
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err("not run".into())))
         .collect::<Result<_, _>>()?;
+    Ok((results, format!("{:.0} s for the grid on {}", seconds, adapter_name)))
+}
 
-    std::fs::create_dir_all(&args.out)?;
-    let mut csv = String::from("method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds\n");
-    println!("\nfinal losses after {} epochs ({:.0} s for the grid on {})", args.epochs, seconds, adapter_name);
+/// Prints the table and the comparison of the fronts, writes `digits.csv` and draws the plots.
+fn report(
+    results: &[RunResult],
+    heading: &str,
+    epochs: usize,
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\nfinal losses after {epochs} epochs ({heading})");
     println!(
-        "{:<16} {:>9} {:>10} {:>10} {:>9} {:>10}",
-        "method", "lambda", "train CE", "test CE", "test acc", "aux loss"
+        "{:>4} {:<16} {:>9} {:>10} {:>10} {:>9} {:>10}",
+        "seed", "method", "lambda", "train CE", "test CE", "test acc", "aux loss"
     );
-    for r in &results {
+    let mut csv = format!("{CSV_HEADER}\n");
+    for r in results {
         println!(
-            "{:<16} {:>9.2e} {:>10.4} {:>10.4} {:>9.3} {:>10.3}",
+            "{:>4} {:<16} {:>9.2e} {:>10.4} {:>10.4} {:>9.3} {:>10.3}",
+            r.seed,
             r.method.name(),
             r.lambda,
             r.train_ce,
@@ -409,50 +497,201 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             r.test_acc,
             r.aux
         );
-        csv += &format!(
-            "{},{},{},{},{},{},{:.1}\n",
-            r.method.name(),
-            r.lambda,
-            r.train_ce,
-            r.test_ce,
-            r.test_acc,
-            r.aux,
-            r.seconds
-        );
+        csv += &csv_line(r);
+        csv.push('\n');
     }
-    std::fs::write(args.out.join("digits.csv"), csv)?;
+    std::fs::write(out.join("digits.csv"), csv)?;
 
-    let curve = |m: Method, pick: fn(&RunResult) -> f64| -> Vec<(f64, f64)> {
-        results.iter().filter(|r| r.method == m).map(|r| (r.aux, pick(r))).collect()
-    };
+    let seeds: Vec<u64> =
+        results.iter().map(|r| r.seed).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let mut methods: Vec<Method> = Vec::new();
+    for r in results {
+        if !methods.contains(&r.method) {
+            methods.push(r.method);
+        }
+    }
     for (what, pick, file) in [
         ("train CE", (|r: &RunResult| r.train_ce) as fn(&RunResult) -> f64, "pareto-train.svg"),
         ("test CE", |r: &RunResult| r.test_ce, "pareto-test.svg"),
     ] {
-        let curves: Vec<(&str, Vec<(f64, f64)>)> = methods.iter().map(|&m| (m.name(), curve(m, pick))).collect();
-        plots::pareto(&curves, what, args.epochs, &args.out.join(file))?;
-        if methods.contains(&Method::Bloop) {
-            let bloop_front = front(&curve(Method::Bloop, pick));
-            println!("\n{what}: BLOOP's front at the aux loss of every other method's point");
-            for &m in methods.iter().filter(|&&m| m != Method::Bloop) {
-                let (mut better, mut worse, mut outside) = (0, 0, 0);
-                for (aux, ce) in curve(m, pick) {
-                    match bloop_at(&bloop_front, aux) {
-                        Some(b) if b <= ce => better += 1,
-                        Some(b) => {
-                            worse += 1;
-                            println!("    {} at aux {aux:.3}: {ce:.4} < BLOOP {b:.4}", m.name());
-                        }
-                        None => outside += 1,
-                    }
-                }
-                println!(
-                    "  vs {:<16} BLOOP lower or equal at {better}, higher at {worse}, outside BLOOP's aux range {outside}",
-                    m.name()
-                );
+        let curve = |m: Method, s: u64| -> Vec<(f64, f64)> {
+            results.iter().filter(|r| r.method == m && r.seed == s).map(|r| (r.aux, pick(r))).collect()
+        };
+        let mut curves: Vec<plots::Curve> = Vec::new();
+        for (i, &m) in methods.iter().enumerate() {
+            for (k, &s) in seeds.iter().enumerate() {
+                curves.push(plots::Curve { color: i, label: (k == 0).then(|| m.name()), points: curve(m, s) });
             }
         }
+        let seeds_text = seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let caption = format!("UCI digits, {epochs} epochs, seed {seeds_text}: aux loss vs {what}");
+        plots::pareto(&curves, &caption, what, &out.join(file))?;
+        if methods.contains(&Method::Bloop) {
+            let comparison = Comparison::new(results, pick);
+            print!("\n{what}: {}", comparison.render(&seeds));
+        }
     }
-    println!("\nwrote {}/digits.csv, pareto-train.svg, pareto-test.svg", args.out.display());
+    println!("\nwrote {}/digits.csv, pareto-train.svg, pareto-test.svg", out.display());
     Ok(())
+}
+
+/// Every other method's point set against BLOOP's front of the same seed, at that point's aux
+/// loss: the paper's claim is that BLOOP's front is at least as low everywhere.
+struct Comparison {
+    /// (method, lambda, seed) -> Some(BLOOP's CE / the point's CE), or None outside BLOOP's
+    /// aux range.
+    cells: Vec<(Method, f64, u64, Option<f64>)>,
+}
+
+impl Comparison {
+    fn new(results: &[RunResult], pick: fn(&RunResult) -> f64) -> Comparison {
+        let mut cells = Vec::new();
+        for r in results.iter().filter(|r| r.method != Method::Bloop) {
+            let bloop: Vec<(f64, f64)> = results
+                .iter()
+                .filter(|b| b.method == Method::Bloop && b.seed == r.seed)
+                .map(|b| (b.aux, pick(b)))
+                .collect();
+            let ce = pick(r);
+            cells.push((r.method, r.lambda, r.seed, bloop_at(&front(&bloop), r.aux).map(|b| b / ce)));
+        }
+        Comparison { cells }
+    }
+
+    /// A row per method and lambda, a column per seed: BLOOP's front over the point, in percent
+    /// (negative: BLOOP lower); `out` outside BLOOP's aux range, `-` not run. Then a count per
+    /// method.
+    fn render(&self, seeds: &[u64]) -> String {
+        let mut text = String::from("BLOOP's front at the aux loss of every other method's point, relative to it\n");
+        text += &format!("  {:<16} {:>9}", "method", "lambda");
+        for s in seeds {
+            text += &format!(" {:>8}", format!("seed {s}"));
+        }
+        text.push('\n');
+        let mut rows: Vec<(Method, f64)> = Vec::new();
+        for &(m, l, _, _) in &self.cells {
+            if !rows.contains(&(m, l)) {
+                rows.push((m, l));
+            }
+        }
+        for &(m, l) in &rows {
+            text += &format!("  {:<16} {:>9.2e}", m.name(), l);
+            for &s in seeds {
+                let cell = match self.cells.iter().find(|c| c.0 == m && c.1 == l && c.2 == s) {
+                    None => "-".to_string(),
+                    Some((.., None)) => "out".to_string(),
+                    Some((.., Some(ratio))) => format!("{:+.1}%", (ratio - 1.0) * 100.0),
+                };
+                text += &format!(" {cell:>8}");
+            }
+            text.push('\n');
+        }
+        let mut done: Vec<Method> = Vec::new();
+        for &(m, ..) in &self.cells {
+            if done.contains(&m) {
+                continue;
+            }
+            done.push(m);
+            let mine = || self.cells.iter().filter(|c| c.0 == m);
+            let lower = mine().filter(|c| c.3.is_some_and(|r| r <= 1.0)).count();
+            let higher = mine().filter(|c| c.3.is_some_and(|r| r > 1.0)).count();
+            let outside = mine().filter(|c| c.3.is_none()).count();
+            text += &format!(
+                "  vs {:<16} BLOOP lower or equal at {lower}, higher at {higher}, outside BLOOP's aux range {outside}\n",
+                m.name()
+            );
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(seed: u64, method: Method, lambda: f64, aux: f64, train_ce: f64) -> RunResult {
+        RunResult { seed, method, lambda, train_ce, test_ce: 2.0 * train_ce, test_acc: 0.9, aux, seconds: 1.0 }
+    }
+
+    #[test]
+    fn the_front_keeps_only_points_no_other_point_beats_in_both_losses() {
+        let points = [(3.0, 0.01), (1.0, 0.5), (2.0, 0.6), (4.0, 0.02), (2.5, 0.1)];
+        assert_eq!(front(&points), vec![(1.0, 0.5), (2.5, 0.1), (3.0, 0.01)]);
+    }
+
+    #[test]
+    fn bloop_at_interpolates_log_ce_linearly_in_aux_and_is_none_outside() {
+        let front = [(3.0, 0.001), (1.0, 0.1)];
+        let at_two = bloop_at(&front, 2.0).unwrap();
+        assert!((at_two - 0.01).abs() < 1e-12, "{at_two}");
+        assert!((bloop_at(&front, 1.0).unwrap() - 0.1).abs() < 1e-15);
+        assert_eq!(bloop_at(&front, 0.99), None);
+        assert_eq!(bloop_at(&front, 3.01), None);
+    }
+
+    #[test]
+    fn the_comparison_is_made_within_each_seed_and_counts_lower_higher_and_outside() {
+        let results = vec![
+            result(0, Method::Bloop, 0.1, 1.0, 0.1),
+            result(0, Method::Bloop, 0.01, 3.0, 0.001),
+            result(0, Method::Mixed, 0.1, 2.0, 0.02), // BLOOP's front there: 0.01, half of it
+            result(0, Method::Mixed, 0.01, 4.0, 0.001), // beyond BLOOP's aux range
+            // Seed 1: BLOOP's front is ten times higher, so the same mixing point beats it.
+            result(1, Method::Bloop, 0.1, 1.0, 1.0),
+            result(1, Method::Bloop, 0.01, 3.0, 0.01),
+            result(1, Method::Mixed, 0.1, 2.0, 0.02),
+        ];
+        let comparison = Comparison::new(&results, |r| r.train_ce);
+        let ratio = |seed: u64, lambda: f64| {
+            comparison.cells.iter().find(|c| c.0 == Method::Mixed && c.1 == lambda && c.2 == seed).unwrap().3
+        };
+        assert!((ratio(0, 0.1).unwrap() - 0.5).abs() < 1e-12);
+        assert!((ratio(1, 0.1).unwrap() - 5.0).abs() < 1e-12);
+        assert_eq!(ratio(0, 0.01), None);
+        let text = comparison.render(&[0, 1]);
+        assert!(text.contains("-50.0%") && text.contains("+400.0%"), "{text}");
+        // Seed 1 has no mixing run at lambda 0.01: "-", not "out".
+        let row = text.lines().find(|l| l.contains("mixed") && l.contains("1.00e-2")).unwrap();
+        assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["mixed", "1.00e-2", "out", "-"]);
+        assert!(
+            text.contains("vs mixed            BLOOP lower or equal at 1, higher at 1, outside BLOOP's aux range 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn results_read_back_as_written_and_old_files_without_seed_are_seed_zero() {
+        let dir = std::env::temp_dir().join(format!("bloop-digits-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let written = vec![result(3, Method::PcGrad, 0.25, 2.5, 0.125), result(4, Method::Bloop, 1e-4, 5.0, 0.0018)];
+        let path = dir.join("new.csv");
+        let text: String = written.iter().map(|r| csv_line(r) + "\n").collect();
+        std::fs::write(&path, format!("{CSV_HEADER}\n{text}")).unwrap();
+        let read = read_results(&path).unwrap();
+        assert_eq!(read.len(), 2);
+        for (a, b) in read.iter().zip(&written) {
+            assert_eq!(
+                (a.seed, a.method, a.lambda, a.train_ce, a.test_ce, a.aux),
+                (b.seed, b.method, b.lambda, b.train_ce, b.test_ce, b.aux)
+            );
+        }
+
+        let old = dir.join("old.csv");
+        std::fs::write(
+            &old,
+            "method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds\nmixed,0.1,0.05,0.09,0.98,2.7,96.5\n",
+        )
+        .unwrap();
+        let read = read_results(&old).unwrap();
+        assert_eq!((read[0].seed, read[0].method, read[0].aux), (0, Method::Mixed, 2.7));
+
+        let bad = dir.join("bad.csv");
+        std::fs::write(&bad, "method,lambda,train_ce,test_ce,test_acc,aux_loss\nsgd,0.1,0.05,0.09,0.98,2.7\n").unwrap();
+        assert!(read_results(&bad).unwrap_err().contains("line 2: unknown method `sgd`"));
+        std::fs::write(&bad, "method,lambda,train_ce,test_ce,test_acc\nmixed,0.1,0.05,0.09,0.98\n").unwrap();
+        assert!(read_results(&bad).unwrap_err().contains("no `aux_loss` column"));
+        std::fs::write(&bad, "method,lambda,train_ce,test_ce,test_acc,aux_loss\nmixed,0.1,0.05,x,0.98,2.7\n").unwrap();
+        assert!(read_results(&bad).unwrap_err().contains("line 2"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
