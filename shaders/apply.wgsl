@@ -23,17 +23,24 @@ struct Coefficients {
 }
 
 // One element's inputs and results: the direction, the averages' new values, and the
-// parameter's and optimizer state's new values.
-struct Element {
-    gm: f32,
-    ga: f32,
-    d: f32,
-    e: f32,
-    a: f32,
-    p: f32,
-    m: f32,
-    v: f32,
+// parameter's and optimizer state's new values. Each block from here to `apply` is written
+// once for both widths (see `scalar_and_vec4` in src/shaders.rs): `$F` is `f32` or
+// `vec4<f32>`, and `$W` is empty or `4` in names (`element` or `element4`, `load_` or
+// `load4_`). The vec4 form runs four consecutive elements at a multiple of 4 in every role,
+// with the same operations in the same order (VEC4 variants have no PCGrad or 16-bit storage,
+// so theirs never set `a`).
+#scalar_and_vec4
+struct Element$W {
+    gm: $F,
+    ga: $F,
+    d: $F,
+    e: $F,
+    a: $F,
+    p: $F,
+    m: $F,
+    v: $F,
 }
+#end_scalar_and_vec4
 
 // 1 - exp(y) for y <= 0, accurate also near 0 (where 1 - beta^t cancels): a series there.
 fn one_minus_exp(y: f32) -> f32 {
@@ -47,40 +54,43 @@ fn one_minus_exp(y: f32) -> f32 {
 // PyTorch's update of one parameter from the direction `d` (see `src/optimizer.rs`); copied
 // per slot, like `element`, since WGSL cannot pass a storage buffer to a function.
 #per_slot
-fn optimize(seg: Segment, i: u32, d: f32, c: Coefficients, x: ptr<function, Element>) {
-    let p = load_weights(seg.weights + i);
+#scalar_and_vec4
+fn optimize$W(seg: Segment, i: u32, d: $F, c: Coefficients, x: ptr<function, Element$W>) {
+    let p = load$W_weights(seg.weights + i);
     var g = d + params.weight_decay * p;
 #ifdef SGD
 #ifdef OPT_M
-    let b = select(params.momentum * load_opt_m(seg.opt_m + i) + params.dampening_c * g, g, c.first != 0.0);
+    let b = select(params.momentum * load$W_opt_m(seg.opt_m + i) + params.dampening_c * g, g, c.first != 0.0);
     (*x).m = b;
     g = select(b, g + params.momentum * b, params.nesterov != 0.0);
 #endif
     (*x).p = p - c.lr * g;
 #endif
 #ifdef ADAM
-    let m0 = load_opt_m(seg.opt_m + i);
+    let m0 = load$W_opt_m(seg.opt_m + i);
     let m = m0 + params.beta1_c * (g - m0);
-    let v = params.beta2 * load_opt_v(seg.opt_v + i) + params.beta2_c * g * g;
+    let v = params.beta2 * load$W_opt_v(seg.opt_v + i) + params.beta2_c * g * g;
     (*x).m = m;
     (*x).v = v;
     let denom = sqrt(v) / c.bc2_sqrt + params.adam_eps;
     (*x).p = p * (1.0 - c.lr * params.decoupled_decay) - (c.lr / c.bc1) * (m / denom);
 #endif
 }
+#end_scalar_and_vec4
 #end_per_slot
 #endif
 
 #per_slot
-fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
+#scalar_and_vec4
+fn element$W(seg: Segment, i: u32, c: Coefficients) -> Element$W {
     let s = c.s;
     let l = c.l;
-    let gm = load_g_main(seg.main + i);
-    let ga = load_g_aux(seg.aux + i);
-    var x = Element(gm, ga, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let gm = load$W_g_main(seg.main + i);
+    let ga = load$W_g_aux(seg.aux + i);
+    var x = Element$W(gm, ga, $F(0.0), $F(0.0), $F(0.0), $F(0.0), $F(0.0), $F(0.0));
 #ifdef UPDATE_EMA_IN_APPLY
-    let e_old = load_main_ema(seg.main_ema + i);
-    x.e = ema_step(e_old, gm);
+    let e_old = load$W_main_ema(seg.main_ema + i);
+    x.e = ema_step$W(e_old, gm);
 #endif
 #ifdef MIXED
     x.d = s * (gm + l * ga);
@@ -97,8 +107,8 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
     let pe = x.e;
 #endif
 #ifdef AUX_EMA
-    let a_old = load_aux_ema(seg.aux_ema + i);
-    x.a = ema_step(a_old, ga);
+    let a_old = load$W_aux_ema(seg.aux_ema + i);
+    x.a = ema_step$W(a_old, ga);
 #ifdef PROJECT_FIRST
     let pa = a_old;
 #else
@@ -110,84 +120,34 @@ fn element(seg: Segment, i: u32, c: Coefficients) -> Element {
 #endif
 #endif
 #ifdef OPTIMIZER
-    optimize(seg, i, x.d, c, &x);
+    optimize$W(seg, i, x.d, c, &x);
 #endif
     return x;
 }
-#end_per_slot
 
-#ifdef VEC4
-// `element` for four consecutive elements at a multiple of 4 in every role, the same
-// operations in the same order (VEC4 variants have no PCGrad or 16-bit storage).
-struct Element4 {
-    gm: vec4<f32>,
-    ga: vec4<f32>,
-    d: vec4<f32>,
-    e: vec4<f32>,
-    p: vec4<f32>,
-    m: vec4<f32>,
-    v: vec4<f32>,
-}
-
+// Everything one element's step writes, each at its place in its role.
+fn store_element$W(seg: Segment, i: u32, x: Element$W) {
+#ifdef WRITE_OUT
+    store$W_out(seg.out + i, x.d);
+#endif
 #ifdef OPTIMIZER
-// `optimize` for four elements.
-#per_slot
-fn optimize4(seg: Segment, i: u32, d: vec4<f32>, c: Coefficients, x: ptr<function, Element4>) {
-    let p = load4_weights(seg.weights + i);
-    var g = d + params.weight_decay * p;
-#ifdef SGD
+    store$W_weights(seg.weights + i, x.p);
+#endif
 #ifdef OPT_M
-    let b = select(params.momentum * load4_opt_m(seg.opt_m + i) + params.dampening_c * g, g, c.first != 0.0);
-    (*x).m = b;
-    g = select(b, g + params.momentum * b, params.nesterov != 0.0);
+    store$W_opt_m(seg.opt_m + i, x.m);
 #endif
-    (*x).p = p - c.lr * g;
+#ifdef OPT_V
+    store$W_opt_v(seg.opt_v + i, x.v);
 #endif
-#ifdef ADAM
-    let m0 = load4_opt_m(seg.opt_m + i);
-    let m = m0 + params.beta1_c * (g - m0);
-    let v = params.beta2 * load4_opt_v(seg.opt_v + i) + params.beta2_c * g * g;
-    (*x).m = m;
-    (*x).v = v;
-    let denom = sqrt(v) / c.bc2_sqrt + params.adam_eps;
-    (*x).p = p * (1.0 - c.lr * params.decoupled_decay) - (c.lr / c.bc1) * (m / denom);
-#endif
-}
-#end_per_slot
-#endif
-
-#per_slot
-fn element4(seg: Segment, i: u32, c: Coefficients) -> Element4 {
-    let s = c.s;
-    let l = c.l;
-    let gm = load4_g_main(seg.main + i);
-    let ga = load4_g_aux(seg.aux + i);
-    var x = Element4(gm, ga, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 #ifdef UPDATE_EMA_IN_APPLY
-    let e_old = load4_main_ema(seg.main_ema + i);
-    x.e = ema_step4(e_old, gm);
+    store$W_main_ema(seg.main_ema + i, x.e);
 #endif
-#ifdef MIXED
-    x.d = s * (gm + l * ga);
+#ifdef AUX_EMA
+    store$W_aux_ema(seg.aux_ema + i, x.a);
 #endif
-#ifdef RATIO_ONLY
-    x.d = s * ((1.0 - l * c.r) * gm + l * ga);
-#endif
-#ifdef PROJECT
-#ifdef PROJECT_FIRST
-    let pe = e_old;
-#else
-    let pe = x.e;
-#endif
-    x.d = s * (gm + l * (ga - c.r * pe));
-#endif
-#ifdef OPTIMIZER
-    optimize4(seg, i, x.d, c, &x);
-#endif
-    return x;
 }
+#end_scalar_and_vec4
 #end_per_slot
-#endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn apply(
@@ -283,21 +243,7 @@ fn apply(
             let body = seg.len & ~3u;
             for (var i = 4u * lid; i < body; i += 4u * WORKGROUP_SIZE) {
                 let x = element4(seg, i, c);
-#ifdef WRITE_OUT
-                store4_out(seg.out + i, x.d);
-#endif
-#ifdef OPTIMIZER
-                store4_weights(seg.weights + i, x.p);
-#endif
-#ifdef OPT_M
-                store4_opt_m(seg.opt_m + i, x.m);
-#endif
-#ifdef OPT_V
-                store4_opt_v(seg.opt_v + i, x.v);
-#endif
-#ifdef UPDATE_EMA_IN_APPLY
-                store4_main_ema(seg.main_ema + i, x.e);
-#endif
+                store_element4(seg, i, x);
 #ifdef MIXED_SUMS
                 grads += gradient_sums4(x.gm, x.ga);
 #endif
@@ -307,24 +253,7 @@ fn apply(
 #endif
         for (var i = first; i < seg.len; i += WORKGROUP_SIZE) {
             let x = element(seg, i, c);
-#ifdef WRITE_OUT
-            store_out(seg.out + i, x.d);
-#endif
-#ifdef OPTIMIZER
-            store_weights(seg.weights + i, x.p);
-#endif
-#ifdef OPT_M
-            store_opt_m(seg.opt_m + i, x.m);
-#endif
-#ifdef OPT_V
-            store_opt_v(seg.opt_v + i, x.v);
-#endif
-#ifdef UPDATE_EMA_IN_APPLY
-            store_main_ema(seg.main_ema + i, x.e);
-#endif
-#ifdef AUX_EMA
-            store_aux_ema(seg.aux_ema + i, x.a);
-#endif
+            store_element(seg, i, x);
 #ifdef MIXED_SUMS
             grads += gradient_sums(x.gm, x.ga);
 #endif

@@ -4,7 +4,8 @@
 //! (another file of that folder) and `#ifdef NAME` / `#ifndef NAME` / `#else` / `#endif`, so
 //! one source serves every method without runtime branches in the hot loops; and it copies the
 //! code that touches the user's buffers once per slot (`#per_slot`, `#each_slot`), since WGSL
-//! cannot pass a storage buffer to a function.
+//! cannot pass a storage buffer to a function. A `#scalar_and_vec4` block is written once for
+//! one element per invocation and emitted again for four when the variant has vector loads.
 
 use std::collections::HashSet;
 
@@ -620,7 +621,8 @@ pub fn slot_binding(binding: u32, s: u32) -> u32 {
 
 /// Functions whose body touches a user-owned role and so is copied per slot (`#per_slot`
 /// blocks in `shaders/`, and the hierarchy's generated element code).
-const PER_SLOT_FUNCTIONS: [&str; 5] = ["element", "element4", "optimize", "optimize4", "accumulate_element"];
+const PER_SLOT_FUNCTIONS: [&str; 7] =
+    ["element", "element4", "optimize", "optimize4", "store_element", "store_element4", "accumulate_element"];
 
 /// How many copies of the per-slot code a source gets, and the roles bound once per slot.
 pub(crate) struct SlotCopies {
@@ -890,6 +892,12 @@ pub(crate) fn preprocess_slots(entry: &str, defines: &HashSet<&str>, roles: &[Ro
     let mut out = format!("const SLOTS: u32 = {}u;\n", slots.count);
     let mut imported = HashSet::new();
     expand(entry, defines, roles, slots, &mut imported, &mut out);
+    // Outside comments, which may name the tokens.
+    let has_token = |line: &str| line.split("//").next().unwrap_or_default().contains('$');
+    assert!(
+        !out.lines().any(has_token),
+        "a `$` template token outside a #scalar_and_vec4 block in shaders/{entry}.wgsl"
+    );
     out
 }
 
@@ -908,6 +916,8 @@ fn expand<'a>(
     let mut stack: Vec<(bool, bool)> = Vec::new();
     // Open slot blocks: where their text starts in `out`, and whether each slot runs it.
     let mut slot_blocks: Vec<(usize, bool)> = Vec::new();
+    // Open `#scalar_and_vec4` blocks: where their text starts in `out`.
+    let mut width_blocks: Vec<usize> = Vec::new();
     let active = |stack: &[(bool, bool)]| stack.iter().all(|&(on, _)| on);
     for line in source_file(name).lines() {
         let trimmed = line.trim();
@@ -931,6 +941,12 @@ fn expand<'a>(
             assert_eq!(each, trimmed == "#end_each_slot", "mismatched slot block in shaders/{name}.wgsl");
             let body = out.split_off(start);
             out.push_str(&if each { slots.each(&body) } else { slots.copies(&body) });
+        } else if trimmed == "#scalar_and_vec4" {
+            width_blocks.push(out.len());
+        } else if trimmed == "#end_scalar_and_vec4" {
+            let start = width_blocks.pop().unwrap_or_else(|| panic!("{trimmed} without a start"));
+            let body = out.split_off(start);
+            out.push_str(&widths(&body, defines.contains("VEC4")));
         } else if let Some(import) = trimmed.strip_prefix("#import ") {
             let import = SOURCES
                 .iter()
@@ -968,4 +984,17 @@ fn expand<'a>(
     }
     assert!(stack.is_empty(), "unterminated #ifdef in shaders/{name}.wgsl");
     assert!(slot_blocks.is_empty(), "unterminated slot block in shaders/{name}.wgsl");
+    assert!(width_blocks.is_empty(), "unterminated #scalar_and_vec4 block in shaders/{name}.wgsl");
+}
+
+/// A `#scalar_and_vec4` block's text for one element per invocation (`$F` is `f32`, `$W`
+/// empty) and, with vector loads, again for four (`vec4<f32>`, `4`): one source for both
+/// widths, so they cannot drift apart.
+fn widths(body: &str, vec4: bool) -> String {
+    let width = |ty: &str, suffix: &str| body.replace("$F", ty).replace("$W", suffix);
+    let mut text = width("f32", "");
+    if vec4 {
+        text.push_str(&width("vec4<f32>", "4"));
+    }
+    text
 }

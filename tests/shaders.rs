@@ -238,3 +238,43 @@ fn slots_copy_the_segment_loop() {
             && !one.source(Stage::Apply).contains("fn load_g_main_s1")
     );
 }
+
+#[test]
+fn the_vector_form_of_each_element_function_is_the_scalar_one_four_wide() {
+    // One source writes both widths: in a variant with vector loads, every function of apply's
+    // element code exists in both forms, per slot, and the vec4 one is the scalar one with
+    // vec4 types and the vec4 loads, stores and helpers; a variant without them has no vec4
+    // form at all.
+    let all = Variant::all();
+    let adam = all
+        .iter()
+        .find(|v| v.vec4 && v.slots == 4 && v.optimizer.is_some_and(|o| o.kind == bloop::OptKind::Adam))
+        .unwrap();
+    let source = adam.source(Stage::Apply);
+    let function = |name: &str| -> String {
+        let start = source.find(&format!("fn {name}(")).unwrap_or_else(|| panic!("no fn {name}"));
+        let end = start + source[start..].find("\n}\n").unwrap();
+        source[start..end].to_string()
+    };
+    for s in ["", "_s1", "_s3"] {
+        for name in ["element", "optimize", "store_element"] {
+            let scalar = function(&format!("{name}{s}"));
+            let widened = scalar
+                .replace("f32(0.0)", "vec4<f32>(0.0)")
+                .replace("d: f32", "d: vec4<f32>")
+                .replace("Element", "Element4")
+                .replace("load_", "load4_")
+                .replace("store_", "store4_")
+                .replace("store4_element", "store_element4")
+                .replace("ema_step(", "ema_step4(")
+                .replace(&format!("{name}{s}("), &format!("{name}4{s}("))
+                .replace(&format!("optimize{s}("), &format!("optimize4{s}("));
+            assert_eq!(function(&format!("{name}4{s}")), widened, "{name}{s}");
+            assert!(widened.contains("4"), "{name}{s}");
+        }
+    }
+    assert!(source.contains("struct Element4 {\n    gm: vec4<f32>,"));
+    let scalar_only = all.iter().find(|v| !v.vec4 && v.slots == 4 && v.optimizer.is_some()).unwrap();
+    let source = scalar_only.source(Stage::Apply);
+    assert!(source.contains("fn element(") && !source.contains("fn element4") && !source.contains("struct Element4"));
+}
