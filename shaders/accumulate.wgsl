@@ -6,6 +6,46 @@
 #import bindings
 #import reduce
 
+// One element's terms of the tile's sums (four elements' with `$W` = 4: see
+// `scalar_and_vec4` in src/shaders.rs), added to `dots` and `grads`; copied per slot.
+#per_slot
+#scalar_and_vec4
+fn add_terms$W(seg: Segment, i: u32, dots: ptr<function, vec4<f32>>, grads: ptr<function, vec4<f32>>) {
+    let gm = load$W_g_main(seg.main + i);
+    let ga = load$W_g_aux(seg.aux + i);
+#ifdef MAIN_EMA
+    let e_old = load$W_main_ema(seg.main_ema + i);
+    let e_new = ema_step$W(e_old, gm);
+#ifdef WRITE_EMA_IN_ACCUMULATE
+    store$W_main_ema(seg.main_ema + i, e_new);
+#endif
+    // The projection's average: this step's (the reference code) or the previous steps'
+    // (PROJECT_FIRST, the paper's Algorithm 1).
+#ifdef PROJECT_FIRST
+    let e = e_old;
+#else
+    let e = e_new;
+#endif
+    (*dots).x += mul_sum$W(e, ga);
+    (*dots).y += mul_sum$W(e, e);
+#endif
+#ifdef AUX_EMA
+    let a_old = load$W_aux_ema(seg.aux_ema + i);
+#ifdef PROJECT_FIRST
+    let a = a_old;
+#else
+    let a = ema_step$W(a_old, ga);
+#endif
+    (*dots).z += mul_sum$W(a, gm);
+    (*dots).w += mul_sum$W(a, a);
+#endif
+#ifdef EXTRAS
+    *grads += gradient_sums$W(gm, ga);
+#endif
+}
+#end_scalar_and_vec4
+#end_per_slot
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn accumulate(
     @builtin(local_invocation_index) lid: u32,
@@ -35,61 +75,13 @@ fn accumulate(
         if aligned(seg) {
             let body = seg.len & ~3u;
             for (var i = 4u * lid; i < body; i += 4u * WORKGROUP_SIZE) {
-                let gm = load4_g_main(seg.main + i);
-                let ga = load4_g_aux(seg.aux + i);
-#ifdef MAIN_EMA
-                let e_old = load4_main_ema(seg.main_ema + i);
-                let e_new = ema_step4(e_old, gm);
-#ifdef WRITE_EMA_IN_ACCUMULATE
-                store4_main_ema(seg.main_ema + i, e_new);
-#endif
-#ifdef PROJECT_FIRST
-                let e = e_old;
-#else
-                let e = e_new;
-#endif
-                dots.x += dot(e, ga);
-                dots.y += dot(e, e);
-#endif
-#ifdef EXTRAS
-                grads += gradient_sums4(gm, ga);
-#endif
+                add_terms4(seg, i, &dots, &grads);
             }
             first = body + lid;
         }
 #endif
         for (var i = first; i < seg.len; i += WORKGROUP_SIZE) {
-            let gm = load_g_main(seg.main + i);
-            let ga = load_g_aux(seg.aux + i);
-#ifdef MAIN_EMA
-            let e_old = load_main_ema(seg.main_ema + i);
-            let e_new = ema_step(e_old, gm);
-#ifdef WRITE_EMA_IN_ACCUMULATE
-            store_main_ema(seg.main_ema + i, e_new);
-#endif
-            // The projection's average: this step's (the reference code) or the previous
-            // steps' (PROJECT_FIRST, the paper's Algorithm 1).
-#ifdef PROJECT_FIRST
-            let e = e_old;
-#else
-            let e = e_new;
-#endif
-            dots.x += e * ga;
-            dots.y += e * e;
-#endif
-#ifdef AUX_EMA
-            let a_old = load_aux_ema(seg.aux_ema + i);
-#ifdef PROJECT_FIRST
-            let a = a_old;
-#else
-            let a = ema_step(a_old, ga);
-#endif
-            dots.z += a * gm;
-            dots.w += a * a;
-#endif
-#ifdef EXTRAS
-            grads += gradient_sums(gm, ga);
-#endif
+            add_terms(seg, i, &dots, &grads);
         }
     }
 #end_each_slot

@@ -140,8 +140,15 @@ fn gradient_sums(gm: f32, ga: f32) -> vec4<f32> {
 }
 
 // The EMA update of the reference code, `e + b * (g - e)`, in this order.
-fn ema_step(e: f32, g: f32) -> f32 {
+#scalar_and_vec4
+fn ema_step$W(e: $F, g: $F) -> $F {
     return e + params.ema * (g - e);
+}
+#end_scalar_and_vec4
+
+// `a * b` summed over its lanes: the product of one element, the dot product of four.
+fn mul_sum(a: f32, b: f32) -> f32 {
+    return a * b;
 }
 
 #ifdef VEC4
@@ -153,8 +160,8 @@ fn gradient_sums4(gm: vec4<f32>, ga: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(dot(gm, gm), dot(ga, ga), dot(gm, ga), dot(bad, vec4<f32>(1.0)));
 }
 
-fn ema_step4(e: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
-    return e + params.ema * (g - e);
+fn mul_sum4(a: vec4<f32>, b: vec4<f32>) -> f32 {
+    return dot(a, b);
 }
 
 // Whether every role's offset of a segment is a multiple of 4 elements.

@@ -621,8 +621,17 @@ pub fn slot_binding(binding: u32, s: u32) -> u32 {
 
 /// Functions whose body touches a user-owned role and so is copied per slot (`#per_slot`
 /// blocks in `shaders/`, and the hierarchy's generated element code).
-const PER_SLOT_FUNCTIONS: [&str; 7] =
-    ["element", "element4", "optimize", "optimize4", "store_element", "store_element4", "accumulate_element"];
+const PER_SLOT_FUNCTIONS: [&str; 9] = [
+    "element",
+    "element4",
+    "optimize",
+    "optimize4",
+    "store_element",
+    "store_element4",
+    "add_terms",
+    "add_terms4",
+    "accumulate_element",
+];
 
 /// How many copies of the per-slot code a source gets, and the roles bound once per slot.
 pub(crate) struct SlotCopies {

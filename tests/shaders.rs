@@ -239,9 +239,35 @@ fn slots_copy_the_segment_loop() {
     );
 }
 
+/// The text of `fn name(` up to its closing brace in `source`.
+fn function_text(source: &str, name: &str) -> String {
+    let start = source.find(&format!("fn {name}(")).unwrap_or_else(|| panic!("no fn {name}"));
+    let end = start + source[start..].find("\n}\n").unwrap();
+    source[start..end].to_string()
+}
+
+/// A scalar element function as its vec4 form must read: vec4 types, the vec4 loads, stores
+/// and helpers, and the `4` names of the per-slot functions (`name` with slot suffix `s`).
+fn widened(scalar: &str, name: &str, s: &str) -> String {
+    let mut text = scalar
+        .replace("f32(0.0)", "vec4<f32>(0.0)")
+        .replace("d: f32", "d: vec4<f32>")
+        .replace("Element", "Element4")
+        .replace("load_", "load4_")
+        .replace("store_", "store4_")
+        .replace("store4_element", "store_element4");
+    for helper in ["ema_step", "mul_sum", "gradient_sums"] {
+        text = text.replace(&format!("{helper}("), &format!("{helper}4("));
+    }
+    for function in [name, "optimize"] {
+        text = text.replace(&format!("{function}{s}("), &format!("{function}4{s}("));
+    }
+    text
+}
+
 #[test]
 fn the_vector_form_of_each_element_function_is_the_scalar_one_four_wide() {
-    // One source writes both widths: in a variant with vector loads, every function of apply's
+    // One source writes both widths: in a variant with vector loads, every function of the
     // element code exists in both forms, per slot, and the vec4 one is the scalar one with
     // vec4 types and the vec4 loads, stores and helpers; a variant without them has no vec4
     // form at all.
@@ -251,29 +277,21 @@ fn the_vector_form_of_each_element_function_is_the_scalar_one_four_wide() {
         .find(|v| v.vec4 && v.slots == 4 && v.optimizer.is_some_and(|o| o.kind == bloop::OptKind::Adam))
         .unwrap();
     let source = adam.source(Stage::Apply);
-    let function = |name: &str| -> String {
-        let start = source.find(&format!("fn {name}(")).unwrap_or_else(|| panic!("no fn {name}"));
-        let end = start + source[start..].find("\n}\n").unwrap();
-        source[start..end].to_string()
-    };
     for s in ["", "_s1", "_s3"] {
         for name in ["element", "optimize", "store_element"] {
-            let scalar = function(&format!("{name}{s}"));
-            let widened = scalar
-                .replace("f32(0.0)", "vec4<f32>(0.0)")
-                .replace("d: f32", "d: vec4<f32>")
-                .replace("Element", "Element4")
-                .replace("load_", "load4_")
-                .replace("store_", "store4_")
-                .replace("store4_element", "store_element4")
-                .replace("ema_step(", "ema_step4(")
-                .replace(&format!("{name}{s}("), &format!("{name}4{s}("))
-                .replace(&format!("optimize{s}("), &format!("optimize4{s}("));
-            assert_eq!(function(&format!("{name}4{s}")), widened, "{name}{s}");
-            assert!(widened.contains("4"), "{name}{s}");
+            let scalar = function_text(&source, &format!("{name}{s}"));
+            let expected = widened(&scalar, name, s);
+            assert!(expected.contains("vec4<f32>") || expected.contains("load4_") || expected.contains("store4_"));
+            assert_eq!(function_text(&source, &format!("{name}4{s}")), expected, "{name}{s}");
         }
     }
     assert!(source.contains("struct Element4 {\n    gm: vec4<f32>,"));
+    // The accumulate stage's terms, with the averages, the guard's sums and the EMA written.
+    let guarded = all.iter().find(|v| v.vec4 && v.guard && v.kind == bloop::shaders::Kind::Project).unwrap();
+    let source = guarded.source(Stage::Accumulate);
+    let scalar = function_text(&source, "add_terms");
+    assert!(scalar.contains("mul_sum(e, ga)") && scalar.contains("gradient_sums(gm, ga)"));
+    assert_eq!(function_text(&source, "add_terms4"), widened(&scalar, "add_terms", ""));
     let scalar_only = all.iter().find(|v| !v.vec4 && v.slots == 4 && v.optimizer.is_some()).unwrap();
     let source = scalar_only.source(Stage::Apply);
     assert!(source.contains("fn element(") && !source.contains("fn element4") && !source.contains("struct Element4"));
