@@ -5,56 +5,62 @@
 use bloop::rng::SplitMix64;
 use bloop::{
     BloopState, Config, ElementTypes, EmaInits, GpuContext, GradientPool, Kernels, Layout, LeafBuffer, Output,
+    StepBindings,
 };
 
 /// (row name, k).
 pub const LEVELS: [(&str, usize); 2] = [("hierarchy_k2", 2), ("hierarchy_k4", 4)];
 
-/// Per path ("pool", "per-leaf"): the step's timing and its config.
-pub fn measure(
-    gpu: &GpuContext,
-    kernels: &std::sync::Arc<Kernels>,
-    layout: &Layout,
-    k: usize,
-    rng: &mut SplitMix64,
-    time: &mut dyn FnMut(&mut BloopState, &bloop::StepBindings) -> super::Stats,
-) -> Vec<(&'static str, super::Stats, Config)> {
-    let config = Config::hierarchy(&vec![0.5 / k as f64; k]).ema(0.01);
-    let pool = GradientPool::hierarchy(&gpu.device, layout, k, false, ElementTypes::default()).unwrap();
-    for level in 0..=k {
-        super::fill(gpu, pool.gradient_leaves(level).unwrap(), rng);
-    }
-    let per_leaf = |label: &str| -> Vec<LeafBuffer> {
-        layout
-            .lengths()
-            .iter()
-            .map(|&n| {
-                let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size: n * 4,
-                    usage: bloop::pool::POOL_USAGE,
-                    mapped_at_creation: false,
-                });
-                LeafBuffer::new(&b, 0, n)
-            })
-            .collect()
-    };
-    let gradients: Vec<Vec<LeafBuffer>> = (0..=k).map(|_| per_leaf("hierarchy gradient")).collect();
-    for leaves in &gradients {
-        super::fill(gpu, leaves, rng);
-    }
-    let out = per_leaf("hierarchy output");
-    let mut rows = Vec::new();
-    for path in ["pool", "per-leaf"] {
-        let mut state = BloopState::new(kernels, &gpu.queue, layout, config, EmaInits::zeros()).unwrap();
-        let bindings = match path {
-            "pool" => state.bind_pool(&pool).unwrap(),
-            _ => {
-                let lists: Vec<&[LeafBuffer]> = gradients.iter().map(Vec::as_slice).collect();
-                state.bind_hierarchy(&lists, Output::Buffers(&out)).unwrap()
-            }
+/// A hierarchy's step, bound through the pool and through a buffer per leaf and loss, ready to
+/// be timed like the two-loss methods' paths (the pool first).
+pub struct Step {
+    pub config: Config,
+    pub paths: Vec<(&'static str, BloopState, StepBindings)>,
+    // The buffers the bindings read and write, held while they are timed.
+    _pool: GradientPool,
+    _buffers: Vec<Vec<LeafBuffer>>,
+}
+
+impl Step {
+    pub fn new(
+        gpu: &GpuContext,
+        kernels: &std::sync::Arc<Kernels>,
+        layout: &Layout,
+        k: usize,
+        rng: &mut SplitMix64,
+    ) -> bloop::Result<Step> {
+        let config = Config::hierarchy(&vec![0.5 / k as f64; k]).ema(0.01);
+        let pool = GradientPool::hierarchy(&gpu.device, layout, k, false, ElementTypes::default())?;
+        for level in 0..=k {
+            super::fill(gpu, pool.gradient_leaves(level).expect("levels 0 ..= k"), rng);
+        }
+        let per_leaf = |label: &str| -> Vec<LeafBuffer> {
+            layout
+                .lengths()
+                .iter()
+                .map(|&n| {
+                    let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: n * 4,
+                        usage: bloop::pool::POOL_USAGE,
+                        mapped_at_creation: false,
+                    });
+                    LeafBuffer::new(&b, 0, n)
+                })
+                .collect()
         };
-        rows.push((path, time(&mut state, &bindings), config));
+        let mut buffers: Vec<Vec<LeafBuffer>> = (0..=k).map(|_| per_leaf("hierarchy gradient")).collect();
+        for leaves in &buffers {
+            super::fill(gpu, leaves, rng);
+        }
+        let out = per_leaf("hierarchy output");
+        let pool_state = BloopState::new(kernels, &gpu.queue, layout, config, EmaInits::zeros())?;
+        let pool_bindings = pool_state.bind_pool(&pool)?;
+        let leaf_state = BloopState::new(kernels, &gpu.queue, layout, config, EmaInits::zeros())?;
+        let lists: Vec<&[LeafBuffer]> = buffers.iter().map(Vec::as_slice).collect();
+        let leaf_bindings = leaf_state.bind_hierarchy(&lists, Output::Buffers(&out))?;
+        buffers.push(out);
+        let paths = vec![("pool", pool_state, pool_bindings), ("per-leaf", leaf_state, leaf_bindings)];
+        Ok(Step { config, paths, _pool: pool, _buffers: buffers })
     }
-    rows
 }

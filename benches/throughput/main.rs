@@ -256,8 +256,8 @@ struct Row {
     gbps: f64,
     /// The copy kernel's GB/s (its median run, timed before the methods).
     copy_gbps: f64,
-    /// The step's GB/s over the copy kernel's: for the methods, the median over rounds of runs
-    /// of both taken side by side ([`Clock::interleaved`]); for hierarchies, the medians' ratio.
+    /// The step's GB/s over the copy kernel's: the median over rounds of runs of both taken side
+    /// by side ([`Clock::interleaved`]).
     roofline_fraction: f64,
     unfused_median_ms: f64,
     unfused_bytes_per_element: u64,
@@ -267,8 +267,119 @@ struct Row {
     /// Dispatches of each stage over tiles, per step.
     dispatches: usize,
     /// This path's time over the pool's: the median of the ratios of runs taken in turn
-    /// ([`Clock::interleaved`]); none where the paths were timed one after the other.
-    pool_ratio: Option<f64>,
+    /// ([`Clock::interleaved`]).
+    pool_ratio: f64,
+}
+
+/// What every row of one workload shares.
+struct Context<'a> {
+    info: &'a wgpu::AdapterInfo,
+    clock: &'static str,
+    workload: &'a Workload,
+    copy_kernel: &'a CopyKernel,
+    /// The copy kernel's GB/s (its median run, timed before the methods).
+    copy_gbps: f64,
+}
+
+/// One path of a step, timed in turn with the pool's path and the copy kernel.
+struct Timed<'a> {
+    path: &'static str,
+    times: &'a [f64],
+    pool_times: &'a [f64],
+    copy_times: &'a [f64],
+    dispatches: usize,
+}
+
+impl Row {
+    /// The row of `timed`, a path of the step `config` under the name `method`; `baseline`
+    /// where the method has the unfused and host ones.
+    fn new(context: &Context, method: &'static str, config: &Config, timed: &Timed, baseline: Option<Baseline>) -> Row {
+        let elements = context.workload.layout.total_elements();
+        let stats = Stats::of(timed.times.to_vec());
+        let bytes = config.bytes_per_element();
+        let seconds = stats.median_ms / 1e3;
+        let gbps = (bytes * elements) as f64 / seconds / 1e9;
+        // Per round, the step's GB/s over the copy kernel's; the median of those.
+        let step_bytes = (bytes * elements) as f64 / context.copy_kernel.bytes as f64;
+        let (unfused, unfused_bytes, cpu32, cpu64) = match baseline {
+            Some((unfused, bytes, cpu32, cpu64)) => (unfused.median_ms, bytes, cpu32, cpu64),
+            // NaN is written as null.
+            None => (f64::NAN, 0, None, None),
+        };
+        Row {
+            adapter: context.info.name.clone(),
+            backend: format!("{:?}", context.info.backend),
+            clock: context.clock,
+            method,
+            guard: config.guard,
+            dtype: config.types.gradients.name(),
+            ema_dtype: config.types.ema.name(),
+            layout: context.workload.name.clone(),
+            leaves: context.workload.layout.len(),
+            path: timed.path,
+            elements,
+            bytes_per_element: bytes,
+            stats,
+            elements_per_s: elements as f64 / seconds,
+            gbps,
+            copy_gbps: context.copy_gbps,
+            roofline_fraction: paired_ratio(timed.copy_times, timed.times) * step_bytes,
+            unfused_median_ms: unfused,
+            unfused_bytes_per_element: unfused_bytes,
+            fused_speedup: unfused / stats.median_ms,
+            cpu_f32_threads_ms: cpu32,
+            cpu_f64_reference_ms: cpu64,
+            dispatches: timed.dispatches,
+            pool_ratio: paired_ratio(timed.times, timed.pool_times),
+        }
+    }
+
+    /// The row as a line of the table `run` prints (`-` where there is no value).
+    fn line(&self) -> String {
+        let opt = |v: Option<f64>, digits: usize| {
+            v.filter(|v| v.is_finite()).map_or("-".to_string(), |v| format!("{v:.digits$}"))
+        };
+        format!(
+            "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9} {:>6} {:>9} {:>9}",
+            self.layout,
+            self.elements,
+            self.method,
+            self.path,
+            self.dispatches,
+            opt(Some(self.pool_ratio), 2),
+            self.stats.median_ms,
+            self.stats.min_ms,
+            self.stats.max_ms,
+            self.elements_per_s / 1e9,
+            self.gbps,
+            self.roofline_fraction,
+            opt(Some(self.unfused_median_ms), 3),
+            opt(Some(self.fused_speedup), 2),
+            opt(self.cpu_f32_threads_ms, 3),
+            opt(self.cpu_f64_reference_ms, 3)
+        )
+    }
+}
+
+/// The paths of one step (the pool first), each timed in turn with the copy kernel, round by
+/// round: the copy kernel's times, then each path's.
+fn time_paths(
+    clock: &Clock,
+    gpu: &GpuContext,
+    reps: usize,
+    copy_kernel: &CopyKernel,
+    paths: &mut [(&'static str, BloopState, bloop::StepBindings)],
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut records: Vec<Box<Record>> =
+        vec![Box::new(|encoder: &mut wgpu::CommandEncoder, t| copy_kernel.record(encoder, t))];
+    records.extend(paths.iter_mut().map(|(_, state, bindings)| {
+        Box::new(move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
+            state.record_step_timed(encoder, bindings, t).unwrap()
+        }) as Box<Record>
+    }));
+    let mut times = clock.interleaved(gpu, reps, &mut records.iter_mut().map(|r| &mut **r).collect::<Vec<_>>());
+    let copy_times = times.remove(0);
+    (copy_times, times)
 }
 
 /// (name, method, ratio_only, guard, gradient and output type, averages' type). The guard is
@@ -550,6 +661,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let copy_kernel = CopyKernel::new(&gpu, elements);
         let copy =
             copy_kernel.gbps(clock.stats(&gpu, args.reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
+        let context = Context {
+            info: &info,
+            clock: clock.name(),
+            workload: &workload,
+            copy_kernel: &copy_kernel,
+            copy_gbps: copy,
+        };
         let mut buffers: Vec<(DType, Buffers)> = Vec::new();
         let host = args.cpu && elements <= 1 << 24;
         let (cpu_main, cpu_aux) =
@@ -633,122 +751,37 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<bloop::Result<_>>()?;
             // The copy kernel runs in every round too, so that each path's roofline fraction is
             // a ratio of runs taken side by side.
-            let (copy_times, times) = {
-                let mut records: Vec<Box<Record>> =
-                    vec![Box::new(|encoder: &mut wgpu::CommandEncoder, t| copy_kernel.record(encoder, t))];
-                records.extend(paths.iter_mut().map(|(_, state, bindings)| {
-                    Box::new(move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
-                        state.record_step_timed(encoder, bindings, t).unwrap()
-                    }) as Box<Record>
-                }));
-                let mut times =
-                    clock.interleaved(&gpu, args.reps, &mut records.iter_mut().map(|r| &mut **r).collect::<Vec<_>>());
-                let copy_times = times.remove(0);
-                (copy_times, times)
-            };
+            let (copy_times, times) = time_paths(&clock, &gpu, args.reps, &copy_kernel, &mut paths);
             for ((path, _, bindings), path_times) in paths.iter().zip(&times) {
-                let path = *path;
-                let stats = Stats::of(path_times.clone());
-                // The pool is the first path.
-                let pool_ratio = paired_ratio(path_times, &times[0]);
-                let bytes = config.bytes_per_element();
-                let seconds = stats.median_ms / 1e3;
-                let gbps = (bytes * elements) as f64 / seconds / 1e9;
-                // Per round, the step's GB/s over the copy kernel's; the median of those.
-                let step_bytes = (bytes * elements) as f64 / copy_kernel.bytes as f64;
-                let roofline = paired_ratio(&copy_times, path_times) * step_bytes;
-                let row = Row {
-                    adapter: info.name.clone(),
-                    backend: format!("{:?}", info.backend),
-                    clock: clock.name(),
-                    method: name,
-                    guard,
-                    dtype: dtype.name(),
-                    ema_dtype: ema_dtype.name(),
-                    layout: workload.name.clone(),
-                    leaves: layout.len(),
+                let timed = Timed {
                     path,
-                    elements,
-                    bytes_per_element: bytes,
-                    stats,
-                    elements_per_s: elements as f64 / seconds,
-                    gbps,
-                    copy_gbps: copy,
-                    roofline_fraction: roofline,
-                    unfused_median_ms: unfused.median_ms,
-                    unfused_bytes_per_element: unfused_bytes,
-                    fused_speedup: unfused.median_ms / stats.median_ms,
-                    cpu_f32_threads_ms: cpu32,
-                    cpu_f64_reference_ms: cpu64,
+                    times: path_times,
+                    pool_times: &times[0],
+                    copy_times: &copy_times,
                     dispatches: bindings.dispatch_count(),
-                    pool_ratio: Some(pool_ratio),
                 };
-                let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+                let row = Row::new(&context, name, &config, &timed, Some((unfused, unfused_bytes, cpu32, cpu64)));
                 // Rows go to stdout whether or not the bar is drawn (it hides itself off a terminal).
-                bar.suspend(|| println!(
-                    "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6.2} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2} {:>9.3} {:>6.2} {:>9} {:>9}",
-                    row.layout, row.elements, row.method, row.path, row.dispatches, pool_ratio, stats.median_ms, stats.min_ms, stats.max_ms,
-                    row.elements_per_s / 1e9, row.gbps, row.roofline_fraction, row.unfused_median_ms, row.fused_speedup, opt(cpu32), opt(cpu64)
-                ));
+                bar.suspend(|| println!("{}", row.line()));
                 rows.push(row);
             }
         }
         for (name, k) in hierarchy::LEVELS {
             bar.inc(1);
-            let mut dispatches = Vec::new();
-            let mut time = |state: &mut BloopState, bindings: &bloop::StepBindings| {
-                dispatches.push(bindings.dispatch_count());
-                clock.stats(&gpu, args.reps, &mut |encoder, t| state.record_step_timed(encoder, bindings, t).unwrap())
-            };
-            let measured = hierarchy::measure(&gpu, &kernels, layout, k, &mut rng, &mut time);
-            for ((path, stats, config), dispatches) in measured.into_iter().zip(dispatches) {
-                let bytes = config.bytes_per_element();
-                let seconds = stats.median_ms / 1e3;
-                let gbps = (bytes * elements) as f64 / seconds / 1e9;
-                bar.suspend(|| {
-                    println!(
-                        "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>8.3} {:>8.2} {:>6.2}",
-                        workload.name,
-                        elements,
-                        name,
-                        path,
-                        dispatches,
-                        "-",
-                        stats.median_ms,
-                        stats.min_ms,
-                        stats.max_ms,
-                        elements as f64 / seconds / 1e9,
-                        gbps,
-                        gbps / copy
-                    )
-                });
-                rows.push(Row {
-                    adapter: info.name.clone(),
-                    backend: format!("{:?}", info.backend),
-                    clock: clock.name(),
-                    method: name,
-                    guard: config.guard,
-                    dtype: "f32",
-                    ema_dtype: "f32",
-                    layout: workload.name.clone(),
-                    leaves: layout.len(),
+            let mut step = hierarchy::Step::new(&gpu, &kernels, layout, k, &mut rng)?;
+            let (copy_times, times) = time_paths(&clock, &gpu, args.reps, &copy_kernel, &mut step.paths);
+            for ((path, _, bindings), path_times) in step.paths.iter().zip(&times) {
+                let timed = Timed {
                     path,
-                    elements,
-                    bytes_per_element: bytes,
-                    stats,
-                    elements_per_s: elements as f64 / seconds,
-                    gbps,
-                    copy_gbps: copy,
-                    roofline_fraction: gbps / copy,
-                    // No unfused or host baseline for hierarchies (NaN is written as null).
-                    unfused_median_ms: f64::NAN,
-                    unfused_bytes_per_element: 0,
-                    fused_speedup: f64::NAN,
-                    cpu_f32_threads_ms: None,
-                    cpu_f64_reference_ms: None,
-                    dispatches,
-                    pool_ratio: None,
-                });
+                    times: path_times,
+                    pool_times: &times[0],
+                    copy_times: &copy_times,
+                    dispatches: bindings.dispatch_count(),
+                };
+                // No unfused or host baseline for hierarchies: those cover the two-loss methods.
+                let row = Row::new(&context, name, &step.config, &timed, None);
+                bar.suspend(|| println!("{}", row.line()));
+                rows.push(row);
             }
         }
         bar.suspend(|| {
