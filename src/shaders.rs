@@ -998,7 +998,8 @@ fn expand<'a>(
 
 /// A `#scalar_and_vec4` block's text for one element per invocation (`$F` is `f32`, `$W`
 /// empty) and, with vector loads, again for four (`vec4<f32>`, `4`): one source for both
-/// widths, so they cannot drift apart.
+/// widths, so they cannot drift apart. Such a block goes inside a `#per_slot` one, not around
+/// it: the slot copies then rename both widths' functions.
 fn widths(body: &str, vec4: bool) -> String {
     let width = |ty: &str, suffix: &str| body.replace("$F", ty).replace("$W", suffix);
     let mut text = width("f32", "");

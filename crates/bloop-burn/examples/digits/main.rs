@@ -524,7 +524,8 @@ fn report(
             }
         }
         let seeds_text = seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-        let caption = format!("UCI digits, {epochs} epochs, seed {seeds_text}: aux loss vs {what}");
+        let seed_word = if seeds.len() == 1 { "seed" } else { "seeds" };
+        let caption = format!("UCI digits, {epochs} epochs, {seed_word} {seeds_text}: aux loss vs {what}");
         plots::pareto(&curves, &caption, what, &out.join(file))?;
         if methods.contains(&Method::Bloop) {
             let comparison = Comparison::new(results, pick);
