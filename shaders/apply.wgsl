@@ -23,12 +23,12 @@ struct Coefficients {
 }
 
 // One element's inputs and results: the direction, the averages' new values, and the
-// parameter's and optimizer state's new values. Each block from here to `apply` is written
-// once for both widths (see `scalar_and_vec4` in src/shaders.rs): `$F` is `f32` or
-// `vec4<f32>`, and `$W` is empty or `4` in names (`element` or `element4`, `load_` or
-// `load4_`). The vec4 form runs four consecutive elements at a multiple of 4 in every role,
-// with the same operations in the same order (VEC4 variants have no PCGrad or 16-bit storage,
-// so theirs never set `a`).
+// parameter's and optimizer state's new values. This struct and the element functions below
+// (all but `one_minus_exp`) are written once for both widths (see `scalar_and_vec4` in
+// src/shaders.rs): `$F` is `f32` or `vec4<f32>`, and `$W` is empty or `4` in names (`element`
+// or `element4`, `load_` or `load4_`). The vec4 form runs four consecutive elements at a
+// multiple of 4 in every role, with the same operations in the same order (VEC4 variants have
+// no PCGrad or 16-bit storage, so theirs never set `a`).
 #scalar_and_vec4
 struct Element$W {
     gm: $F,
