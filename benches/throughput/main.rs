@@ -271,10 +271,13 @@ struct Row {
     pool_ratio: f64,
 }
 
-/// What every row of one workload shares.
+/// What every row of one workload shares, and how its paths are timed.
 struct Context<'a> {
+    gpu: &'a GpuContext,
     info: &'a wgpu::AdapterInfo,
-    clock: &'static str,
+    clock: &'a Clock,
+    /// Timed runs of each path.
+    reps: usize,
     workload: &'a Workload,
     copy_kernel: &'a CopyKernel,
     /// The copy kernel's GB/s (its median run, timed before the methods).
@@ -309,7 +312,7 @@ impl Row {
         Row {
             adapter: context.info.name.clone(),
             backend: format!("{:?}", context.info.backend),
-            clock: context.clock,
+            clock: context.clock.name(),
             method,
             guard: config.guard,
             dtype: config.types.gradients.name(),
@@ -361,25 +364,43 @@ impl Row {
     }
 }
 
-/// The paths of one step (the pool first), each timed in turn with the copy kernel, round by
-/// round: the copy kernel's times, then each path's.
-fn time_paths(
-    clock: &Clock,
-    gpu: &GpuContext,
-    reps: usize,
-    copy_kernel: &CopyKernel,
+/// The rows of a step's paths (the pool first), each timed in turn with the copy kernel, round
+/// by round, under the name `method`; `baseline` where the method has the unfused and host ones.
+fn path_rows(
+    context: &Context,
+    method: &'static str,
+    config: &Config,
     paths: &mut [(&'static str, BloopState, bloop::StepBindings)],
-) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let mut records: Vec<Box<Record>> =
-        vec![Box::new(|encoder: &mut wgpu::CommandEncoder, t| copy_kernel.record(encoder, t))];
-    records.extend(paths.iter_mut().map(|(_, state, bindings)| {
-        Box::new(move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
-            state.record_step_timed(encoder, bindings, t).unwrap()
-        }) as Box<Record>
-    }));
-    let mut times = clock.interleaved(gpu, reps, &mut records.iter_mut().map(|r| &mut **r).collect::<Vec<_>>());
+    baseline: Option<Baseline>,
+) -> Vec<Row> {
+    // The recordings borrow the paths only while they are timed.
+    let mut times = {
+        let copy_kernel = context.copy_kernel;
+        let mut records: Vec<Box<Record>> =
+            vec![Box::new(|encoder: &mut wgpu::CommandEncoder, t| copy_kernel.record(encoder, t))];
+        records.extend(paths.iter_mut().map(|(_, state, bindings)| {
+            Box::new(move |encoder: &mut wgpu::CommandEncoder, t: Option<wgpu::ComputePassTimestampWrites>| {
+                state.record_step_timed(encoder, bindings, t).unwrap()
+            }) as Box<Record>
+        }));
+        let mut records: Vec<&mut Record> = records.iter_mut().map(|r| &mut **r).collect();
+        context.clock.interleaved(context.gpu, context.reps, &mut records)
+    };
     let copy_times = times.remove(0);
-    (copy_times, times)
+    paths
+        .iter()
+        .zip(&times)
+        .map(|((path, _, bindings), path_times)| {
+            let timed = Timed {
+                path,
+                times: path_times,
+                pool_times: &times[0],
+                copy_times: &copy_times,
+                dispatches: bindings.dispatch_count(),
+            };
+            Row::new(context, method, config, &timed, baseline)
+        })
+        .collect()
 }
 
 /// (name, method, ratio_only, guard, gradient and output type, averages' type). The guard is
@@ -662,8 +683,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let copy =
             copy_kernel.gbps(clock.stats(&gpu, args.reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
         let context = Context {
+            gpu: &gpu,
             info: &info,
-            clock: clock.name(),
+            clock: &clock,
+            reps: args.reps,
             workload: &workload,
             copy_kernel: &copy_kernel,
             copy_gbps: copy,
@@ -751,16 +774,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<bloop::Result<_>>()?;
             // The copy kernel runs in every round too, so that each path's roofline fraction is
             // a ratio of runs taken side by side.
-            let (copy_times, times) = time_paths(&clock, &gpu, args.reps, &copy_kernel, &mut paths);
-            for ((path, _, bindings), path_times) in paths.iter().zip(&times) {
-                let timed = Timed {
-                    path,
-                    times: path_times,
-                    pool_times: &times[0],
-                    copy_times: &copy_times,
-                    dispatches: bindings.dispatch_count(),
-                };
-                let row = Row::new(&context, name, &config, &timed, Some((unfused, unfused_bytes, cpu32, cpu64)));
+            let baseline = Some((unfused, unfused_bytes, cpu32, cpu64));
+            for row in path_rows(&context, name, &config, &mut paths, baseline) {
                 // Rows go to stdout whether or not the bar is drawn (it hides itself off a terminal).
                 bar.suspend(|| println!("{}", row.line()));
                 rows.push(row);
@@ -769,17 +784,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         for (name, k) in hierarchy::LEVELS {
             bar.inc(1);
             let mut step = hierarchy::Step::new(&gpu, &kernels, layout, k, &mut rng)?;
-            let (copy_times, times) = time_paths(&clock, &gpu, args.reps, &copy_kernel, &mut step.paths);
-            for ((path, _, bindings), path_times) in step.paths.iter().zip(&times) {
-                let timed = Timed {
-                    path,
-                    times: path_times,
-                    pool_times: &times[0],
-                    copy_times: &copy_times,
-                    dispatches: bindings.dispatch_count(),
-                };
-                // No unfused or host baseline for hierarchies: those cover the two-loss methods.
-                let row = Row::new(&context, name, &step.config, &timed, None);
+            // No unfused or host baseline for hierarchies: those cover the two-loss methods.
+            for row in path_rows(&context, name, &step.config, &mut step.paths, None) {
                 bar.suspend(|| println!("{}", row.line()));
                 rows.push(row);
             }
