@@ -362,6 +362,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bad) = lambdas.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
         return Err(format!("lambda {bad} is not a finite value >= 0").into());
     }
+    // Training writes its partial results here as it goes; the report writes the rest.
+    std::fs::create_dir_all(&args.out)?;
     let (results, heading) = match &args.report {
         Some(path) => (read_results(path)?, format!("results read from {}", path.display())),
         None => {
@@ -374,12 +376,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             train_grid(&args, &runs)?
         }
     };
-    std::fs::create_dir_all(&args.out)?;
     report(&results, &heading, args.epochs, &args.out)
 }
 
-/// Trains every run (`--jobs` at once on threads sharing burn's device) and returns the results
-/// with a line saying how long the grid took on which adapter.
+/// Trains every run (`--jobs` at once on threads sharing burn's device), appending each result
+/// to `digits-partial.csv` in `--out` (which `run` has created), and returns the results with a
+/// line saying how long the grid took on which adapter.
 fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box<dyn std::error::Error>> {
     let digits = Digits::load(&args.data)?;
     // burn's own wgpu device, shared with the adapter (cubecl needs every feature the adapter
@@ -413,7 +415,6 @@ fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box
         epochs: args.epochs,
         zero_ema: args.zero_ema,
     };
-    std::fs::create_dir_all(&args.out)?;
     // Each finished run is appended here at once, so a long grid leaves its results behind
     // even if it is stopped.
     let partial = Mutex::new(std::fs::File::create(args.out.join("digits-partial.csv"))?);
@@ -546,16 +547,22 @@ struct Comparison {
 
 impl Comparison {
     fn new(results: &[RunResult], pick: fn(&RunResult) -> f64) -> Comparison {
-        let mut cells = Vec::new();
-        for r in results.iter().filter(|r| r.method != Method::Bloop) {
-            let bloop: Vec<(f64, f64)> = results
-                .iter()
-                .filter(|b| b.method == Method::Bloop && b.seed == r.seed)
-                .map(|b| (b.aux, pick(b)))
-                .collect();
-            let ce = pick(r);
-            cells.push((r.method, r.lambda, r.seed, bloop_at(&front(&bloop), r.aux).map(|b| b / ce)));
+        // BLOOP's front of each seed, built once.
+        let mut fronts: std::collections::BTreeMap<u64, Vec<(f64, f64)>> = std::collections::BTreeMap::new();
+        for b in results.iter().filter(|b| b.method == Method::Bloop) {
+            fronts.entry(b.seed).or_default().push((b.aux, pick(b)));
         }
+        for points in fronts.values_mut() {
+            *points = front(points);
+        }
+        let cells = results
+            .iter()
+            .filter(|r| r.method != Method::Bloop)
+            .map(|r| {
+                let ratio = fronts.get(&r.seed).and_then(|f| bloop_at(f, r.aux)).map(|b| b / pick(r));
+                (r.method, r.lambda, r.seed, ratio)
+            })
+            .collect();
         Comparison { cells }
     }
 
