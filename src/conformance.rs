@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::layout::{Layout, LeafBuffer};
 use crate::pool::GradientPool;
-use crate::readback::read_leaves;
+use crate::readback::read_leaves_async;
 use crate::reference::{relative_error, widen, Leaves, ReferenceState};
 use crate::state::{BloopState, EmaRole, ExternalGradients, Output};
 
@@ -114,8 +114,14 @@ impl Case {
     /// Reads a case from its JSON file; the message names what is wrong.
     pub fn from_file(path: &Path) -> std::result::Result<Case, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let case: Case = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        case.config().map_err(|e| format!("{}: {e}", path.display()))?;
+        Case::from_json(&path.display().to_string(), &text)
+    }
+
+    /// Reads a case from the text of its JSON file (hosts without files, such as wasm, read
+    /// it themselves); `source` names it in the message.
+    pub fn from_json(source: &str, text: &str) -> std::result::Result<Case, String> {
+        let case: Case = serde_json::from_str(text).map_err(|e| format!("{source}: {e}"))?;
+        case.config().map_err(|e| format!("{source}: {e}"))?;
         Ok(case)
     }
 
@@ -316,10 +322,10 @@ impl Flat {
     }
 
     /// Elements outside every leaf (its own and `more`) that no longer hold the guard.
-    fn corrupted(&self, device: &wgpu::Device, queue: &wgpu::Queue, more: &[Vec<LeafBuffer>]) -> Result<usize> {
+    async fn corrupted(&self, device: &wgpu::Device, queue: &wgpu::Queue, more: &[Vec<LeafBuffer>]) -> Result<usize> {
         let size = self.dtype.size();
         let whole = LeafBuffer::typed(&self.buffer, 0, self.bytes.len() as u64 / size, self.dtype);
-        let after = &read_leaves(device, queue, &[whole])?[0];
+        let after = &read_leaves_async(device, queue, &[whole]).await?[0];
         let mut inside = vec![false; after.len()];
         for leaf in self.roles.iter().chain(more).flatten() {
             let start = (leaf.offset / size) as usize;
@@ -331,6 +337,7 @@ impl Flat {
 }
 
 /// Replays a case through the public GPU API and measures every step against the case.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_gpu(kernels: &Arc<Kernels>, queue: &wgpu::Queue, case: &Case, path: GradientPath) -> Result<CaseReport> {
     run_gpu_typed(kernels, queue, case, path, ElementTypes::default())
 }
@@ -339,6 +346,7 @@ pub fn run_gpu(kernels: &Arc<Kernels>, queue: &wgpu::Queue, case: &Case, path: G
 /// and initial averages are rounded to their storage types; with any 16-bit storage the
 /// expected values come from the f64 reference on those rounded inputs (averages rounded as
 /// stored), judged against [`bound`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_gpu_typed(
     kernels: &Arc<Kernels>,
     queue: &wgpu::Queue,
@@ -346,21 +354,33 @@ pub fn run_gpu_typed(
     path: GradientPath,
     types: ElementTypes,
 ) -> Result<CaseReport> {
-    run_gpu_inner(kernels, queue, case, path, types, &|c| c)
+    pollster::block_on(run_gpu_typed_async(kernels, queue, case, path, types))
+}
+
+/// [`run_gpu_typed`] as a future (the form for wasm, where readbacks are awaited).
+pub async fn run_gpu_typed_async(
+    kernels: &Arc<Kernels>,
+    queue: &wgpu::Queue,
+    case: &Case,
+    path: GradientPath,
+    types: ElementTypes,
+) -> Result<CaseReport> {
+    run_gpu_inner(kernels, queue, case, path, types, &|c| c).await
 }
 
 /// [`run_gpu`] over the pool with the case's config changed by `tweak` (switches that must not
 /// change the results, such as the guard or diagnostics).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_gpu_with(
     kernels: &Arc<Kernels>,
     queue: &wgpu::Queue,
     case: &Case,
     tweak: impl Fn(Config) -> Config,
 ) -> Result<CaseReport> {
-    run_gpu_inner(kernels, queue, case, GradientPath::Pool, ElementTypes::default(), &tweak)
+    pollster::block_on(run_gpu_inner(kernels, queue, case, GradientPath::Pool, ElementTypes::default(), &tweak))
 }
 
-fn run_gpu_inner(
+async fn run_gpu_inner(
     kernels: &Arc<Kernels>,
     queue: &wgpu::Queue,
     case: &Case,
@@ -371,7 +391,7 @@ fn run_gpu_inner(
     let device = kernels.device();
     let config = tweak(case.config()?.types(types));
     if config.method == Method::Hierarchy {
-        return run_hierarchy_gpu(kernels, queue, case, path, config);
+        return run_hierarchy_gpu(kernels, queue, case, path, config).await;
     }
     let layout = Layout::from_lengths(&case.leaf_sizes)?;
     let round = |leaves: &[Vec<f64>], d: DType| -> Vec<Vec<f32>> {
@@ -445,20 +465,20 @@ fn run_gpu_inner(
             }
             None => (step.direction.clone(), step.main_ema.clone(), step.aux_ema.clone()),
         };
-        let direction = widen(&read_leaves(device, queue, bindings.output_leaves())?);
+        let direction = widen(&read_leaves_async(device, queue, bindings.output_leaves()).await?);
         report.record("direction", relative_error(&direction, &expected.0));
         if config.method.has_main_ema() {
-            let ema = widen(&state.read_ema(EmaRole::Main)?);
+            let ema = widen(&state.read_ema_async(EmaRole::Main).await?);
             report.record("main", relative_error(&ema, &expected.1));
         }
         if let (true, Some(expected)) = (config.method.has_aux_ema(), &expected.2) {
-            let ema = widen(&state.read_ema(EmaRole::Aux)?);
+            let ema = widen(&state.read_ema_async(EmaRole::Aux).await?);
             report.record("aux", relative_error(&ema, expected));
         }
         if let (Some(inputs), Some(outputs)) = (&inputs, &outputs) {
-            report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles)?;
+            report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles).await?;
             if !outputs.bytes.is_empty() {
-                report.corrupted_guards += outputs.corrupted(device, queue, &[])?;
+                report.corrupted_guards += outputs.corrupted(device, queue, &[]).await?;
             }
         }
     }
@@ -500,7 +520,7 @@ fn run_hierarchy_reference(case: &Case, config: Config) -> std::result::Result<C
 /// A hierarchy case on the GPU: k + 1 gradients per leaf in the pool, or interleaved in one
 /// flat user buffer (outputs in another) for the external path. 16-bit storage is judged
 /// against the f64 reference on the rounded inputs, as for the other methods.
-fn run_hierarchy_gpu(
+async fn run_hierarchy_gpu(
     kernels: &Arc<Kernels>,
     queue: &wgpu::Queue,
     case: &Case,
@@ -577,17 +597,125 @@ fn run_hierarchy_gpu(
             }
             None => (step.direction.clone(), emas.clone()),
         };
-        let out = widen(&read_leaves(device, queue, bindings.output_leaves())?);
+        let out = widen(&read_leaves_async(device, queue, bindings.output_leaves()).await?);
         report.record("direction", relative_error(&out, &direction));
-        let got: Vec<Leaves> =
-            (0..k).map(|j| state.read_ema(EmaRole::Level(j)).map(|v| widen(&v))).collect::<Result<_>>()?;
+        let mut got: Vec<Leaves> = Vec::with_capacity(k);
+        for j in 0..k {
+            got.push(widen(&state.read_ema_async(EmaRole::Level(j)).await?));
+        }
         record_emas(&mut report, &got, &expected_emas);
         if let (Some(inputs), Some(outputs)) = (&inputs, &outputs) {
-            report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles)?;
+            report.corrupted_guards += inputs.corrupted(device, queue, &outputs.roles).await?;
             if !outputs.bytes.is_empty() {
-                report.corrupted_guards += outputs.corrupted(device, queue, &[])?;
+                report.corrupted_guards += outputs.corrupted(device, queue, &[]).await?;
             }
         }
     }
     Ok(report)
+}
+
+/// The gradient paths a runner replays every case through, in its table's column order.
+pub const RUNNER_PATHS: [GradientPath; 2] = [GradientPath::Pool, GradientPath::External];
+
+/// How a case came out over the runner's paths and the CPU reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every path ran within the bound.
+    Pass,
+    /// Some path was refused with the typed error that names a device limit it exceeds (a
+    /// hierarchy with more storage buffers than WebGPU's adapters allow), the others passed.
+    Refused,
+    /// A path ran outside the bound, changed a guard word, or failed otherwise.
+    Fail,
+}
+
+/// One case's results, as the runners (the native `conformance` example and the wasm runner)
+/// print them.
+#[derive(Debug)]
+pub struct CaseOutcome {
+    /// The case's name (its file stem).
+    pub name: String,
+    /// One result per path of [`RUNNER_PATHS`].
+    pub runs: Vec<Result<CaseReport>>,
+    /// The CPU reference's result.
+    pub reference: std::result::Result<CaseReport, String>,
+}
+
+/// Whether an error is the refusal of a configuration that exceeds one of the device's
+/// limits (the error names the limit).
+pub fn is_limit_refusal(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::ExceedsCount { .. } | crate::Error::ExceedsLimit { .. })
+}
+
+/// The lines a runner prints before its table.
+pub fn preamble(adapter: &str, types: ElementTypes, kernels: &Kernels) -> Vec<String> {
+    let f16_storage = match (types.gradients, kernels.uses_native_f16()) {
+        (DType::F16, true) => " (f16 arrays)",
+        (DType::F16, false) => " (f16 packed in u32)",
+        _ => "",
+    };
+    vec![
+        format!("adapter: {adapter}"),
+        format!("storage: gradients {}, output {}, averages {}{f16_storage}", types.gradients, types.output, types.ema),
+        format!("bound: relative error <= {:e} on every step", bound(types)),
+        format!("{:<36} {:>11} {:>11} {:>11}  result", "case", "pool", "external", "cpu ref"),
+    ]
+}
+
+impl CaseOutcome {
+    /// The verdict against `bound` (the reference is always judged against [`F32_BOUND`]).
+    pub fn verdict(&self, bound: f64) -> Verdict {
+        let reference_passes = self.reference.as_ref().is_ok_and(|r| r.passes(F32_BOUND));
+        let mut refused = false;
+        for run in &self.runs {
+            match run {
+                Ok(report) if report.passes(bound) => {}
+                Err(e) if is_limit_refusal(e) => refused = true,
+                _ => return Verdict::Fail,
+            }
+        }
+        match (reference_passes, refused) {
+            (false, _) => Verdict::Fail,
+            (true, true) => Verdict::Refused,
+            (true, false) => Verdict::Pass,
+        }
+    }
+
+    /// The case's table row, then one line per error.
+    pub fn lines(&self, bound: f64) -> Vec<String> {
+        let cell = |r: std::result::Result<&CaseReport, &crate::Error>| match r {
+            Ok(r) if r.corrupted_guards > 0 => format!("{} GUARDS", r.corrupted_guards),
+            Ok(r) => format!("{:.3e}", r.worst()),
+            Err(e) if is_limit_refusal(e) => "refused".to_string(),
+            Err(_) => "error".to_string(),
+        };
+        let reference = match &self.reference {
+            Ok(r) => format!("{:.3e}", r.worst()),
+            Err(_) => "error".to_string(),
+        };
+        let mut cells: Vec<String> = self.runs.iter().map(|r| cell(r.as_ref())).collect();
+        cells.resize(2, String::new());
+        let result = match self.verdict(bound) {
+            Verdict::Pass => "ok",
+            Verdict::Refused => "refused",
+            Verdict::Fail => "FAIL",
+        };
+        let mut lines =
+            vec![format!("{:<36} {:>11} {:>11} {:>11}  {result}", self.name, cells[0], cells[1], reference)];
+        let errors = self.runs.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string()));
+        for e in errors.chain(self.reference.as_ref().err().cloned()) {
+            lines.push(format!("    error: {e}"));
+        }
+        lines
+    }
+}
+
+/// The runner's last line: cases, passed, refused (when any), failed.
+pub fn summary(verdicts: &[Verdict]) -> String {
+    let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
+    let refused = match count(Verdict::Refused) {
+        0 => String::new(),
+        n => format!(", {n} refused by the device's limits"),
+    };
+    format!("{} cases, {} passed{refused}, {} failed", verdicts.len(), count(Verdict::Pass), count(Verdict::Fail))
 }

@@ -26,9 +26,19 @@ impl GpuContext {
     /// Picks an adapter the way wgpu's examples do: `WGPU_BACKEND` restricts the backends,
     /// `WGPU_ADAPTER_NAME` picks by a case-insensitive substring of the adapter name, else the
     /// default (high-performance if `WGPU_POWER_PREF` says so). Requests the adapter's own
-    /// limits and the [`OPTIONAL_FEATURES`] it has.
+    /// limits and the [`OPTIONAL_FEATURES`] it has. Blocks; [`GpuContext::from_env_async`] is
+    /// the form for wasm.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_env() -> Result<GpuContext> {
-        pollster::block_on(GpuContext::from_env_with_limits(|limits| limits))
+        pollster::block_on(GpuContext::from_env_async())
+    }
+
+    /// [`GpuContext::from_env`] as a future. On wasm the environment is the JavaScript host's
+    /// `navigator.gpu`; its adapter's own limits are requested, as natively, rather than
+    /// WebGPU's defaults (8 storage buffers per stage where SwiftShader offers 10, 128
+    /// invocations per workgroup in compatibility mode where the adapter has 256).
+    pub async fn from_env_async() -> Result<GpuContext> {
+        GpuContext::from_env_with_limits(|limits| limits).await
     }
 
     /// As [`GpuContext::from_env`], with the adapter's limits passed through `adjust` first
@@ -77,6 +87,7 @@ impl GpuContext {
 
 /// Runs `f` inside validation and out-of-memory error scopes, turning what wgpu reports into
 /// [`Error::Gpu`] instead of the default panic on uncaptured errors.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn gpu_scope<T>(device: &wgpu::Device, during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -87,6 +98,15 @@ pub(crate) fn gpu_scope<T>(device: &wgpu::Device, during: &'static str, f: impl 
         Some(e) => Err(classify(during, e)),
         None => Ok(value),
     }
+}
+
+/// On WebGPU an error scope's result arrives through the JavaScript event loop, which cannot be
+/// waited for inside a synchronous call: `f` runs in the caller's scopes instead, and errors
+/// reach them or the device's uncaptured-error handler (the wasm conformance runner wraps each
+/// case in scopes of its own and awaits them).
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn gpu_scope<T>(_device: &wgpu::Device, _during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+    Ok(f())
 }
 
 /// [`classify`], public for the tests: an out-of-memory report cannot be provoked safely.

@@ -29,6 +29,8 @@ struct Slot {
     step: u64,
     /// The recorded state's hierarchy levels (0 for the other methods).
     levels: u8,
+    /// Fires once the mapping's callback has run, for [`DiagnosticsRing::flush_async`].
+    landed: Option<futures::channel::oneshot::Receiver<()>>,
 }
 
 /// A ring of mappable buffers that returns each step's scalars some steps later, never blocking.
@@ -54,6 +56,7 @@ impl DiagnosticsRing {
                 state: Arc::new(AtomicU8::new(FREE)),
                 step: 0,
                 levels: 0,
+                landed: None,
             })
             .collect();
         DiagnosticsRing { device: device.clone(), slots, order: VecDeque::new(), dropped: 0 }
@@ -79,11 +82,14 @@ impl DiagnosticsRing {
 
     /// Starts mapping the copies recorded so far; call after submitting their encoder.
     pub fn submitted(&mut self) {
-        for slot in &self.slots {
+        for slot in &mut self.slots {
             if slot.state.compare_exchange(RECORDED, MAPPING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 let state = slot.state.clone();
+                let (sender, landed) = futures::channel::oneshot::channel();
+                slot.landed = Some(landed);
                 slot.buffer.map_async(wgpu::MapMode::Read, .., move |result| {
                     state.store(if result.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+                    let _ = sender.send(());
                 });
             }
         }
@@ -97,9 +103,23 @@ impl DiagnosticsRing {
     }
 
     /// Waits for every step in flight and returns their values (end of training, tests).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn flush(&mut self) -> Result<Vec<StepDiagnostics>> {
+        pollster::block_on(self.flush_async())
+    }
+
+    /// [`DiagnosticsRing::flush`] as a future (the form for wasm, where only the mappings'
+    /// callbacks say that the values are there).
+    pub async fn flush_async(&mut self) -> Result<Vec<StepDiagnostics>> {
         self.submitted();
+        #[cfg(not(target_arch = "wasm32"))]
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Readback(e.to_string()))?;
+        for slot in &mut self.slots {
+            if let Some(landed) = slot.landed.take() {
+                // A dropped sender means the callback will never run: collect reports the slot.
+                let _ = landed.await;
+            }
+        }
         self.collect()
     }
 

@@ -92,7 +92,9 @@ pub use kernels::{CPU_TILE_LEN, TILE_LEN};
 pub use layout::{Layout, Leaf, LeafBuffer, Role};
 pub use optimizer::{OptKind, Optimizer, Rule};
 pub use pool::GradientPool;
+#[cfg(not(target_arch = "wasm32"))]
 pub use readback::read_leaves;
+pub use readback::read_leaves_async;
 pub use reference::{ReferenceOptimizer, ReferenceState};
 pub use sharded::{balanced_shards, GlobalSums, ShardedBindings, ShardedState};
 pub use state::{BloopState, EmaRole, ExternalGradients, Output, StepBindings};

@@ -1,12 +1,27 @@
-//! Explicit, blocking transfers between host and GPU. Never used on the step's hot path:
-//! tests, checkpoints and evaluation call these when they choose to wait.
+//! Explicit transfers between host and GPU that wait for it. Never used on the step's hot
+//! path: tests, checkpoints and evaluation call these when they choose to wait.
+//!
+//! Each read has an async form that works everywhere, WebGPU in a browser or Node included
+//! (where the device cannot be polled to completion and only the mapping's callback says the
+//! data is there), and a blocking form built on it that exists only off wasm, where nothing
+//! may block.
 
 use crate::error::{Error, Result};
 use crate::layout::{LeafBuffer, Role};
 
 /// Copies each leaf to the host (as f32, whatever its element type) and waits for the GPU.
-/// The buffers need `COPY_SRC`.
+/// The buffers need `COPY_SRC`. Blocks; [`read_leaves_async`] is the form for wasm.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuffer]) -> Result<Vec<Vec<f32>>> {
+    pollster::block_on(read_leaves_async(device, queue, leaves))
+}
+
+/// [`read_leaves`] as a future that resolves once the GPU has copied the leaves out.
+pub async fn read_leaves_async(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    leaves: &[LeafBuffer],
+) -> Result<Vec<Vec<f32>>> {
     for leaf in leaves {
         if !leaf.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::MissingUsage {
@@ -57,7 +72,7 @@ pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuf
     })?;
     let mut out = Vec::with_capacity(leaves.len());
     for ((mapped, staging), (_, batch)) in staging.into_iter().zip(&batches) {
-        let bytes = finish_map(device, mapped, &staging)?;
+        let bytes = finish_map(device, mapped, &staging).await?;
         let mut at = 0;
         for leaf in batch {
             let words = leaf.word_range();
@@ -81,10 +96,16 @@ pub(crate) fn start_map(buffer: &wgpu::Buffer) -> MapResult {
     receiver
 }
 
-/// Waits for a mapping started by [`start_map`] and copies the buffer out.
-pub(crate) fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+/// Waits for a mapping started by [`start_map`] and copies the buffer out. Natively the
+/// device is polled until the GPU is idle, so the callback has run before the await; WebGPU
+/// has no such poll and runs the callback from its own event loop.
+pub(crate) async fn finish_map(device: &wgpu::Device, receiver: MapResult, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+    #[cfg(not(target_arch = "wasm32"))]
     device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Readback(e.to_string()))?;
-    pollster::block_on(receiver)
+    #[cfg(target_arch = "wasm32")]
+    let _ = device;
+    receiver
+        .await
         .map_err(|_| Error::Readback("the map callback was dropped".into()))?
         .map_err(|e| Error::Readback(e.to_string()))?;
     let bytes = buffer.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?.to_vec();

@@ -393,7 +393,14 @@ impl ShardedState {
     /// Phase 2: waits for this rank's partial sums (one 32-byte readback: the step's only
     /// synchronisation), reduces them over every rank, decides the guard globally, and writes
     /// the global sums back through the queue. Collective: every rank calls it once per step.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn exchange_sums(&mut self, collective: &impl Collective) -> Result<GlobalSums> {
+        pollster::block_on(self.exchange_sums_async(collective))
+    }
+
+    /// [`ShardedState::exchange_sums`] as a future (the form for wasm: the readback is awaited,
+    /// the collective's operations are the collective's own).
+    pub async fn exchange_sums_async(&mut self, collective: &impl Collective) -> Result<GlobalSums> {
         if self.phase != Phase::SumsRecorded {
             return Err(Error::StepOrder("exchange_sums needs record_sums (and a submit) first"));
         }
@@ -405,7 +412,7 @@ impl ShardedState {
         let mut sums = [0f64; 8];
         if let Some(readback) = &self.readback {
             let receiver = crate::readback::start_map(readback);
-            let bytes = crate::readback::finish_map(&self.device, receiver, readback)?;
+            let bytes = crate::readback::finish_map(&self.device, receiver, readback).await?;
             let words: &[f32] = bytemuck::cast_slice(&bytes);
             for (sum, &w) in sums.iter_mut().zip(words) {
                 *sum = w as f64;

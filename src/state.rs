@@ -424,10 +424,16 @@ impl BloopState {
     }
 
     /// The learning rate and the optimizer's step count, read from the GPU (blocks).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_schedule(&self) -> Result<(f32, u64)> {
+        pollster::block_on(self.read_schedule_async())
+    }
+
+    /// [`BloopState::read_schedule`] as a future (the form for wasm).
+    pub async fn read_schedule_async(&self) -> Result<(f32, u64)> {
         self.kernels.check_device()?;
         let leaf = LeafBuffer::new(&self.optimizer_store()?.schedule, 0, 2);
-        let words = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
+        let words = &readback::read_leaves_async(&self.device, &self.queue, &[leaf]).await?[0];
         Ok((words[0], words[1].to_bits() as u64))
     }
 
@@ -438,10 +444,20 @@ impl BloopState {
     }
 
     /// Reads the optimizer's state to the host: per tensor, one vector per leaf (blocks).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_optimizer_state(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        pollster::block_on(self.read_optimizer_state_async())
+    }
+
+    /// [`BloopState::read_optimizer_state`] as a future (the form for wasm).
+    pub async fn read_optimizer_state_async(&self) -> Result<Vec<Vec<Vec<f32>>>> {
         self.kernels.check_device()?;
         let store = self.optimizer_store()?;
-        store.tensors.iter().map(|t| readback::read_leaves(&self.device, &self.queue, &t.leaves)).collect()
+        let mut tensors = Vec::with_capacity(store.tensors.len());
+        for t in &store.tensors {
+            tensors.push(readback::read_leaves_async(&self.device, &self.queue, &t.leaves).await?);
+        }
+        Ok(tensors)
     }
 
     /// Overwrites the optimizer's state (per tensor, one vector per leaf) and its step count.
@@ -489,9 +505,15 @@ impl BloopState {
     }
 
     /// Reads an EMA back to the host, one vector per leaf. Blocks until the GPU is idle.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_ema(&self, role: EmaRole) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read_ema_async(role))
+    }
+
+    /// [`BloopState::read_ema`] as a future (the form for wasm).
+    pub async fn read_ema_async(&self, role: EmaRole) -> Result<Vec<Vec<f32>>> {
         self.kernels.check_device()?;
-        readback::read_leaves(&self.device, &self.queue, &self.store(role)?.leaves)
+        readback::read_leaves_async(&self.device, &self.queue, &self.store(role)?.leaves).await
     }
 
     /// Overwrites an EMA from host values, one vector per leaf (through the queue).
@@ -614,11 +636,17 @@ impl BloopState {
     /// The ratios of the last executed step of a hierarchy, `<g_i, u_j> / (<u_j, u_j> + eps)`
     /// for each aux loss i = 1..k (row i - 1) against each orthogonalised average u_j above it
     /// (j < i). Blocks; for tests and debugging.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_level_ratios(&self) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read_level_ratios_async())
+    }
+
+    /// [`BloopState::read_level_ratios`] as a future (the form for wasm).
+    pub async fn read_level_ratios_async(&self) -> Result<Vec<Vec<f32>>> {
         if self.config.method != crate::config::Method::Hierarchy {
             return Err(Error::Mismatch(format!("{} has no levels", self.config.method.name())));
         }
-        Ok(self.read_diagnostics()?.level_ratios())
+        Ok(self.read_diagnostics_async().await?.level_ratios())
     }
 
     /// Validates the user's buffers and prepares steps over them (states without an optimizer;
@@ -827,42 +855,74 @@ impl BloopState {
     /// The scalars of the last executed step (ratios, dot products, norms, skip flag and
     /// counter). Blocks; for tests, checkpoints and debugging. A training loop uses
     /// [`crate::diagnostics::DiagnosticsRing`] instead, which never waits.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_diagnostics(&self) -> Result<StepDiagnostics> {
+        pollster::block_on(self.read_diagnostics_async())
+    }
+
+    /// [`BloopState::read_diagnostics`] as a future (the form for wasm).
+    pub async fn read_diagnostics_async(&self) -> Result<StepDiagnostics> {
         self.kernels.check_device()?;
         let leaf = LeafBuffer::new(&self.scalars, 0, self.scalars.size() / 4);
-        let values = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
+        let values = &readback::read_leaves_async(&self.device, &self.queue, &[leaf]).await?[0];
         let levels = self.config.level_lambdas().len() as u8;
         Ok(StepDiagnostics::from_level_words(self.steps.saturating_sub(1), bytemuck::cast_slice(values), levels))
     }
 
     /// Steps the guard skipped so far (read from the GPU; blocks).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn skipped_steps(&self) -> Result<u64> {
-        Ok(self.read_diagnostics()?.skipped_steps as u64)
+        pollster::block_on(self.skipped_steps_async())
+    }
+
+    /// [`BloopState::skipped_steps`] as a future (the form for wasm).
+    pub async fn skipped_steps_async(&self) -> Result<u64> {
+        Ok(self.read_diagnostics_async().await?.skipped_steps as u64)
     }
 
     /// The state as a [`Checkpoint`]: config, layout, step counts and every EMA. Blocks until
     /// the GPU is idle (a checkpoint is taken between steps, not inside the hot loop).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let read = |role, kept: bool| if kept { self.read_ema(role) } else { Ok(Vec::new()) };
+        pollster::block_on(self.checkpoint_async())
+    }
+
+    /// [`BloopState::checkpoint`] as a future (the form for wasm; [`Checkpoint::to_bytes`] then
+    /// gives the file's bytes).
+    pub async fn checkpoint_async(&self) -> Result<Checkpoint> {
+        let read = |role, kept: bool| async move {
+            if kept {
+                self.read_ema_async(role).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let mut level_emas = Vec::with_capacity(self.levels.len());
+        for j in 1..=self.levels.len() {
+            level_emas.push(self.read_ema_async(EmaRole::Level(j)).await?);
+        }
         Ok(Checkpoint {
             config: self.config,
             layout: self.layout.clone(),
             steps: self.steps,
-            skipped_steps: self.skipped_steps()?,
-            main_ema: read(EmaRole::Main, self.config.method.has_main_ema())?,
-            aux_ema: read(EmaRole::Aux, self.config.method.has_aux_ema())?,
-            level_emas: (1..=self.levels.len()).map(|j| self.read_ema(EmaRole::Level(j))).collect::<Result<_>>()?,
+            skipped_steps: self.skipped_steps_async().await?,
+            main_ema: read(EmaRole::Main, self.config.method.has_main_ema()).await?,
+            aux_ema: read(EmaRole::Aux, self.config.method.has_aux_ema()).await?,
+            level_emas,
             optimizer: match &self.optimizer {
                 None => None,
                 Some(_) => {
-                    let (learning_rate, step) = self.read_schedule()?;
-                    Some(OptimizerCheckpoint { learning_rate, step, tensors: self.read_optimizer_state()? })
+                    let (learning_rate, step) = self.read_schedule_async().await?;
+                    let tensors = self.read_optimizer_state_async().await?;
+                    Some(OptimizerCheckpoint { learning_rate, step, tensors })
                 }
             },
         })
     }
 
-    /// Writes [`BloopState::checkpoint`] to a safetensors file.
+    /// Writes [`BloopState::checkpoint`] to a safetensors file (not on wasm, which has no files:
+    /// there [`BloopState::checkpoint_async`] and [`Checkpoint::to_bytes`] give the bytes).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let bytes = self.checkpoint()?.to_bytes()?;
         std::fs::write(path.as_ref(), bytes).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.as_ref().display())))
