@@ -193,6 +193,9 @@ impl Kernels {
     /// Installs the device's lost callback (wgpu keeps one per device), so that every later
     /// call answers [`crate::Error::DeviceLost`] once the device is gone. A trainer that needs
     /// its own callback installs it after this and calls [`Kernels::report_device_lost`] from it.
+    // On wasm wgpu's handles are neither Send nor Sync (one thread), so neither is this Arc;
+    // the API keeps one type on every target.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn with_options(device: &wgpu::Device, options: KernelOptions) -> Arc<Kernels> {
         let features = device.features();
         let subgroups = options.subgroups && features.contains(wgpu::Features::SUBGROUP);

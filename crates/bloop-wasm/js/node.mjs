@@ -10,6 +10,7 @@
 import { createRequire } from 'node:module';
 import { create, globals } from 'webgpu';
 import { loadCases, parseArgs, verdict } from './cases.mjs';
+import { adapterInfo } from './info.mjs';
 
 const options = parseArgs(process.argv.slice(2), { backend: undefined, compat: false });
 const cases = loadCases(options.dirs);
@@ -31,6 +32,7 @@ Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: t
 const { conformance } = createRequire(import.meta.url)('./pkg-node/bloop_wasm.js');
 let status;
 try {
+  console.log(await adapterInfo(gpu));
   const counts = await conformance(
     cases.names, cases.texts, options.dtype, options.emaDtype, options.packedF16,
     (line) => console.log(line));

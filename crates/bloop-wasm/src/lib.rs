@@ -49,7 +49,7 @@ pub async fn conformance(
     let gpu = GpuContext::from_env_async().await.map_err(|e| JsError::new(&e.to_string()))?;
     let kernels = Kernels::with_options(&gpu.device, KernelOptions { native_f16: !packed_f16, ..Default::default() });
     let bound = bloop::conformance::bound(types);
-    let mut lines = preamble(&describe(&gpu), types, &kernels);
+    let mut lines = preamble(&gpu.describe(), types, &kernels);
     lines.insert(1, format!("limits: {}", limits(&gpu.device.limits())));
     for line in lines {
         print(&line);
@@ -90,23 +90,6 @@ async fn run_in_scopes(
         Some(error) => Err(bloop::Error::Gpu { during: "running the case", message: error.to_string() }),
         None => report,
     }
-}
-
-/// The adapter as WebGPU describes it (the name is often empty there).
-fn describe(gpu: &GpuContext) -> String {
-    let info = gpu.adapter.get_info();
-    let words: Vec<&str> = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect();
-    format!(
-        "{} ({:?}, {:?}, vendor {:#x}, device {:#x})",
-        words.join(", "),
-        info.backend,
-        info.device_type,
-        info.vendor,
-        info.device
-    )
 }
 
 /// The limits the kernels meet, as the device has them.
