@@ -169,3 +169,38 @@ fn hierarchies_in_half_precision_over_every_path() {
         }
     }
 }
+
+#[test]
+fn the_runners_report_a_limit_refusal_as_refused_and_every_other_error_as_a_failure() {
+    use bloop::conformance::{summary, CaseOutcome, Verdict, RUNNER_PATHS};
+    // WebGPU's default 8 storage buffers per stage refuse a hierarchy of four aux losses (13).
+    let limited =
+        pollster::block_on(bloop::GpuContext::from_env_with_limits(|_| wgpu::Limits::default())).unwrap();
+    let limited_kernels = bloop::Kernels::new(&limited.device);
+    let (_, case) = extension_cases(|name| name == "hierarchy_four_levels_zeros").pop().unwrap();
+    let outcome = |runs| CaseOutcome { name: case.name.clone(), runs, reference: run_reference(&case) };
+    let refused = outcome(RUNNER_PATHS.iter().map(|&p| run_gpu(&limited_kernels, &limited.queue, &case, p)).collect());
+    assert_eq!(refused.verdict(F32_BOUND), Verdict::Refused);
+    let lines = refused.lines(F32_BOUND);
+    assert!(lines[0].contains(" refused ") && lines[0].ends_with("  refused"), "{lines:?}");
+    assert_eq!(lines.len(), 3, "one error line per refused path: {lines:?}");
+    assert!(lines[1].contains("needs 13 but the device allows at most 8 (`max_storage_buffers_per_shader_stage`)"));
+
+    let passed =
+        outcome(RUNNER_PATHS.iter().map(|&p| run_gpu(&common::kernels(), &common::gpu().queue, &case, p)).collect());
+    assert_eq!(passed.verdict(F32_BOUND), Verdict::Pass, "{:?}", passed.lines(F32_BOUND));
+    let report = *passed.runs[0].as_ref().unwrap();
+    // Any other error fails the case, and so does a result outside the bound.
+    let errored = outcome(vec![Err(bloop::Error::Readback("lost".into())), Ok(report)]);
+    assert_eq!(errored.verdict(F32_BOUND), Verdict::Fail);
+    assert!(errored.lines(F32_BOUND)[0].ends_with("  FAIL"));
+    let outside = outcome(vec![Ok(report), Ok(bloop::conformance::CaseReport { direction: 1e-3, ..report })]);
+    assert_eq!(outside.verdict(F32_BOUND), Verdict::Fail);
+    let mixed = outcome(vec![Ok(report), refused.runs.into_iter().next().unwrap()]);
+    assert_eq!(mixed.verdict(F32_BOUND), Verdict::Refused);
+    assert_eq!(
+        summary(&[Verdict::Pass, Verdict::Refused, Verdict::Fail, Verdict::Pass]),
+        "4 cases, 2 passed, 1 refused by the device's limits, 1 failed"
+    );
+    assert_eq!(summary(&[Verdict::Pass]), "1 cases, 1 passed, 0 failed");
+}

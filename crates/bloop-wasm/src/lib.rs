@@ -51,6 +51,14 @@ pub async fn conformance(
     let bound = bloop::conformance::bound(types);
     let mut lines = preamble(&gpu.describe(), types, &kernels);
     lines.insert(1, format!("limits: {}", limits(&gpu.device.limits())));
+    lines.insert(
+        2,
+        format!(
+            "kernels: {} reduction, {}",
+            if kernels.uses_subgroups() { "subgroup" } else { "shared-memory" },
+            if gpu.device.features().contains(wgpu::Features::SHADER_F16) { "shader-f16" } else { "no shader-f16" }
+        ),
+    );
     for line in lines {
         print(&line);
     }
