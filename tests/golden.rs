@@ -174,8 +174,7 @@ fn hierarchies_in_half_precision_over_every_path() {
 fn the_runners_report_a_limit_refusal_as_refused_and_every_other_error_as_a_failure() {
     use bloop::conformance::{summary, CaseOutcome, Verdict, RUNNER_PATHS};
     // WebGPU's default 8 storage buffers per stage refuse a hierarchy of four aux losses (13).
-    let limited =
-        pollster::block_on(bloop::GpuContext::from_env_with_limits(|_| wgpu::Limits::default())).unwrap();
+    let limited = pollster::block_on(bloop::GpuContext::from_env_with_limits(|_| wgpu::Limits::default())).unwrap();
     let limited_kernels = bloop::Kernels::new(&limited.device);
     let (_, case) = extension_cases(|name| name == "hierarchy_four_levels_zeros").pop().unwrap();
     let outcome = |runs| CaseOutcome { name: case.name.clone(), runs, reference: run_reference(&case) };

@@ -3,6 +3,8 @@
 //! (headless Chromium). It prints the same table as the native
 //! `cargo run --release --example conformance -- tests/golden`.
 
+mod host_calls;
+
 use std::sync::Arc;
 
 use bloop::conformance::{
@@ -20,7 +22,8 @@ extern "C" {
 /// Replays the cases (`names[i]` is the file stem of the JSON text `texts[i]`) over the pool
 /// and over user buffers with gradients and output stored as `dtype` and the averages as
 /// `ema_dtype` (f32, f16 or bf16; f16 packed in u32 words when `packed_f16`), handing each
-/// line of the report to `print`. Resolves to `[passed, refused, failed]`; rejects when a
+/// line of the report to `print`. First checks the other async host calls (`host_calls`), a
+/// failure of which counts as a failed case. Resolves to `[passed, refused, failed]`; rejects when a
 /// case cannot be read or no adapter is found.
 #[wasm_bindgen]
 pub async fn conformance(
@@ -59,10 +62,19 @@ pub async fn conformance(
             if gpu.device.features().contains(wgpu::Features::SHADER_F16) { "shader-f16" } else { "no shader-f16" }
         ),
     );
+    let header = lines.pop().unwrap_or_default();
     for line in lines {
         print(&line);
     }
     let mut verdicts = Vec::new();
+    match host_calls::check(&gpu, &kernels).await {
+        Ok(what) => print(&format!("async host calls: ok ({what})")),
+        Err(why) => {
+            print(&format!("async host calls: FAIL: {why}"));
+            verdicts.push(Verdict::Fail);
+        }
+    }
+    print(&header);
     for (name, case) in &cases {
         let mut runs = Vec::new();
         for &path in &RUNNER_PATHS {
