@@ -85,7 +85,8 @@ pub fn measure(
     }
     let workload = Workload { name: format!("{leaves} x {leaf_len}"), layout: many };
     let copy_kernel = CopyKernel::new(gpu, leaves * leaf_len);
-    let copy_gbps = copy_kernel.gbps(clock.stats(gpu, reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
+    let copy_gbps =
+        copy_kernel.gbps(clock.stats(gpu, reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
     let context = Context { gpu, info, clock, reps, workload: &workload, copy_kernel: &copy_kernel, copy_gbps };
     let mut rows = path_rows(&context, "bloop", &config, &mut paths, None);
     let row = rows.pop().expect("the many-leaf path's row");
