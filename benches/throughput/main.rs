@@ -10,8 +10,9 @@
 //! the pool and the user-buffer arrangements of each method. Baselines: the unfused (eager)
 //! sequence of operators on the same adapter, the f64 host reference and a multi-threaded f32
 //! host implementation. Then the fused optimizer (SGD, momentum, Adam) against the step followed by
-//! a separate optimizer kernel, per layout (`optimizer.rs`). Writes a table to stdout,
-//! `DIR/throughput.json`, `DIR/optimizer.json` and `DIR/throughput.svg`.
+//! a separate optimizer kernel, per layout (`optimizer.rs`), and many small leaves against one
+//! leaf of the same size (`leaves.rs`). Writes a table to stdout, `DIR/throughput.json`,
+//! `DIR/optimizer.json`, `DIR/leaves.json` and `DIR/throughput.svg`.
 
 mod cpu;
 mod eager;
