@@ -64,23 +64,24 @@ fn accumulate(
     var dots = vec4<f32>(0.0);
     var grads = vec4<f32>(0.0);
 #each_slot
-    let segments = slot_segments(tile, SLOT);
-    for (var s = segments.x; s < segments.y; s++) {
-        let seg = segment(s);
-        var first = lid;
+    let walk = slot_walk(tile, SLOT);
+    for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+        let seg = walk_segment(walk, k, lid);
+        let lane = walk_lane(walk, k, lid);
+        var first = lane.x;
 #ifdef VEC4
         // Whole vec4s where every offset is a multiple of 4 elements, the rest one at a time:
         // a CPU driver (llvmpipe) moves 16 bytes per lane per load instead of 4. The same
         // sums as below, four elements per term.
         if aligned(seg) {
             let body = seg.len & ~3u;
-            for (var i = 4u * lid; i < body; i += 4u * WORKGROUP_SIZE) {
+            for (var i = 4u * lane.x; i < body; i += 4u * lane.y) {
                 add_terms4(seg, i, &dots, &grads);
             }
-            first = body + lid;
+            first = body + lane.x;
         }
 #endif
-        for (var i = first; i < seg.len; i += WORKGROUP_SIZE) {
+        for (var i = first; i < seg.len; i += lane.y) {
             add_terms(seg, i, &dots, &grads);
         }
     }

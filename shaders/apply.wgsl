@@ -170,10 +170,11 @@ fn apply(
     if scalars.skip != 0u {
 #ifdef WRITE_OUT
 #each_slot
-        let segments = slot_segments(tile, SLOT);
-        for (var k = segments.x; k < segments.y; k++) {
-            let seg = segment(k);
-            for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+        let walk = slot_walk(tile, SLOT);
+        for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+            let seg = walk_segment(walk, k, lid);
+            let lane = walk_lane(walk, k, lid);
+            for (var i = lane.x; i < seg.len; i += lane.y) {
                 store_out(seg.out + i, 0.0);
             }
         }
@@ -196,13 +197,14 @@ fn apply(
     var grads = vec4<f32>(0.0);
 #endif
 #each_slot
-    let segments = slot_segments(tile, SLOT);
-    for (var k = segments.x; k < segments.y; k++) {
-        let seg = segment(k);
+    let walk = slot_walk(tile, SLOT);
+    for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+        let seg = walk_segment(walk, k, lid);
+        let lane = walk_lane(walk, k, lid);
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
-        for (var i = 2u * lid; i < seg.len; i += 2u * WORKGROUP_SIZE) {
+        for (var i = 2u * lane.x; i < seg.len; i += 2u * lane.y) {
             let both = i + 1u < seg.len;
             let x = element(seg, i, c);
             var y = x;
@@ -235,23 +237,23 @@ fn apply(
 #endif
         }
 #else
-        var first = lid;
+        var first = lane.x;
 #ifdef VEC4
         // Whole vec4s where every offset is a multiple of 4 elements, the rest one at a time
         // (see accumulate).
         if aligned(seg) {
             let body = seg.len & ~3u;
-            for (var i = 4u * lid; i < body; i += 4u * WORKGROUP_SIZE) {
+            for (var i = 4u * lane.x; i < body; i += 4u * lane.y) {
                 let x = element4(seg, i, c);
                 store_element4(seg, i, x);
 #ifdef MIXED_SUMS
                 grads += gradient_sums4(x.gm, x.ga);
 #endif
             }
-            first = body + lid;
+            first = body + lane.x;
         }
 #endif
-        for (var i = first; i < seg.len; i += WORKGROUP_SIZE) {
+        for (var i = first; i < seg.len; i += lane.y) {
             let x = element(seg, i, c);
             store_element(seg, i, x);
 #ifdef MIXED_SUMS

@@ -98,9 +98,9 @@ struct Schedule {
 #endif
 
 // This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
-// first partial, [2] the word where segments start, [3 + t * SLOTS + s] the first segment of
-// tile t in slot s (a tile's segments are ordered by slot; one more entry closes the last
-// tile), then 12 words per segment.
+// first partial, [2] the word where segments start, [3 + 2 (t * SLOTS + s)] the first segment
+// of tile t in slot s and [+ 1] its first narrow one (a tile's segments are ordered by slot,
+// the wide ones first; one more entry closes the last tile), then 12 words per segment.
 @group(1) @binding(0) var<storage, read> table: array<u32>;
 // Each role's storage, declared with load_/store_ functions by the preprocessor from
 // `storage_f32.wgsl`, `storage_f16.wgsl` or `storage_packed.wgsl`, for the element type the
@@ -184,10 +184,29 @@ fn first_partial() -> u32 {
     return table[1];
 }
 
-// The segments of a tile in one slot, as a half-open range [x, y).
-fn slot_segments(tile: u32, slot: u32) -> vec2<u32> {
-    let at = 3u + tile * SLOTS + slot;
-    return vec2<u32>(table[at], table[at + 1u]);
+// The segments of a tile in one slot: [x, y) the wide ones, [y, z) the narrow ones.
+// A wide segment is walked by the whole workgroup, element `lid` then every
+// WORKGROUP_SIZE-th, one segment after the other; a narrow one (at most a tile's rounds of
+// elements, `plan::Plan::new`) by one invocation, from its first element to its last,
+// WORKGROUP_SIZE segments at a time. Every segment walked costs each invocation at least one
+// iteration, so a workgroup per tiny segment would cost a leaf of one element a whole round.
+// A walk's steps: `for (var k = w.x; k < w.z; k = walk_next(w, k))`, then this invocation's
+// segment (`walk_index`, past z: none) and its elements (`walk_lane`: first, stride).
+fn slot_walk(tile: u32, slot: u32) -> vec3<u32> {
+    let at = 3u + 2u * (tile * SLOTS + slot);
+    return vec3<u32>(table[at], table[at + 1u], table[at + 2u]);
+}
+
+fn walk_next(w: vec3<u32>, k: u32) -> u32 {
+    return select(k + 1u, k + WORKGROUP_SIZE, k >= w.y);
+}
+
+fn walk_index(w: vec3<u32>, k: u32, lid: u32) -> u32 {
+    return select(k, k + lid, k >= w.y);
+}
+
+fn walk_lane(w: vec3<u32>, k: u32, lid: u32) -> vec2<u32> {
+    return select(vec2<u32>(lid, WORKGROUP_SIZE), vec2<u32>(0u, 1u), k >= w.y);
 }
 
 fn segment(index: u32) -> Segment {
@@ -196,4 +215,22 @@ fn segment(index: u32) -> Segment {
         table[at], table[at + 1u], table[at + 2u], table[at + 3u], table[at + 4u],
         table[at + 5u], table[at + 6u], table[at + 7u], table[at + 8u],
     );
+}
+
+#ifdef HIERARCHY
+// As `walk_segment` for a hierarchy's records: the first word of this invocation's record and
+// its length (0 past the walk's end).
+fn walk_record(w: vec3<u32>, k: u32, lid: u32) -> vec2<u32> {
+    let index = walk_index(w, k, lid);
+    let at = segment_at(min(index, w.z - 1u));
+    return vec2<u32>(at, select(0u, table[at + LEN_AT], index < w.z));
+}
+#endif
+
+// This invocation's segment at step k of walk w (one of no elements past the walk's end).
+fn walk_segment(w: vec3<u32>, k: u32, lid: u32) -> Segment {
+    let index = walk_index(w, k, lid);
+    var seg = segment(min(index, w.z - 1u));
+    seg.len = select(0u, seg.len, index < w.z);
+    return seg;
 }

@@ -13,10 +13,11 @@ fn clear(
         return;
     }
 #each_slot
-    let segments = slot_segments(tile, SLOT);
-    for (var k = segments.x; k < segments.y; k++) {
-        let seg = segment(k);
-        for (var i = lid; i < seg.len; i += WORKGROUP_SIZE) {
+    let walk = slot_walk(tile, SLOT);
+    for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+        let seg = walk_segment(walk, k, lid);
+        let lane = walk_lane(walk, k, lid);
+        for (var i = lane.x; i < seg.len; i += lane.y) {
             store_out(seg.out + i, 0.0);
         }
     }

@@ -22,12 +22,13 @@ fn accumulate(
     }
     var acc: array<vec4<f32>, PARTIAL_VECS>;
 #each_slot
-    let segments = slot_segments(tile, SLOT);
-    for (var s = segments.x; s < segments.y; s++) {
-        let at = segment_at(s);
-        let len = table[at + LEN_AT];
+    let walk = slot_walk(tile, SLOT);
+    for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+        let record = walk_record(walk, k, lid);
+        let at = record.x;
+        let lane = walk_lane(walk, k, lid);
         let o = offsets(at);
-        for (var i = lid; i < len; i += WORKGROUP_SIZE) {
+        for (var i = lane.x; i < record.y; i += lane.y) {
             accumulate_element(o, i, &acc);
         }
     }

@@ -18,11 +18,12 @@ fn apply(
 #ifdef GUARD_APPLY
     if scalars.skip != 0u {
 #each_slot
-        let segments = slot_segments(tile, SLOT);
-        for (var k = segments.x; k < segments.y; k++) {
-            let at = segment_at(k);
-            let len = table[at + LEN_AT];
-            for (var i = lid; i < len; i += WORKGROUP_SIZE) {
+        let walk = slot_walk(tile, SLOT);
+        for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+            let record = walk_record(walk, k, lid);
+            let at = record.x;
+            let lane = walk_lane(walk, k, lid);
+            for (var i = lane.x; i < record.y; i += lane.y) {
                 store_out(table[at + OUT_AT] + i, 0.0);
             }
         }
@@ -32,17 +33,18 @@ fn apply(
 #endif
     load_coefficients();
 #each_slot
-    let segments = slot_segments(tile, SLOT);
-    for (var k = segments.x; k < segments.y; k++) {
-        let at = segment_at(k);
-        let len = table[at + LEN_AT];
+    let walk = slot_walk(tile, SLOT);
+    for (var k = walk.x; k < walk.z; k = walk_next(walk, k)) {
+        let record = walk_record(walk, k, lid);
+        let at = record.x;
+        let lane = walk_lane(walk, k, lid);
         let out_at = table[at + OUT_AT];
         let o = offsets(at);
 #ifdef PAIRS
         // Two consecutive elements per invocation, so 16-bit results that share a word are
         // stored together.
-        for (var i = 2u * lid; i < len; i += 2u * WORKGROUP_SIZE) {
-            let both = i + 1u < len;
+        for (var i = 2u * lane.x; i < record.y; i += 2u * lane.y) {
+            let both = i + 1u < record.y;
             let x = element(o, i);
             var y = x;
             if both {
@@ -52,7 +54,7 @@ fn apply(
             store_emas_pair(o, i, x, y, both);
         }
 #else
-        for (var i = lid; i < len; i += WORKGROUP_SIZE) {
+        for (var i = lane.x; i < record.y; i += lane.y) {
             let x = element(o, i);
             store_out(out_at + i, x.d);
             store_emas(o, i, x);

@@ -6,11 +6,17 @@
 //! (gradients, output, parameters), so leaves in up to that many distinct buffers share a
 //! dispatch, and each segment names its slot. A pool or leaf larger than the binding limit is
 //! split over several dispatches without the caller noticing.
-//! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements of
-//! one leaf, described by element offsets relative to the windows) of at most the kernels'
-//! tile length (`KernelOptions::tile_len`) of elements together (that many times the slots in
-//! a dispatch of several slots). Small leaves share tiles, so a model with many tiny leaves
-//! (biases, norms) does not pay a workgroup and a reduction for each.
+//! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements,
+//! described by element offsets relative to the windows) of at most the kernels' tile length
+//! (`KernelOptions::tile_len`) of elements together (that many times the slots in a dispatch of
+//! several slots). Small leaves share tiles, so a model with many tiny leaves (biases, norms)
+//! does not pay a workgroup and a reduction for each. Nor does it pay a round of the workgroup
+//! for each: leaves that lie back to back in every role (a pool's leaves of whole 256-byte
+//! placements, flat user buffers) run as one segment, and a segment of at most a tile's rounds
+//! of elements is narrow, walked by one invocation while its neighbours walk others
+//! (`slot_walk` in `shaders/bindings.wgsl`). Before both, every segment cost each of the 256
+//! invocations at least one iteration of each loop over it: about 30 us per leaf and step on
+//! lavapipe (`BENCHMARKS.md`, "Many small leaves").
 
 use std::num::NonZeroU64;
 
@@ -224,6 +230,63 @@ fn group_pieces(roles: &[RoleLeaves], max_slots: u32, limits: &Limits) -> Vec<Gr
     groups
 }
 
+/// The pieces of `group` as segments (offsets relative to the group's windows), neighbours
+/// merged: a piece that starts, in every role, where the one before it ends (leaves back to
+/// back in every buffer, such as a pool's f32 leaves of a multiple of 64 elements and their
+/// averages) continues its segment, so many small leaves cost as one long one. Nothing lies
+/// between them, so the sums over all leaves are the same sums.
+fn contiguous_runs(roles: &[RoleLeaves], group: &Group) -> Vec<Segment> {
+    let mut runs: Vec<Segment> = Vec::new();
+    for piece in &group.pieces {
+        let mut segment = Segment { len: piece.len as u32, slot: piece.slot, ..Default::default() };
+        for (r, windows) in roles.iter().zip(&group.windows) {
+            let l = &r.leaves[piece.leaf];
+            let window = &windows[if r.per_slot { piece.slot as usize } else { 0 }];
+            segment.offsets[r.binding as usize - 1] =
+                ((byte_at(l, piece.start) - window.start) / l.dtype.size()) as u32;
+        }
+        match runs.last_mut() {
+            Some(run)
+                if run.slot == segment.slot
+                    && roles.iter().all(|r| {
+                        let at = r.binding as usize - 1;
+                        run.offsets[at].checked_add(run.len) == Some(segment.offsets[at])
+                    })
+                    && run.len.checked_add(segment.len).is_some_and(|len| len <= i32::MAX as u32) =>
+            {
+                run.len += segment.len;
+            }
+            _ => runs.push(segment),
+        }
+    }
+    runs
+}
+
+/// What a tile's segments cost each invocation, in rounds (iterations of the segment loop):
+/// a wide segment its elements over the workgroup size; the narrow ones, walked a workgroup's
+/// worth at a time, their longest per workgroup's worth (counted for all of them together, an
+/// upper bound whatever their order and slots).
+#[derive(Clone, Copy, Default)]
+struct TileCost {
+    wide_rounds: u64,
+    narrow_count: u64,
+    narrow_longest: u64,
+}
+
+impl TileCost {
+    fn with(self, len: u64, narrow_max: u64) -> TileCost {
+        if len <= narrow_max {
+            TileCost { narrow_count: self.narrow_count + 1, narrow_longest: self.narrow_longest.max(len), ..self }
+        } else {
+            TileCost { wide_rounds: self.wide_rounds + len.div_ceil(WORKGROUP_SIZE), ..self }
+        }
+    }
+
+    fn rounds(&self) -> u64 {
+        self.wide_rounds + self.narrow_count.div_ceil(WORKGROUP_SIZE) * self.narrow_longest
+    }
+}
+
 /// How a set of bindings is cut into groups of leaves, each one dispatch (or more, where its
 /// tile table outgrows a binding), before the kernels are chosen: the slots the groups use
 /// decide which variant runs.
@@ -255,7 +318,7 @@ impl Grouping {
         // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
         let window = device_limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
         let window = window - window % alignment;
-        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 1 + MAX_SLOTS as usize + segment_words) as u64;
+        let min_window = 2 * alignment + 4 * (HEADER_WORDS + 1 + 2 * MAX_SLOTS as usize + segment_words) as u64;
         if window < min_window {
             return Err(Error::ExceedsLimit {
                 what: "a window of at least two alignment units".into(),
@@ -292,9 +355,13 @@ impl Plan {
         tile_len: u64,
         partial_bytes: u64,
     ) -> Result<Plan> {
-        // Loop iterations a tile of one slot may cost each invocation: every segment costs at
-        // least one, so such a tile holds at most this many small segments, or one full one.
+        // Loop iterations a tile of one slot may cost each invocation: every wide segment
+        // costs at least one, so such a tile holds at most this many of them, or one full one
+        // (and a workgroup's worth of narrow ones costs the longest of them, [`TileCost`]).
         let tile_rounds_per_slot = tile_len / WORKGROUP_SIZE;
+        // Segments walked one per invocation (`slot_walk` in `shaders/bindings.wgsl`): a
+        // workgroup's worth of them costs at most a tile's rounds.
+        let narrow_max = tile_rounds_per_slot;
         let Grouping { groups, limits, segment_words, len_at } = grouping;
         let (window, alignment) = (limits.window, limits.alignment);
 
@@ -307,20 +374,16 @@ impl Plan {
         let mut regions: Vec<(usize, usize, usize, u64)> = Vec::new();
         let mut tile_count = 0u64;
         for (g, group) in groups.iter().enumerate() {
+            let runs = contiguous_runs(roles, group);
             let mut segments = Vec::new();
-            for piece in &group.pieces {
-                let mut start = piece.start;
-                while start < piece.start + piece.len {
-                    let len = tile_len.min(piece.start + piece.len - start);
-                    let mut segment = Segment { len: len as u32, slot: piece.slot, ..Default::default() };
-                    for (r, windows) in roles.iter().zip(&group.windows) {
-                        let l = &r.leaves[piece.leaf];
-                        let window = &windows[if r.per_slot { piece.slot as usize } else { 0 }];
-                        segment.offsets[r.binding as usize - 1] =
-                            ((byte_at(l, start) - window.start) / l.dtype.size()) as u32;
+            for run in &runs {
+                for start in (0..run.len).step_by(tile_len as usize) {
+                    let mut segment = *run;
+                    segment.len = (run.len - start).min(tile_len as u32);
+                    for r in roles {
+                        segment.offsets[r.binding as usize - 1] += start;
                     }
                     segments.push(segment);
-                    start += len;
                 }
             }
             // Greedy packing, in order, into tiles of bounded cost; then into dispatches whose
@@ -330,28 +393,36 @@ impl Plan {
             // driver runs an empty loop's body once with its lanes masked off), so a tile of
             // many slots holds that many times the work, to keep that cost per element.
             let tile_rounds = tile_rounds_per_slot * slots as u64;
-            let mut rounds = tile_rounds;
+            // A tile's records fit one binding window with its header and bounds, whatever the
+            // device's limit (narrow segments can be many: up to a workgroup's worth per round).
+            let most_segments = (words_per_window - HEADER_WORDS - 2 * slots as usize - 1) / segment_words;
+            let mut cost = TileCost::default();
             for (i, segment) in segments.iter().enumerate() {
-                let cost = (segment.len as u64).div_ceil(WORKGROUP_SIZE);
+                let with = cost.with(segment.len as u64, narrow_max);
                 match tiles.last_mut() {
-                    Some(tile) if rounds + cost <= tile_rounds => {
+                    Some(tile) if with.rounds() <= tile_rounds && tile.len() < most_segments => {
                         tile.end = i + 1;
-                        rounds += cost;
+                        cost = with;
                     }
                     _ => {
                         tiles.push(i..i + 1);
-                        rounds = cost;
+                        cost = TileCost::default().with(segment.len as u64, narrow_max);
                     }
                 }
             }
+            // Per slot the wide segments, then the narrow ones by length, so that the
+            // invocations that walk narrow ones side by side take about as long each.
+            let narrow = |segment: &Segment| segment.len as u64 <= narrow_max;
             for tile in &tiles {
-                segments[tile.clone()].sort_by_key(|segment| segment.slot);
+                segments[tile.clone()].sort_by_key(|segment| {
+                    (segment.slot, narrow(segment), if narrow(segment) { segment.len } else { 0 })
+                });
             }
             let mut first_tile = 0;
             while first_tile < tiles.len() {
                 let mut last_tile = first_tile;
                 let words = |first: usize, last: usize| {
-                    let bounds = (last - first + 1) * slots as usize + 1;
+                    let bounds = 2 * (last - first + 1) * slots as usize + 1;
                     HEADER_WORDS + bounds + (tiles[last].end - tiles[first].start) * segment_words
                 };
                 while last_tile + 1 < tiles.len()
@@ -365,14 +436,19 @@ impl Plan {
                 table.resize(table.len().next_multiple_of((alignment / 4).max(1) as usize), 0);
                 let base = table.len();
                 let first_segment = chunk[0].start;
-                let segments_at = HEADER_WORDS + count * slots as usize + 1;
+                let segments_at = HEADER_WORDS + 2 * count * slots as usize + 1;
                 table.extend([count as u32, tile_count as u32, segments_at as u32]);
-                // Per tile and slot, where the slot's segments start (a tile's are in slot order).
+                // Per tile and slot, where the slot's segments start and where its narrow ones
+                // start (a tile's are in slot order, the wide ones first).
                 for tile in chunk {
                     let in_tile = &segments[tile.clone()];
-                    table.extend((0..slots).map(|s| {
-                        (tile.start + in_tile.partition_point(|segment| segment.slot < s) - first_segment) as u32
-                    }));
+                    for s in 0..slots {
+                        let at = |before: &dyn Fn(&Segment) -> bool| {
+                            (tile.start + in_tile.partition_point(before) - first_segment) as u32
+                        };
+                        table.push(at(&|segment| segment.slot < s));
+                        table.push(at(&|segment| segment.slot < s || (segment.slot == s && !narrow(segment))));
+                    }
                 }
                 table.push((chunk[count - 1].end - first_segment) as u32);
                 for segment in &segments[first_segment..chunk[count - 1].end] {

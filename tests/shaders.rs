@@ -218,8 +218,8 @@ fn slots_copy_the_segment_loop() {
     let apply = adam.source(Stage::Apply);
     assert!(!apply.contains('#'), "no directive survives");
     // The skip loop and the main loop, once per slot, each over that slot's segments.
-    assert_eq!(apply.matches("let segments = slot_segments(tile, ").count(), 8);
-    assert!(apply.contains("slot_segments(tile, 3u)") && !apply.contains("switch"));
+    assert_eq!(apply.matches("let walk = slot_walk(tile, ").count(), 8);
+    assert!(apply.contains("slot_walk(tile, 3u)") && !apply.contains("switch"));
     for s in 1..4 {
         assert!(apply.contains(&format!("fn element_s{s}(")) && apply.contains(&format!("fn optimize_s{s}(")));
         assert!(apply.contains(&format!("load_g_main_s{s}(seg.main + i)")));
@@ -230,7 +230,7 @@ fn slots_copy_the_segment_loop() {
     assert!(!apply.contains("opt_m_s1") && !apply.contains("main_ema_s1") && !apply.contains("element_s4"));
     let k8 = all.iter().find(|v| v.kind == bloop::shaders::Kind::Hierarchy(8) && v.slots == 16).unwrap();
     let accumulate = k8.source(Stage::Accumulate);
-    assert!(accumulate.contains("slot_segments(tile, 15u)") && accumulate.contains("fn accumulate_element_s15("));
+    assert!(accumulate.contains("slot_walk(tile, 15u)") && accumulate.contains("fn accumulate_element_s15("));
     assert!(accumulate.contains("load_g8_s15(") && !accumulate.contains("load_e0_s1"));
     let one = all.iter().find(|v| v.slots == 1 && v.kind == bloop::shaders::Kind::Project).unwrap();
     assert!(

@@ -127,14 +127,16 @@ fn scalars_hold_the_ratio_of_the_last_step() {
 
 #[test]
 fn small_leaves_share_tiles() {
-    // 100 leaves of 10 elements cost one loop round each: 16 share a tile.
-    let layout = Layout::from_lengths(&[10; 100]).unwrap();
-    let state =
-        BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros())
-            .unwrap();
-    let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
-    let bindings = state.bind_pool(&pool).unwrap();
-    assert_eq!((bindings.dispatch_count(), bindings.tile_count()), (1, 7));
+    // Leaves of 17 elements cost one loop round each: 16 share a 4096-element tile. Leaves of
+    // at most 16 elements (the tile's rounds) are walked one per invocation: 100 fit one tile.
+    for (len, tiles) in [(17, 7), (16, 1), (10, 1)] {
+        let layout = Layout::from_lengths(&[len; 100]).unwrap();
+        let config = Config::new(Method::Bloop);
+        let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, config, EmaInits::zeros()).unwrap();
+        let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
+        let bindings = state.bind_pool(&pool).unwrap();
+        assert_eq!((bindings.dispatch_count(), bindings.tile_count()), (1, tiles), "leaves of {len}");
+    }
     // A leaf of 4096 + 1 elements fills one tile and starts another.
     let layout = Layout::from_lengths(&[4097, 3]).unwrap();
     let state =

@@ -10,13 +10,15 @@
 //! the pool and the user-buffer arrangements of each method. Baselines: the unfused (eager)
 //! sequence of operators on the same adapter, the f64 host reference and a multi-threaded f32
 //! host implementation. Then the fused optimizer (SGD, momentum, Adam) against the step followed by
-//! a separate optimizer kernel, per layout (`optimizer.rs`). Writes a table to stdout,
-//! `DIR/throughput.json`, `DIR/optimizer.json` and `DIR/throughput.svg`.
+//! a separate optimizer kernel, per layout (`optimizer.rs`), and many small leaves against one
+//! leaf of the same size (`leaves.rs`). Writes a table to stdout, `DIR/throughput.json`,
+//! `DIR/optimizer.json`, `DIR/leaves.json` and `DIR/throughput.svg`.
 
 mod cpu;
 mod eager;
 mod hierarchy;
 mod layouts;
+mod leaves;
 mod optimizer;
 mod plot;
 
@@ -78,6 +80,10 @@ struct Cli {
     /// a GPU and 16384 on a CPU adapter].
     #[arg(long)]
     tile_len: Option<u32>,
+    /// Only the many-leaves rows: a step over many small leaves against one leaf of the same
+    /// size, and the overhead per leaf (written to DIR/leaves.json).
+    #[arg(long)]
+    leaves_only: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -92,6 +98,7 @@ struct Args {
     out: std::path::PathBuf,
     quick: bool,
     optimizers_only: bool,
+    leaves_only: bool,
     max_slots: u32,
     vec4: bool,
     tile_len: Option<u32>,
@@ -110,6 +117,7 @@ impl Args {
             out: cli.out,
             quick: cli.quick,
             optimizers_only: cli.optimizers_only,
+            leaves_only: cli.leaves_only,
             max_slots: cli.max_slots.unwrap_or(bloop::KernelOptions::default().max_slots),
             vec4: !cli.no_vec4,
             tile_len: cli.tile_len,
@@ -672,7 +680,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut rng = SplitMix64::new(1);
-    let step_workloads = if args.optimizers_only { Vec::new() } else { workloads(&args)? };
+    let step_workloads = if args.optimizers_only || args.leaves_only { Vec::new() } else { workloads(&args)? };
     let rows_per_workload = METHODS.iter().filter(|m| !args.quick || in_quick(m.0)).count() + hierarchy::LEVELS.len();
     let bar = ProgressBar::new((step_workloads.len() * rows_per_workload) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} methods, {elapsed} elapsed, ETA {eta}")?);
@@ -798,6 +806,23 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     bar.finish_and_clear();
+    if !args.optimizers_only {
+        println!("many small leaves against one leaf of the same size (bloop, guard on, f32, pool, paired):");
+        let timing = leaves::Timing { gpu: &gpu, info: &info, clock: &clock, reps: args.reps };
+        let mut leaves_rows = Vec::new();
+        for case in leaves::CASES.into_iter().filter(|&case| !args.quick || leaves::in_quick(case)) {
+            let row = leaves::measure(timing, &kernels, case, &mut rng)?;
+            println!("{}", row.line());
+            leaves_rows.push(row);
+        }
+        std::fs::create_dir_all(&args.out)?;
+        let leaves_json = args.out.join("leaves.json");
+        std::fs::write(&leaves_json, serde_json::to_string_pretty(&leaves_rows)?)?;
+        println!("wrote {}", leaves_json.display());
+        if args.leaves_only {
+            return Ok(());
+        }
+    }
     println!("fused optimizer against the step followed by a separate optimizer kernel (bloop, guard on, f32, pool):");
     let mut optimizer_rows = Vec::new();
     for workload in workloads(&args)? {
