@@ -68,10 +68,22 @@ impl Rank {
         let (device, queue) = (&self.gpu.device, &self.gpu.queue);
         if let Some(pool) = pool {
             for (k, &i) in state.owned().iter().enumerate() {
-                queue.write_buffer(&pool.main(k).buffer, pool.main(k).offset, bytemuck::cast_slice(&g_main[i]));
-                queue.write_buffer(&pool.aux(k).buffer, pool.aux(k).offset, bytemuck::cast_slice(&g_aux[i]));
+                queue.write_buffer(
+                    &pool.main(k).unwrap().buffer,
+                    pool.main(k).unwrap().offset,
+                    bytemuck::cast_slice(&g_main[i]),
+                );
+                queue.write_buffer(
+                    &pool.aux(k).unwrap().buffer,
+                    pool.aux(k).unwrap().offset,
+                    bytemuck::cast_slice(&g_aux[i]),
+                );
                 let nan = vec![f32::NAN; g_main[i].len()];
-                queue.write_buffer(&pool.output(k).buffer, pool.output(k).offset, bytemuck::cast_slice(&nan));
+                queue.write_buffer(
+                    &pool.output(k).unwrap().buffer,
+                    pool.output(k).unwrap().offset,
+                    bytemuck::cast_slice(&nan),
+                );
             }
         }
         let mut encoder = device.create_command_encoder(&Default::default());
