@@ -41,7 +41,8 @@ pub struct DiagnosticsRing {
 }
 
 impl DiagnosticsRing {
-    /// A ring of `capacity` slots (the number of steps that can be in flight at once).
+    /// A ring of `capacity` slots (the number of steps that can be in flight at once; 0 is
+    /// taken as 1).
     pub fn new(device: &wgpu::Device, capacity: usize) -> DiagnosticsRing {
         let slots = (0..capacity.max(1))
             .map(|_| Slot {

@@ -212,6 +212,13 @@ impl ShardedState {
         // A rank's own error names its problem best; the others hear which rank failed.
         let (local, inner) = local?;
         let words_per_rank = mine.len();
+        // A collective of the user's own may answer with the wrong number of words.
+        if size == 0 || all.len() != size * words_per_rank {
+            return Err(Error::Collective {
+                operation: "all_gather",
+                message: format!("{} words from {size} ranks of {words_per_rank} words each", all.len()),
+            });
+        }
         for (other, words) in all.chunks(words_per_rank).enumerate() {
             if words[0] == 0 && other != rank {
                 return Err(mismatch(format!("rank {other} could not build its shard (see its error)")));
@@ -410,7 +417,9 @@ impl ShardedState {
     }
 
     /// Phase 1: records the pass that computes this rank's partial sums, and a copy of them for
-    /// [`ShardedState::exchange_sums`]. The caller submits the encoder before the exchange.
+    /// [`ShardedState::exchange_sums`]. The caller submits the encoder before the exchange (an
+    /// exchange without it is refused, not answered with zeros); `encoder` must be of the
+    /// state's device.
     pub fn record_sums(&mut self, encoder: &mut wgpu::CommandEncoder, bindings: &ShardedBindings) -> Result<()> {
         if self.phase != Phase::Idle {
             return Err(Error::StepOrder("record_sums called before the previous step's record_apply"));

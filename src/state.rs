@@ -23,6 +23,10 @@ const EMA_USAGE: wgpu::BufferUsages =
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The most distinct user buffers a step checks for being mapped or destroyed each time it is
+/// recorded (binding checks them all, once).
+pub const RECORD_CHECKED_BUFFERS: usize = 256;
+
 /// Which average of a state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EmaRole {
@@ -509,7 +513,9 @@ impl BloopState {
     }
 
     /// Records copies of the given leaves into an EMA, for example to start the average from
-    /// the first main gradient inside the training loop. Sources need `COPY_SRC`.
+    /// the first main gradient inside the training loop. Sources need `COPY_SRC` and, like
+    /// bound gradients, one entry per leaf of its length and type, in range, of this device
+    /// (refused otherwise; the state is unchanged). `encoder` must be of the state's device.
     pub fn record_ema_copy(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -632,6 +638,13 @@ impl BloopState {
 
     /// Validates the user's buffers and prepares steps over them (states without an optimizer;
     /// see [`BloopState::bind_external_with_params`]).
+    ///
+    /// Refused, naming the leaf and role: a list without one entry per leaf, a leaf of another
+    /// length or element type, a buffer without `STORAGE`, a misaligned or out-of-range offset,
+    /// an output overlapping anything but its own main gradient, a buffer of another device of
+    /// the same instance, a mapped or destroyed buffer. The caller's duty: the buffers stay
+    /// alive, unmapped and undestroyed while steps over them are in flight, and come from the
+    /// state's wgpu instance (buffers of another instance cannot be told apart).
     pub fn bind_external(&self, gradients: &ExternalGradients) -> Result<StepBindings> {
         if self.config.optimizer.is_some() {
             return Err(Error::Optimizer(
@@ -793,7 +806,8 @@ impl BloopState {
     ///
     /// Refused here: bindings of another state, a lost device, and a bound buffer of the
     /// user's that is mapped or destroyed now ([`Error::BufferMapped`],
-    /// [`Error::BufferDestroyed`]). The caller's duty, since wgpu does not show it: `encoder`
+    /// [`Error::BufferDestroyed`]; checked for bindings over at most
+    /// [`RECORD_CHECKED_BUFFERS`] distinct buffers). The caller's duty, since wgpu does not show it: `encoder`
     /// belongs to the state's device, no bound buffer gets a `map_async` or `destroy` between
     /// this call and the submit, and the encoder is submitted (once).
     pub fn record_step(&mut self, encoder: &mut wgpu::CommandEncoder, bindings: &StepBindings) -> Result<()> {
@@ -830,9 +844,13 @@ impl BloopState {
         }
         self.kernels.check_device()?;
         // What can be seen of the user's buffers now; the rest (a map requested but not landed,
-        // an encoder of another device) is the caller's to avoid (see `record_step`).
-        for (buffer, leaf, role) in &bindings.user_buffers {
-            validate::not_mapped(buffer, || leaf.clone(), *role)?;
+        // an encoder of another device) is the caller's to avoid (see `record_step`). Each check
+        // is a lookup in wgpu, about a microsecond: steps over more distinct buffers than
+        // `RECORD_CHECKED_BUFFERS` (a buffer per leaf of a large model) skip it on the hot path.
+        if bindings.user_buffers.len() <= RECORD_CHECKED_BUFFERS {
+            for (buffer, leaf, role) in &bindings.user_buffers {
+                validate::not_mapped(buffer, || leaf.clone(), *role)?;
+            }
         }
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
