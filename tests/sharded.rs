@@ -45,22 +45,13 @@ fn sharded_step(
     if let Some(pool) = pool {
         let owned = state.owned();
         for (k, &i) in owned.iter().enumerate() {
-            gpu.queue.write_buffer(
-                &pool.main(k).unwrap().buffer,
-                pool.main(k).unwrap().offset,
-                bytemuck::cast_slice(&g_main[i]),
-            );
-            gpu.queue.write_buffer(
-                &pool.aux(k).unwrap().buffer,
-                pool.aux(k).unwrap().offset,
-                bytemuck::cast_slice(&g_aux[i]),
-            );
+            let leaf = pool.main(k).unwrap();
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g_main[i]));
+            let leaf = pool.aux(k).unwrap();
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g_aux[i]));
             let nan = vec![f32::NAN; g_main[i].len()];
-            gpu.queue.write_buffer(
-                &pool.output(k).unwrap().buffer,
-                pool.output(k).unwrap().offset,
-                bytemuck::cast_slice(&nan),
-            );
+            let leaf = pool.output(k).unwrap();
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&nan));
         }
     }
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
