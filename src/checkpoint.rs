@@ -236,8 +236,8 @@ fn json_string_len(value: &str) -> u64 {
 }
 
 /// An upper bound on the header bytes of any checkpoint of a state with `layout` and
-/// `config` (compare [`MAX_HEADER_BYTES`]): the tensor entries with their offsets at the
-/// widest, and the metadata with its counters at the widest.
+/// `config` (compare [`MAX_HEADER_BYTES`]): the tensor entries with their offsets as wide as
+/// the data's size, and the metadata with its counters at the widest.
 pub fn header_bytes_bound(layout: &Layout, config: &Config) -> u64 {
     let mut prefixes: Vec<String> = Vec::new();
     if config.method.has_main_ema() {
@@ -250,14 +250,16 @@ pub fn header_bytes_bound(layout: &Layout, config: &Config) -> u64 {
     if let Some(o) = &config.optimizer {
         prefixes.extend(o.kind().state_names().iter().map(|n| format!("optimizer/{n}")));
     }
-    // `:{"dtype":"BF16","shape":[],"data_offsets":[,]},` with two 20-digit offsets.
-    const ENTRY: u64 = 49 + 40;
+    // `:{"dtype":"BF16","shape":[],"data_offsets":[,]},` and two offsets, each at most the
+    // data's bytes (4 per element and tensor at the widest).
+    let data = layout.total_elements().saturating_mul(4 * prefixes.len() as u64);
+    let entry = 49 + 2 * data.to_string().len() as u64;
     let mut bytes = 0u64;
     for leaf in layout.leaves() {
         let name = json_string_len(&leaf.name);
         let dims: u64 = tensor_shape(leaf).iter().map(|d| d.to_string().len() as u64 + 1).sum();
         for prefix in &prefixes {
-            bytes = bytes.saturating_add(name + prefix.len() as u64 + 1 + ENTRY + dims);
+            bytes = bytes.saturating_add(name + prefix.len() as u64 + 1 + entry + dims);
         }
     }
     let metadata =

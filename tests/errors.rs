@@ -609,6 +609,6 @@ fn the_header_bound_holds_for_real_checkpoints() {
         let bytes = state.checkpoint().unwrap().to_bytes().unwrap();
         let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         let bound = header_bytes_bound(&layout, &config);
-        assert!(header <= bound && bound < header + 2048, "{:?}: header {header}, bound {bound}", config.method);
+        assert!(header <= bound && bound < header + 1024, "{:?}: header {header}, bound {bound}", config.method);
     }
 }
