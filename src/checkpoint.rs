@@ -23,13 +23,19 @@ use serde_json::{json, Value};
 use crate::config::{Config, Method, Order};
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
-use crate::layout::{Layout, Leaf};
+use crate::layout::{Layout, Leaf, Role};
 use crate::optimizer::{Optimizer, Rule};
+use crate::validate;
 
 /// The `format` entry of a checkpoint's metadata.
 pub const FORMAT: &str = "bloop-checkpoint";
 /// The format version this library writes and reads.
 pub const VERSION: &str = "1";
+/// The most bytes a safetensors header (the JSON naming every tensor, and the metadata) may
+/// have: every reader, Python's included, refuses a larger one. Each leaf takes a few dozen
+/// bytes per tensor, so this bounds the leaves a checkpoint can hold; a state whose
+/// checkpoint could exceed it is refused when it is made ([`crate::Error::CheckpointHeader`]).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The contents of a checkpoint, on the host.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,7 +74,7 @@ fn bad(problem: impl Into<String>) -> Error {
     Error::Checkpoint(problem.into())
 }
 
-fn config_json(c: &Config) -> Value {
+pub(crate) fn config_json(c: &Config) -> Value {
     let mut v = json!({
         "method": c.method.name(), "ema": c.ema, "lambda": c.lambda, "eps": c.eps,
         "rescale": c.rescale, "ratio_only": c.ratio_only, "guard": c.guard, "diagnostics": c.diagnostics,
@@ -224,9 +230,67 @@ fn tensor_shape(leaf: &Leaf) -> Vec<usize> {
     leaf.shape.as_ref().map_or(vec![leaf.len as usize], |s| s.iter().map(|&d| d as usize).collect())
 }
 
+/// Bytes of `value` as a JSON string (quotes and escapes included).
+fn json_string_len(value: &str) -> u64 {
+    serde_json::to_string(value).map_or(u64::MAX / 4, |s| s.len() as u64)
+}
+
+/// An upper bound on the header bytes of any checkpoint of a state with `layout` and
+/// `config` (compare [`MAX_HEADER_BYTES`]): the tensor entries with their offsets as wide as
+/// the data's size, and the metadata with its counters at the widest.
+pub fn header_bytes_bound(layout: &Layout, config: &Config) -> u64 {
+    let mut prefixes: Vec<String> = Vec::new();
+    if config.method.has_main_ema() {
+        prefixes.push("main_ema".into());
+    }
+    if config.method.has_aux_ema() {
+        prefixes.push("aux_ema".into());
+    }
+    prefixes.extend((1..config.levels).map(|j| format!("level_ema{j}")));
+    if let Some(o) = &config.optimizer {
+        prefixes.extend(o.kind().state_names().iter().map(|n| format!("optimizer/{n}")));
+    }
+    // `:{"dtype":"BF16","shape":[],"data_offsets":[,]},` and two offsets, each at most the
+    // data's bytes (4 per element and tensor at the widest).
+    let data = layout.total_elements().saturating_mul(4 * prefixes.len() as u64);
+    let entry = 49 + 2 * data.to_string().len() as u64;
+    let mut bytes = 0u64;
+    for leaf in layout.leaves() {
+        let name = json_string_len(&leaf.name);
+        let dims: u64 = tensor_shape(leaf).iter().map(|d| d.to_string().len() as u64 + 1).sum();
+        for prefix in &prefixes {
+            bytes = bytes.saturating_add(name + prefix.len() as u64 + 1 + entry + dims);
+        }
+    }
+    let metadata =
+        json_string_len(&layout_json(layout).to_string()) + json_string_len(&config_json(config).to_string());
+    // The other keys and values (counters of 20 digits, the learning rate), braces, padding.
+    bytes.saturating_add(metadata).saturating_add(512)
+}
+
+/// Refuses a layout and config whose checkpoints could exceed [`MAX_HEADER_BYTES`], naming
+/// the leaf count as the cause.
+pub(crate) fn check_header(layout: &Layout, config: &Config) -> Result<()> {
+    let header_bytes = header_bytes_bound(layout, config);
+    if header_bytes <= MAX_HEADER_BYTES {
+        return Ok(());
+    }
+    let leaves = layout.len();
+    Err(Error::CheckpointHeader {
+        leaves,
+        header_bytes,
+        limit: MAX_HEADER_BYTES,
+        per_leaf: header_bytes / leaves as u64,
+    })
+}
+
 impl Checkpoint {
-    /// The safetensors bytes.
+    /// The safetensors bytes ([`Error::CheckpointHeader`] when the leaves are too many for
+    /// one file's header; a checkpoint whose vectors do not fit it, [`Checkpoint::check_values`],
+    /// is refused rather than written as a file that reads back as something else).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        check_header(&self.layout, &self.config)?;
+        self.check_values()?;
         let mut metadata: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
@@ -272,8 +336,12 @@ impl Checkpoint {
     /// Parses and checks a checkpoint: every field present and well formed, the config valid,
     /// every EMA tensor of the method present with the leaf's shape and f32 values, nothing else.
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| match e {
+            safetensors::SafeTensorError::HeaderTooLarge => bad(format!(
+                "the header is over safetensors' limit of {MAX_HEADER_BYTES} bytes: too many leaves for one file"
+            )),
+            e => bad(format!("not a safetensors file: {e}")),
+        })?;
         let tensors =
             safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let metadata = header.metadata().as_ref().ok_or_else(|| bad("no metadata"))?;
@@ -344,11 +412,79 @@ impl Checkpoint {
         if tensors.len() != expected {
             return Err(bad(format!("{} tensors, expected {expected}", tensors.len())));
         }
-        Ok(Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema, level_emas, optimizer })
+        let checkpoint = Checkpoint { config, layout, steps, skipped_steps, main_ema, aux_ema, level_emas, optimizer };
+        checkpoint.check_values()?;
+        Ok(checkpoint)
     }
 
-    /// Checks that this checkpoint fits a state with `layout` and `config`; the error names the
-    /// first difference.
+    /// Checks that the vectors and counters fit the checkpoint's own layout and config, as
+    /// [`BloopState::restore`](crate::BloopState::restore) needs: one vector per leaf of the
+    /// leaf's length for every average and optimizer tensor the config keeps (none for the
+    /// others), every value finite in its stored type, at most `u32::MAX` skipped steps (the
+    /// GPU's counter) and no more than `steps`, a finite learning rate >= 0 and an optimizer
+    /// step within `u32`.
+    pub fn check_values(&self) -> Result<()> {
+        let (layout, config) = (&self.layout, &self.config);
+        let in_file = |e: Error| bad(e.to_string());
+        let ema = config.types.ema;
+        let roles = [
+            (Role::MainEma, &self.main_ema, config.method.has_main_ema()),
+            (Role::AuxEma, &self.aux_ema, config.method.has_aux_ema()),
+        ];
+        for (role, values, kept) in roles {
+            if !kept && !values.is_empty() {
+                return Err(bad(format!("{role}: {} vectors, but {} keeps none", values.len(), config.method.name())));
+            }
+            if kept {
+                validate::values(layout, role, values, ema).map_err(in_file)?;
+            }
+        }
+        let levels = config.levels.saturating_sub(1);
+        if self.level_emas.len() != levels {
+            return Err(bad(format!("{} level averages, the config keeps {levels}", self.level_emas.len())));
+        }
+        for (j, values) in self.level_emas.iter().enumerate() {
+            validate::values(layout, Role::LevelEma(j + 1), values, ema).map_err(in_file)?;
+        }
+        if self.skipped_steps > self.steps || self.skipped_steps > u32::MAX as u64 {
+            return Err(bad(format!(
+                "{} skipped steps out of {}: at most the steps and at most {} (the GPU counts in u32)",
+                self.skipped_steps,
+                self.steps,
+                u32::MAX
+            )));
+        }
+        match (&config.optimizer, &self.optimizer) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(bad("optimizer state, but the config has no optimizer")),
+            (Some(_), None) => Err(bad("the config has an optimizer, but there is no optimizer state")),
+            (Some(o), Some(saved)) => {
+                let names = o.kind().state_names();
+                if saved.tensors.len() != names.len() {
+                    return Err(bad(format!(
+                        "{} optimizer state tensors, {} keeps {}",
+                        saved.tensors.len(),
+                        o.name(),
+                        names.len()
+                    )));
+                }
+                for values in &saved.tensors {
+                    validate::values(layout, Role::OptimizerState, values, o.state).map_err(in_file)?;
+                }
+                if !(saved.learning_rate.is_finite() && saved.learning_rate >= 0.0) {
+                    return Err(bad(format!("learning rate {} is not finite and >= 0", saved.learning_rate)));
+                }
+                if saved.step > u32::MAX as u64 {
+                    return Err(bad(format!("optimizer step {} exceeds u32", saved.step)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that this checkpoint fits a state with `layout` and `config` and that its values
+    /// fit its own ([`Checkpoint::check_values`]); the error names the first difference, the
+    /// method first, then the config's other keys.
     pub fn check_fits(&self, layout: &Layout, config: &Config) -> Result<()> {
         if self.layout.len() != layout.len() {
             return Err(bad(format!("the file has {} leaves, the state {}", self.layout.len(), layout.len())));
@@ -362,11 +498,11 @@ impl Checkpoint {
             }
         }
         let (file, here) = (config_json(&self.config), config_json(config));
-        let keys = here.as_object().unwrap().keys().chain(file.as_object().unwrap().keys());
-        if let Some(key) = keys.into_iter().find(|k| file.get(k.as_str()) != here.get(k.as_str())) {
+        if let Some(key) = differing_key(&file, &here) {
             let show = |v: &Value| v.get(key.as_str()).map_or("absent".to_string(), Value::to_string);
             return Err(bad(format!("config `{key}` is {} in the file but {} in the state", show(&file), show(&here))));
         }
+        self.check_values()?;
         if let Some(o) = &config.optimizer {
             let tensors = o.kind().state_names().len();
             let fits = self.optimizer.as_ref().is_some_and(|saved| {
@@ -381,4 +517,21 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// The config keys that say the most about a difference, in this order; the rest follow
+/// alphabetically. A file of another method differs in many keys, and `method` is the one to name.
+const KEY_ORDER: [&str; 4] = ["method", "optimizer", "lambdas", "order"];
+
+/// The first key, in [`KEY_ORDER`] then alphabetical order, whose value differs between two
+/// configs' JSON objects.
+pub(crate) fn differing_key(a: &Value, b: &Value) -> Option<String> {
+    let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    let mut all: Vec<String> = KEY_ORDER.iter().map(|k| k.to_string()).collect();
+    let mut rest: Vec<String> =
+        keys(a).into_iter().chain(keys(b)).filter(|k| !KEY_ORDER.contains(&k.as_str())).collect();
+    rest.sort();
+    rest.dedup();
+    all.extend(rest);
+    all.into_iter().find(|k| a.get(k.as_str()) != b.get(k.as_str()))
 }

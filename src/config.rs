@@ -276,10 +276,20 @@ impl Config {
                 );
             }
         }
-        // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64).
+        // The f32 constants the GPU uses must stay finite too (lambda = 1e300 is finite in f64),
+        // and eps must stay > 0: each is named as the field it comes from.
         let c = self.gpu_constants();
-        if !(c.lambda.is_finite() && c.scale.is_finite() && c.eps > 0.0) {
-            return bad("lambda", format!("{} overflows or underflows f32", self.lambda));
+        if !(c.lambda.is_finite() && c.scale.is_finite() && c.scale > 0.0) {
+            return bad("lambda", format!("{} overflows f32", self.lambda));
+        }
+        if !c.eps.is_finite() {
+            return bad("eps", format!("{} overflows f32", self.eps));
+        }
+        if c.eps <= 0.0 {
+            return bad(
+                "eps",
+                format!("{} underflows f32 (the GPU computes in f32; the least is about 1.4e-45)", self.eps),
+            );
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //!
 //! Each step's finalize stage leaves its scalars in a small GPU buffer of the state. A
 //! [`DiagnosticsRing`] records a copy of that buffer into one of a few mappable buffers right
-//! after the step, starts mapping it once the caller has submitted, and hands the values back
+//! after the step, has it mapped when the caller submits that encoder (wgpu's
+//! `map_buffer_on_submit`: mapping before the submit would make the submit fail), and hands the values back
 //! from [`DiagnosticsRing::poll`] some steps later, when the GPU has caught up. `poll` only
 //! ever polls the device without waiting; when every slot is still in flight, `record` drops
 //! that step's values instead of waiting for a slot.
@@ -19,7 +20,6 @@ use crate::state::BloopState;
 
 const FREE: u8 = 0;
 const RECORDED: u8 = 1;
-const MAPPING: u8 = 2;
 const MAPPED: u8 = 3;
 const FAILED: u8 = 4;
 
@@ -43,7 +43,8 @@ pub struct DiagnosticsRing {
 }
 
 impl DiagnosticsRing {
-    /// A ring of `capacity` slots (the number of steps that can be in flight at once).
+    /// A ring of `capacity` slots (the number of steps that can be in flight at once; 0 is
+    /// taken as 1).
     pub fn new(device: &wgpu::Device, capacity: usize) -> DiagnosticsRing {
         let slots = (0..capacity.max(1))
             .map(|_| Slot {
@@ -64,36 +65,41 @@ impl DiagnosticsRing {
 
     /// Records a copy of the scalars of the step `state` recorded last; call right after
     /// `record_step`, into the same encoder. Returns false, and drops the step's values,
-    /// when every slot is still in flight.
-    pub fn record(&mut self, encoder: &mut wgpu::CommandEncoder, state: &BloopState) -> bool {
+    /// when every slot is still in flight. The slot is mapped when that encoder is submitted.
+    ///
+    /// [`Error::OtherDevice`] for a state of another device than the ring's. The caller's
+    /// duty (wgpu does not show it): `encoder` belongs to the ring's device and is submitted;
+    /// a slot whose encoder is dropped unsubmitted stays in flight.
+    pub fn record(&mut self, encoder: &mut wgpu::CommandEncoder, state: &BloopState) -> Result<bool> {
+        if state.kernels().device() != &self.device {
+            return Err(Error::OtherDevice { what: "the state", other: "the diagnostics ring" });
+        }
         let Some(index) = self.slots.iter().position(|s| s.state.load(Ordering::Acquire) == FREE) else {
             self.dropped += 1;
-            return false;
+            return Ok(false);
         };
         let slot = &mut self.slots[index];
         let scalars = state.scalars_buffer();
         encoder.copy_buffer_to_buffer(scalars, 0, &slot.buffer, 0, scalars.size().min(MAX_SCALARS_BYTES));
+        let mapped = slot.state.clone();
+        let (sender, landed) = futures::channel::oneshot::channel();
+        slot.landed = Some(landed);
+        encoder.map_buffer_on_submit(&slot.buffer, wgpu::MapMode::Read, .., move |result| {
+            mapped.store(if result.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+            let _ = sender.send(());
+        });
         slot.step = state.steps().saturating_sub(1);
         slot.levels = state.config().level_lambdas().len() as u8;
+        // Stored before the submit can run the callback: RECORDED never overwrites MAPPED.
         slot.state.store(RECORDED, Ordering::Release);
         self.order.push_back(index);
-        true
+        Ok(true)
     }
 
-    /// Starts mapping the copies recorded so far; call after submitting their encoder.
-    pub fn submitted(&mut self) {
-        for slot in &mut self.slots {
-            if slot.state.compare_exchange(RECORDED, MAPPING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                let state = slot.state.clone();
-                let (sender, landed) = futures::channel::oneshot::channel();
-                slot.landed = Some(landed);
-                slot.buffer.map_async(wgpu::MapMode::Read, .., move |result| {
-                    state.store(if result.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
-                    let _ = sender.send(());
-                });
-            }
-        }
-    }
+    /// Nothing to do any more: each copy is mapped when the encoder carrying it is submitted,
+    /// so calling this early (which used to make the caller's submit fail) is harmless. Kept
+    /// so that existing training loops compile.
+    pub fn submitted(&mut self) {}
 
     /// Polls the device once, without waiting, and returns the values of every step that has
     /// landed, oldest first.
@@ -111,7 +117,6 @@ impl DiagnosticsRing {
     /// [`DiagnosticsRing::flush`] as a future (the form for wasm, where only the mappings'
     /// callbacks say that the values are there).
     pub async fn flush_async(&mut self) -> Result<Vec<StepDiagnostics>> {
-        self.submitted();
         #[cfg(not(target_arch = "wasm32"))]
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Readback(e.to_string()))?;
         for slot in &mut self.slots {

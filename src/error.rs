@@ -242,6 +242,78 @@ pub enum Error {
         limit_name: &'static str,
     },
 
+    /// A leaf index past the layout's leaves (or a loss index past a pool's losses).
+    #[error("{what} index {index} is out of range: there are {count}")]
+    IndexOutOfRange {
+        /// What was indexed (`leaf`, `loss`).
+        what: &'static str,
+        /// The index given.
+        index: usize,
+        /// How many there are.
+        count: usize,
+    },
+
+    /// A finite host value that the role's 16-bit storage type cannot hold (it would be stored
+    /// as inf).
+    #[error("leaf `{leaf}` ({role}): element {index} is {value}, which overflows {dtype}")]
+    Unrepresentable {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+        /// The element's index in the leaf.
+        index: u64,
+        /// The value.
+        value: f32,
+        /// The storage type.
+        dtype: crate::dtype::DType,
+    },
+
+    /// A buffer is mapped (for example created with `mapped_at_creation` and not unmapped):
+    /// the GPU cannot use it, and the caller's submit would fail.
+    #[error("leaf `{leaf}` ({role}): its buffer is mapped; unmap it before binding or recording")]
+    BufferMapped {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+    },
+
+    /// A buffer was destroyed: the caller's submit would fail on it.
+    #[error("leaf `{leaf}` ({role}): its buffer has been destroyed")]
+    BufferDestroyed {
+        /// The leaf's name.
+        leaf: String,
+        /// The part the buffer plays.
+        role: Role,
+    },
+
+    /// A resource of one device was handed to a call working on another.
+    #[error("{what} belongs to another device than {other}")]
+    OtherDevice {
+        /// What was handed in.
+        what: &'static str,
+        /// What it was to be used with.
+        other: &'static str,
+    },
+
+    /// The state's checkpoints would not fit the safetensors header limit: there are too many
+    /// leaves (or their names are too long) for one file.
+    #[error(
+        "a checkpoint of {leaves} leaves needs a safetensors header of up to {header_bytes} bytes, \
+         over the format's limit of {limit}: too many leaves for a checkpoint (about {per_leaf} bytes each)"
+    )]
+    CheckpointHeader {
+        /// The layout's leaves.
+        leaves: usize,
+        /// The header bytes a checkpoint of the state may need.
+        header_bytes: u64,
+        /// safetensors' limit.
+        limit: u64,
+        /// Header bytes per leaf, on average.
+        per_leaf: u64,
+    },
+
     /// A list given per loss of a hierarchy (gradients, initial averages) does not have one
     /// entry per loss.
     #[error("{what}: expected {expected} entries, one per loss, got {got}")]

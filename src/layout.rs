@@ -9,6 +9,9 @@ pub use crate::role::Role;
 /// any pool view on any adapter.
 pub const PLACEMENT_ALIGNMENT: u64 = 256;
 
+/// Most elements one leaf may have: offsets inside one bound window are u32 element indices.
+pub const MAX_LEAF_LEN: u64 = u32::MAX as u64 / 2;
+
 /// One named parameter leaf.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leaf {
@@ -32,13 +35,23 @@ impl Layout {
         Layout::from_leaves(leaves.into_iter().map(|(name, len)| Leaf { name: name.into(), len, shape: None }))
     }
 
-    /// Leaves from `(name, shape)` pairs; each length is the shape's product.
+    /// Leaves from `(name, shape)` pairs; each length is the shape's product (a product past
+    /// `u64` is refused as too many elements, in debug and release builds alike).
     pub fn from_shapes<S: Into<String>>(leaves: impl IntoIterator<Item = (S, Vec<u64>)>) -> Result<Layout> {
-        Layout::from_leaves(leaves.into_iter().map(|(name, shape)| Leaf {
-            name: name.into(),
-            len: shape.iter().product(),
-            shape: Some(shape),
-        }))
+        let leaves = leaves
+            .into_iter()
+            .map(|(name, shape)| {
+                let name = name.into();
+                match shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)) {
+                    Some(len) => Ok(Leaf { name, len, shape: Some(shape) }),
+                    None => Err(Error::InvalidLayout(format!(
+                        "leaf `{name}`: shape {shape:?} has more than 2^64 elements; at most {} are supported",
+                        MAX_LEAF_LEN
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<Leaf>>>()?;
+        Layout::from_leaves(leaves)
     }
 
     /// Unnamed leaves (`leaf0`, `leaf1`, ...) of the given lengths.
@@ -73,13 +86,10 @@ impl Layout {
                     )));
                 }
             }
-            // Offsets inside one bound window are u32 element indices.
-            if leaf.len > u32::MAX as u64 / 2 {
+            if leaf.len > MAX_LEAF_LEN {
                 return Err(Error::InvalidLayout(format!(
-                    "leaf `{}` has {} elements; at most {} are supported",
-                    leaf.name,
-                    leaf.len,
-                    u32::MAX / 2
+                    "leaf `{}` has {} elements; at most {MAX_LEAF_LEN} are supported",
+                    leaf.name, leaf.len,
                 )));
             }
         }
@@ -141,16 +151,17 @@ impl LeafBuffer {
         LeafBuffer { buffer: buffer.clone(), offset, len, dtype }
     }
 
-    /// The byte range this leaf occupies.
+    /// The byte range this leaf occupies (its end saturates at `u64::MAX` for a range no
+    /// buffer can hold; the library refuses such leaves before using them).
     pub fn byte_range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset + self.len * self.dtype.size()
+        self.offset..self.offset.saturating_add(self.len.saturating_mul(self.dtype.size()))
     }
 
     /// The 4-byte words the leaf touches (16-bit leaves share words with their neighbours;
     /// the GPU reads and copies whole words).
     pub(crate) fn word_range(&self) -> std::ops::Range<u64> {
         let bytes = self.byte_range();
-        bytes.start - bytes.start % 4..bytes.end.next_multiple_of(4)
+        bytes.start - bytes.start % 4..bytes.end.checked_next_multiple_of(4).unwrap_or(u64::MAX)
     }
 }
 

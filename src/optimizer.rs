@@ -197,23 +197,28 @@ impl Optimizer {
         }
     }
 
-    /// PyTorch's checks, plus finiteness; the error names the field.
+    /// PyTorch's checks, plus finiteness in f32, the type the GPU computes in (1e300 is finite
+    /// in f64 but inf in f32; a nonzero eps that rounds to 0 is refused too); the error names
+    /// the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, problem: String| Err(Error::InvalidConfig { field, problem });
-        let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0 && (x as f32).is_finite();
         if !finite_nonneg(self.lr) || self.lr as f32 == f32::INFINITY {
             return bad("optimizer.lr", format!("must be finite and >= 0, got {}", self.lr));
         }
         if !finite_nonneg(self.weight_decay) {
-            return bad("optimizer.weight_decay", format!("must be finite and >= 0, got {}", self.weight_decay));
+            return bad("optimizer.weight_decay", format!("must be finite and >= 0 in f32, got {}", self.weight_decay));
         }
         match self.rule {
             Rule::Sgd { momentum, dampening, nesterov } => {
                 if !finite_nonneg(momentum) {
-                    return bad("optimizer.momentum", format!("must be finite and >= 0, got {momentum}"));
+                    return bad("optimizer.momentum", format!("must be finite and >= 0 in f32, got {momentum}"));
                 }
-                if !dampening.is_finite() {
-                    return bad("optimizer.dampening", format!("must be finite, got {dampening}"));
+                if !(dampening.is_finite() && ((1.0 - dampening) as f32).is_finite()) {
+                    return bad(
+                        "optimizer.dampening",
+                        format!("must be finite in f32 (as 1 - dampening), got {dampening}"),
+                    );
                 }
                 if nesterov && (momentum <= 0.0 || dampening != 0.0) {
                     return bad("optimizer.nesterov", "needs momentum > 0 and dampening = 0".into());
@@ -226,7 +231,10 @@ impl Optimizer {
                     }
                 }
                 if !finite_nonneg(eps) {
-                    return bad("optimizer.eps", format!("must be finite and >= 0, got {eps}"));
+                    return bad("optimizer.eps", format!("must be finite and >= 0 in f32, got {eps}"));
+                }
+                if eps > 0.0 && eps as f32 == 0.0 {
+                    return bad("optimizer.eps", format!("{eps} underflows f32 to 0"));
                 }
             }
         }

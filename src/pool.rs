@@ -2,7 +2,7 @@
 //! aligned offset, handed out as per-leaf views that the user's kernels write into.
 
 use crate::dtype::{DType, ElementTypes};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::{Layout, LeafBuffer, Packing};
 
 /// Usage of every pool buffer: kernels write gradients in, copies move data in and out.
@@ -75,9 +75,14 @@ impl GradientPool {
         Ok(self)
     }
 
-    /// Leaf `i`'s parameters (pools made [`GradientPool::with_params`] only).
-    pub fn params(&self, i: usize) -> Option<&LeafBuffer> {
-        self.params.as_ref().map(|p| &p[i])
+    /// Leaf `i`'s parameters ([`Error::Optimizer`] unless the pool was made
+    /// [`GradientPool::with_params`]; [`Error::IndexOutOfRange`] past the layout's leaves).
+    pub fn params(&self, i: usize) -> Result<&LeafBuffer> {
+        let params = self
+            .params
+            .as_deref()
+            .ok_or_else(|| Error::Optimizer("the pool has no parameters role (GradientPool::with_params)".into()))?;
+        leaf(params, i)
     }
 
     /// The parameters role, if the pool has one.
@@ -95,19 +100,20 @@ impl GradientPool {
         self.output.is_none()
     }
 
-    /// Where leaf `i`'s main gradient goes.
-    pub fn main(&self, i: usize) -> &LeafBuffer {
-        &self.main[i]
+    /// Where leaf `i`'s main gradient goes ([`Error::IndexOutOfRange`] past the layout's leaves).
+    pub fn main(&self, i: usize) -> Result<&LeafBuffer> {
+        leaf(&self.main, i)
     }
 
-    /// Where leaf `i`'s auxiliary gradient goes.
-    pub fn aux(&self, i: usize) -> &LeafBuffer {
-        &self.aux[i]
+    /// Where leaf `i`'s auxiliary gradient goes ([`Error::IndexOutOfRange`] past the leaves).
+    pub fn aux(&self, i: usize) -> Result<&LeafBuffer> {
+        leaf(&self.aux, i)
     }
 
-    /// Where leaf `i`'s combined direction lands (the main gradient's place when in place).
-    pub fn output(&self, i: usize) -> &LeafBuffer {
-        self.output.as_ref().map_or(&self.main[i], |o| &o[i])
+    /// Where leaf `i`'s combined direction lands (the main gradient's place when in place;
+    /// [`Error::IndexOutOfRange`] past the leaves).
+    pub fn output(&self, i: usize) -> Result<&LeafBuffer> {
+        leaf(self.output_leaves(), i)
     }
 
     /// Every leaf's main-gradient view.
@@ -140,13 +146,24 @@ impl GradientPool {
         }
     }
 
-    /// Where leaf `i`'s gradient of loss `level` goes (panics past the pool's levels).
-    pub fn gradient(&self, level: usize, i: usize) -> &LeafBuffer {
-        &self.gradient_leaves(level).expect("a level of this pool")[i]
+    /// Where leaf `i`'s gradient of loss `level` goes ([`Error::IndexOutOfRange`] past the
+    /// pool's losses or the layout's leaves).
+    pub fn gradient(&self, level: usize, i: usize) -> Result<&LeafBuffer> {
+        let leaves = self.gradient_leaves(level).ok_or(Error::IndexOutOfRange {
+            what: "loss",
+            index: level,
+            count: self.gradient_count(),
+        })?;
+        leaf(leaves, i)
     }
 
     /// Every buffer the pool owns (for users who bind whole buffers).
     pub fn buffers(&self) -> &[wgpu::Buffer] {
         &self.buffers
     }
+}
+
+/// Leaf `i` of a role, or the error naming the index and the leaf count.
+fn leaf(leaves: &[LeafBuffer], i: usize) -> Result<&LeafBuffer> {
+    leaves.get(i).ok_or(Error::IndexOutOfRange { what: "leaf", index: i, count: leaves.len() })
 }

@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::layout::{LeafBuffer, Role};
 
 /// Copies each leaf to the host (as f32, whatever its element type) and waits for the GPU.
-/// The buffers need `COPY_SRC`. Blocks; [`read_leaves_async`] is the form for wasm.
+/// The buffers need `COPY_SRC`, element-aligned offsets and whole 4-byte words inside the
+/// buffer, and must not be mapped; leaves are named by their index in `leaves` in the errors.
+/// Blocks; [`read_leaves_async`] is the form for wasm.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_leaves(device: &wgpu::Device, queue: &wgpu::Queue, leaves: &[LeafBuffer]) -> Result<Vec<Vec<f32>>> {
     pollster::block_on(read_leaves_async(device, queue, leaves))
@@ -22,15 +24,27 @@ pub async fn read_leaves_async(
     queue: &wgpu::Queue,
     leaves: &[LeafBuffer],
 ) -> Result<Vec<Vec<f32>>> {
-    for leaf in leaves {
+    for (i, leaf) in leaves.iter().enumerate() {
+        let name = || format!("{i} (at byte {})", leaf.offset);
+        let role = Role::Output;
         if !leaf.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::MissingUsage {
-                leaf: format!("at byte {}", leaf.offset),
-                role: Role::Output,
+                leaf: name(),
+                role,
                 actual: leaf.buffer.usage(),
                 missing: wgpu::BufferUsages::COPY_SRC,
             });
         }
+        if leaf.offset % leaf.dtype.size() != 0 {
+            let alignment = leaf.dtype.size();
+            return Err(Error::MisalignedOffset { leaf: name(), role, offset: leaf.offset, alignment });
+        }
+        let words = leaf.word_range();
+        if words.end > leaf.buffer.size() || words.end == u64::MAX {
+            let (start, end, buffer_size) = (leaf.offset, leaf.byte_range().end, leaf.buffer.size());
+            return Err(Error::OutOfRange { leaf: name(), role, start, end, buffer_size });
+        }
+        crate::validate::not_mapped(&leaf.buffer, name, role)?;
     }
     // One staging buffer per batch of leaves that fits the device's buffer size limit.
     let max = device.limits().max_buffer_size;

@@ -58,6 +58,8 @@ use crate::state::{BloopState, ExternalGradients, StepBindings};
 /// `grads`, eight f32), and their size: what each rank reads back and writes back per step.
 const SUMS_OFFSET: u64 = 16;
 const SUMS_BYTES: u64 = 32;
+/// The readback holds the sums, then the stamp of the `record_sums` whose copy filled it.
+const READBACK_BYTES: u64 = SUMS_BYTES + 4;
 
 /// Leaves split over `ranks` ranks in layout order, each rank taking a contiguous run of about
 /// the same number of elements. Ranks past the number of leaves get none.
@@ -121,8 +123,13 @@ pub struct ShardedState {
     queue: wgpu::Queue,
     device: wgpu::Device,
     inner: Option<BloopState>,
-    /// Where [`ShardedState::record_sums`] copies this rank's totals (32 bytes, mappable).
+    /// Where [`ShardedState::record_sums`] copies this rank's totals (32 bytes, mappable) and
+    /// the step's stamp after them.
     readback: Option<wgpu::Buffer>,
+    /// Holds the stamp of the step being recorded (written through the queue); the encoder of
+    /// `record_sums` copies it next to the sums, so that `exchange_sums` can tell sums of this
+    /// step from stale ones whose encoder was never submitted.
+    stamp: Option<wgpu::Buffer>,
     phase: Phase,
     steps: u64,
     last: Option<GlobalSums>,
@@ -143,6 +150,31 @@ impl std::fmt::Debug for ShardedState {
 /// FNV-1a of a canonical text: the same on every rank and machine.
 fn fingerprint(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The config's fields as the ranks compare them, the most telling first (as a checkpoint
+/// mismatch names them): a fixed list, so every rank gathers as many words.
+const CONFIG_FIELDS: [&str; 14] = [
+    "method",
+    "optimizer",
+    "lambdas",
+    "order",
+    "ema",
+    "lambda",
+    "eps",
+    "rescale",
+    "ratio_only",
+    "guard",
+    "diagnostics",
+    "gradients_dtype",
+    "output_dtype",
+    "ema_dtype",
+];
+
+/// Each of [`CONFIG_FIELDS`]' values as JSON text (`absent` for none).
+fn config_fields(config: &Config) -> Vec<String> {
+    let json = crate::checkpoint::config_json(config);
+    CONFIG_FIELDS.iter().map(|k| json.get(*k).map_or("absent".into(), |v| v.to_string())).collect()
 }
 
 fn layout_fingerprint(layout: &Layout) -> u64 {
@@ -172,21 +204,35 @@ impl ShardedState {
         let (rank, size) = (collective.rank(), collective.size());
         let local = Self::build_local(kernels, queue, layout, owned, config, init);
         let ok = local.is_ok() as u64;
-        let mine = [ok, fingerprint(&format!("{config:?}")), layout_fingerprint(layout)];
+        let fields = config_fields(&config);
+        let mut mine = vec![ok, layout_fingerprint(layout)];
+        mine.extend(fields.iter().map(|f| fingerprint(f)));
         let all = collective.all_gather(&mine)?;
         let mismatch = |detail: String| Error::ShardMismatch { rank, size, detail };
         // A rank's own error names its problem best; the others hear which rank failed.
         let (local, inner) = local?;
-        for (other, words) in all.chunks(3).enumerate() {
+        let words_per_rank = mine.len();
+        // A collective of the user's own may answer with the wrong number of words.
+        if size == 0 || all.len() != size * words_per_rank {
+            return Err(Error::Collective {
+                operation: "all_gather",
+                message: format!("{} words from {size} ranks of {words_per_rank} words each", all.len()),
+            });
+        }
+        for (other, words) in all.chunks(words_per_rank).enumerate() {
             if words[0] == 0 && other != rank {
                 return Err(mismatch(format!("rank {other} could not build its shard (see its error)")));
             }
         }
-        for (other, words) in all.chunks(3).enumerate() {
-            if words[1] != all[1] {
-                return Err(mismatch(format!("rank {other}'s config differs from rank 0's (this rank: {config:?})")));
+        for (other, words) in all.chunks(words_per_rank).enumerate() {
+            if let Some(i) = (2..words_per_rank).find(|&i| words[i] != all[i]) {
+                let field = CONFIG_FIELDS[i - 2];
+                return Err(mismatch(format!(
+                    "rank {other}'s config differs from rank 0's in `{field}` (this rank: {})",
+                    fields[i - 2]
+                )));
             }
-            if words[2] != all[2] {
+            if words[1] != all[1] {
                 return Err(mismatch(format!(
                     "rank {other}'s layout differs from rank 0's (this rank: {} leaves, {} elements)",
                     layout.len(),
@@ -206,19 +252,25 @@ impl ShardedState {
             )));
         }
         let device = kernels.device().clone();
-        let readback = inner
+        let buffers = inner
             .as_ref()
             .map(|_| {
                 crate::context::gpu_scope(&device, "allocating the sharded readback", || {
-                    device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("bloop sharded sums"),
-                        size: SUMS_BYTES,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    })
+                    let buffer = |label, size, usage| {
+                        device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some(label),
+                            size,
+                            usage,
+                            mapped_at_creation: false,
+                        })
+                    };
+                    let map = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+                    let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+                    (buffer("bloop sharded sums", READBACK_BYTES, map), buffer("bloop sharded stamp", 4, copy))
                 })
             })
             .transpose()?;
+        let (readback, stamp) = buffers.unzip();
         Ok(ShardedState {
             rank,
             size,
@@ -230,6 +282,7 @@ impl ShardedState {
             device,
             inner,
             readback,
+            stamp,
             phase: Phase::Idle,
             steps: 0,
             last: None,
@@ -364,7 +417,9 @@ impl ShardedState {
     }
 
     /// Phase 1: records the pass that computes this rank's partial sums, and a copy of them for
-    /// [`ShardedState::exchange_sums`]. The caller submits the encoder before the exchange.
+    /// [`ShardedState::exchange_sums`]. The caller submits the encoder before the exchange (an
+    /// exchange without it is refused, not answered with zeros); `encoder` must be of the
+    /// state's device.
     pub fn record_sums(&mut self, encoder: &mut wgpu::CommandEncoder, bindings: &ShardedBindings) -> Result<()> {
         if self.phase != Phase::Idle {
             return Err(Error::StepOrder("record_sums called before the previous step's record_apply"));
@@ -382,17 +437,30 @@ impl ShardedState {
                 pipelines.push((&sharded.local_totals, false));
             }
             state.record_pipelines(encoder, b, ("bloop sharded sums", None), &pipelines, false)?;
-            if let (true, Some(readback)) = (exchanges, &self.readback) {
+            if let (true, Some(readback), Some(stamp)) = (exchanges, &self.readback, &self.stamp) {
                 encoder.copy_buffer_to_buffer(state.scalars_buffer(), SUMS_OFFSET, readback, 0, SUMS_BYTES);
+                // The write lands at the next submit, before this encoder's commands run.
+                self.queue.write_buffer(stamp, 0, bytemuck::bytes_of(&self.stamp_value()));
+                encoder.copy_buffer_to_buffer(stamp, 0, readback, SUMS_BYTES, 4);
             }
         }
         self.phase = Phase::SumsRecorded;
         Ok(())
     }
 
+    /// The stamp of the step being recorded: never 0, the readback's initial content.
+    fn stamp_value(&self) -> u32 {
+        (self.steps % u32::MAX as u64) as u32 + 1
+    }
+
     /// Phase 2: waits for this rank's partial sums (one 32-byte readback: the step's only
     /// synchronisation), reduces them over every rank, decides the guard globally, and writes
     /// the global sums back through the queue. Collective: every rank calls it once per step.
+    ///
+    /// A rank whose encoder of `record_sums` was not submitted has no sums of this step: it
+    /// gets [`Error::StepOrder`] instead of zeros (a step stamp copied along with the sums
+    /// tells), and returns to before `record_sums`. The other ranks then wait in the
+    /// collective or get its error, as with any rank that fails.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn exchange_sums(&mut self, collective: &impl Collective) -> Result<GlobalSums> {
         pollster::block_on(self.exchange_sums_async(collective))
@@ -414,6 +482,12 @@ impl ShardedState {
             let receiver = crate::readback::start_map(readback);
             let bytes = crate::readback::finish_map(&self.device, receiver, readback).await?;
             let words: &[f32] = bytemuck::cast_slice(&bytes);
+            if words[SUMS_BYTES as usize / 4].to_bits() != self.stamp_value() {
+                self.phase = Phase::Idle;
+                return Err(Error::StepOrder(
+                    "exchange_sums found no sums of this step: submit the encoder of record_sums first",
+                ));
+            }
             for (sum, &w) in sums.iter_mut().zip(words) {
                 *sum = w as f64;
             }

@@ -23,6 +23,10 @@ const EMA_USAGE: wgpu::BufferUsages =
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The most distinct user buffers a step checks for being mapped or destroyed each time it is
+/// recorded (binding checks them all, once).
+pub const RECORD_CHECKED_BUFFERS: usize = 256;
+
 /// Which average of a state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EmaRole {
@@ -76,6 +80,9 @@ pub struct StepBindings {
     state_group: wgpu::BindGroup,
     plan: Plan,
     output: Vec<LeafBuffer>,
+    /// The user's distinct buffers, with a leaf and role that names each in errors: checked
+    /// for being mapped or destroyed when a step is recorded.
+    user_buffers: Vec<(wgpu::Buffer, String, Role)>,
 }
 
 impl std::fmt::Debug for StepBindings {
@@ -220,6 +227,8 @@ impl BloopState {
     ) -> Result<BloopState> {
         config.validate()?;
         kernels.check_device()?;
+        // Refused now rather than at the first checkpoint, hours into training.
+        crate::checkpoint::check_header(layout, &config)?;
         let device = kernels.device().clone();
         let mut inits = vec![
             (config.method.has_main_ema(), EmaRole::Main, &init.main),
@@ -473,7 +482,7 @@ impl BloopState {
         }
         let dtype = self.config.optimizer.map_or(DType::F32, |o| o.state);
         for values in tensors {
-            check_init(&self.layout, Role::OptimizerState, &EmaInit::Values(values.clone()), dtype)?;
+            validate::values(&self.layout, Role::OptimizerState, values, dtype)?;
         }
         let step = u32::try_from(step).map_err(|_| Error::Optimizer(format!("step count {step} exceeds u32")))?;
         for (t, values) in store.tensors.iter().zip(tensors) {
@@ -520,13 +529,15 @@ impl BloopState {
     pub fn write_ema(&mut self, role: EmaRole, values: &[Vec<f32>]) -> Result<()> {
         self.kernels.check_device()?;
         let store = self.store(role)?;
-        check_init(&self.layout, role.role(), &EmaInit::Values(values.to_vec()), self.config.types.ema)?;
+        validate::values(&self.layout, role.role(), values, self.config.types.ema)?;
         readback::write_leaves(&self.queue, &store.leaves, values);
         Ok(())
     }
 
     /// Records copies of the given leaves into an EMA, for example to start the average from
-    /// the first main gradient inside the training loop. Sources need `COPY_SRC`.
+    /// the first main gradient inside the training loop. Sources need `COPY_SRC` and, like
+    /// bound gradients, one entry per leaf of its length and type, in range, of this device
+    /// (refused otherwise; the state is unchanged). `encoder` must be of the state's device.
     pub fn record_ema_copy(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -630,7 +641,11 @@ impl BloopState {
             roles.push(RoleLeaves::state(slots::ema(k32, j as u32), &store.leaves));
         }
         roles.push(RoleLeaves::user(slots::out(k32), output, true));
-        self.finish_bindings(variant, &roles, 16 * slots::partial_vecs(k32) as u64, output)
+        let mut bindings = self.finish_bindings(variant, &roles, 16 * slots::partial_vecs(k32) as u64, output)?;
+        let mut users = inputs;
+        users.push((Role::Output, output));
+        bindings.user_buffers = validate::distinct_buffers(layout, &users);
+        Ok(bindings)
     }
 
     /// The ratios of the last executed step of a hierarchy, `<g_i, u_j> / (<u_j, u_j> + eps)`
@@ -651,6 +666,13 @@ impl BloopState {
 
     /// Validates the user's buffers and prepares steps over them (states without an optimizer;
     /// see [`BloopState::bind_external_with_params`]).
+    ///
+    /// Refused, naming the leaf and role: a list without one entry per leaf, a leaf of another
+    /// length or element type, a buffer without `STORAGE`, a misaligned or out-of-range offset,
+    /// an output overlapping anything but its own main gradient, a buffer of another device of
+    /// the same instance, a mapped or destroyed buffer. The caller's duty: the buffers stay
+    /// alive, unmapped and undestroyed while steps over them are in flight, and come from the
+    /// state's wgpu instance (buffers of another instance cannot be told apart).
     pub fn bind_external(&self, gradients: &ExternalGradients) -> Result<StepBindings> {
         if self.config.optimizer.is_some() {
             return Err(Error::Optimizer(
@@ -743,7 +765,11 @@ impl BloopState {
                 roles.push(RoleLeaves::state(slot, &t.leaves));
             }
         }
-        self.finish_bindings(variant, &roles, PARTIAL_BYTES, output)
+        let mut bindings = self.finish_bindings(variant, &roles, PARTIAL_BYTES, output)?;
+        let users = [(Role::MainGrad, gradients.main), (Role::AuxGrad, gradients.aux), (Role::Output, output)];
+        bindings.user_buffers = validate::distinct_buffers(layout, &users);
+        bindings.user_buffers.extend(validate::distinct_buffers(layout, &[(Role::Params, params)]));
+        Ok(bindings)
     }
 
     /// Groups the leaves, picks the smallest slot count that holds each group's buffers (within
@@ -792,12 +818,26 @@ impl BloopState {
                 entries: &entries,
             })
         })?;
-        Ok(StepBindings { state_id: self.id, kernels, state_group, plan, output: output.to_vec() })
+        Ok(StepBindings {
+            state_id: self.id,
+            kernels,
+            state_group,
+            plan,
+            output: output.to_vec(),
+            user_buffers: Vec::new(),
+        })
     }
 
     /// Records one step into `encoder`: the averages advance and the direction is written to
     /// the bindings' output. Nothing is submitted; the caller orders this after the commands
     /// that write the gradients and before those that read the direction.
+    ///
+    /// Refused here: bindings of another state, a lost device, and a bound buffer of the
+    /// user's that is mapped or destroyed now ([`Error::BufferMapped`],
+    /// [`Error::BufferDestroyed`]; checked for bindings over at most
+    /// [`RECORD_CHECKED_BUFFERS`] distinct buffers). The caller's duty, since wgpu does not show it: `encoder`
+    /// belongs to the state's device, no bound buffer gets a `map_async` or `destroy` between
+    /// this call and the submit, and the encoder is submitted (once).
     pub fn record_step(&mut self, encoder: &mut wgpu::CommandEncoder, bindings: &StepBindings) -> Result<()> {
         self.record_step_timed(encoder, bindings, None)
     }
@@ -831,6 +871,15 @@ impl BloopState {
             return Err(Error::Mismatch("these bindings were made by another state".into()));
         }
         self.kernels.check_device()?;
+        // What can be seen of the user's buffers now; the rest (a map requested but not landed,
+        // an encoder of another device) is the caller's to avoid (see `record_step`). Each check
+        // is a lookup in wgpu, about a microsecond: steps over more distinct buffers than
+        // `RECORD_CHECKED_BUFFERS` (a buffer per leaf of a large model) skip it on the hot path.
+        if bindings.user_buffers.len() <= RECORD_CHECKED_BUFFERS {
+            for (buffer, leaf, role) in &bindings.user_buffers {
+                validate::not_mapped(buffer, || leaf.clone(), *role)?;
+            }
+        }
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
         pass.set_bind_group(0, &bindings.state_group, &[]);
@@ -929,7 +978,9 @@ impl BloopState {
     }
 
     /// Takes the averages and counters of `checkpoint`, which must have this state's layout
-    /// and config (the error names the first difference; the state is unchanged then).
+    /// and config, and vectors that fit them ([`Checkpoint::check_fits`]: one per leaf of the
+    /// leaf's length, finite in the stored type; counters within the GPU's u32). The error
+    /// names the first difference; the state is unchanged then.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         self.kernels.check_device()?;
         checkpoint.check_fits(&self.layout, &self.config)?;
@@ -984,32 +1035,12 @@ impl BloopState {
     }
 }
 
-/// Checks an initial value against the layout (and, for GPU sources, the EMA's element type)
-/// without touching any state.
+/// Checks an initial value against the layout and the role's element type (host values must
+/// be finite in it) without touching any state.
 fn check_init(layout: &Layout, role: Role, init: &EmaInit, dtype: DType) -> Result<()> {
     match init {
         EmaInit::Zeros | EmaInit::Normal { .. } => Ok(()),
-        EmaInit::Values(values) => {
-            if values.len() != layout.len() {
-                return Err(Error::LeafCount { role, expected: layout.len(), got: values.len() });
-            }
-            for (leaf, v) in layout.leaves().iter().zip(values) {
-                if v.len() as u64 != leaf.len {
-                    return Err(Error::LeafLength {
-                        leaf: leaf.name.clone(),
-                        role,
-                        expected: leaf.len,
-                        got: v.len() as u64,
-                    });
-                }
-                // A non-finite average would poison every later projection, and the guard
-                // checks gradients only.
-                if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-                    return Err(Error::NonFiniteValue { leaf: leaf.name.clone(), role, index: index as u64, value });
-                }
-            }
-            Ok(())
-        }
+        EmaInit::Values(values) => validate::values(layout, role, values, dtype),
         EmaInit::Buffers(sources) => validate::leaves(layout, role, sources, wgpu::BufferUsages::COPY_SRC, dtype),
     }
 }

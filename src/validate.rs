@@ -37,7 +37,7 @@ pub(crate) fn leaves(
         if leaf.offset % dtype.size() != 0 {
             return Err(Error::MisalignedOffset { leaf: name(), role, offset: leaf.offset, alignment: dtype.size() });
         }
-        let end = leaf.offset.checked_add(leaf.len * dtype.size()).map(|end| end.next_multiple_of(4));
+        let end = leaf.offset.checked_add(leaf.len * dtype.size()).and_then(|end| end.checked_next_multiple_of(4));
         if end.is_none_or(|end| end > leaf.buffer.size()) {
             return Err(Error::OutOfRange {
                 leaf: name(),
@@ -46,6 +46,83 @@ pub(crate) fn leaves(
                 end: end.unwrap_or(u64::MAX),
                 buffer_size: leaf.buffer.size(),
             });
+        }
+    }
+    // Once per run of leaves in one buffer: layouts of 10^5 leaves in a few buffers are common.
+    let mut last: Option<&wgpu::Buffer> = None;
+    for (spec, leaf) in layout.leaves().iter().zip(leaves) {
+        if last != Some(&leaf.buffer) {
+            not_mapped(&leaf.buffer, || spec.name.clone(), role)?;
+            last = Some(&leaf.buffer);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a mapped or destroyed buffer (mapped at creation, or by `map_async` once the
+/// mapping landed; or `destroy`ed): the caller's submit would fail on it. wgpu shows both
+/// only through a view of the buffer, so a `map_async` still pending is not seen.
+pub(crate) fn not_mapped(buffer: &wgpu::Buffer, leaf: impl FnOnce() -> String, role: Role) -> Result<()> {
+    if buffer.size() < 4 {
+        return Ok(()); // no view of a whole word fits: too small to probe
+    }
+    // A view exists only while the buffer is mapped. wgpu-core says "not mapped" for an idle
+    // buffer and "destroyed" for a destroyed one; any other refusal (a range outside the
+    // mapped one, an overlap with a view the caller holds) means it is mapped.
+    let message = match buffer.get_mapped_range(0..4) {
+        Ok(_) => return Err(Error::BufferMapped { leaf: leaf(), role }),
+        Err(e) => e.to_string(),
+    };
+    if message.contains("destroyed") {
+        return Err(Error::BufferDestroyed { leaf: leaf(), role });
+    }
+    if !message.contains("not mapped") {
+        return Err(Error::BufferMapped { leaf: leaf(), role });
+    }
+    Ok(())
+}
+
+/// Every distinct buffer of `roles` once, with the first leaf and role that uses it, for
+/// [`not_mapped`] checks when a step is recorded.
+pub(crate) fn distinct_buffers(layout: &Layout, roles: &[(Role, &[LeafBuffer])]) -> Vec<(wgpu::Buffer, String, Role)> {
+    #[allow(clippy::mutable_key_type)] // buffers order by identity
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for &(role, leaves) in roles {
+        for (spec, leaf) in layout.leaves().iter().zip(leaves) {
+            if seen.insert(&leaf.buffer) {
+                out.push((leaf.buffer.clone(), spec.name.clone(), role));
+            }
+        }
+    }
+    out
+}
+
+/// Host values for a role stored as `dtype`: one vector per leaf of the leaf's length, every
+/// element finite and finite once rounded to `dtype` (70000 is finite in f32 but inf in f16).
+/// A non-finite average or optimizer state would poison every later step, and the guard
+/// checks gradients only.
+pub(crate) fn values(layout: &Layout, role: Role, values: &[Vec<f32>], dtype: DType) -> Result<()> {
+    if values.len() != layout.len() {
+        return Err(Error::LeafCount { role, expected: layout.len(), got: values.len() });
+    }
+    for (leaf, v) in layout.leaves().iter().zip(values) {
+        if v.len() as u64 != leaf.len {
+            return Err(Error::LeafLength { leaf: leaf.name.clone(), role, expected: leaf.len, got: v.len() as u64 });
+        }
+        if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::NonFiniteValue { leaf: leaf.name.clone(), role, index: index as u64, value });
+        }
+        if dtype != DType::F32 {
+            if let Some((index, &value)) = v.iter().enumerate().find(|(_, &x)| !dtype.round(x).is_finite()) {
+                return Err(Error::Unrepresentable {
+                    leaf: leaf.name.clone(),
+                    role,
+                    index: index as u64,
+                    value,
+                    dtype,
+                });
+            }
         }
     }
     Ok(())

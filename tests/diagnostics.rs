@@ -33,7 +33,7 @@ fn the_ring_returns_every_steps_scalars_in_order() {
         }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         state.record_step(&mut encoder, &bindings).unwrap();
-        ring.record(&mut encoder, &state);
+        ring.record(&mut encoder, &state).unwrap();
         gpu.queue.submit([encoder.finish()]);
         ring.submitted();
         seen.extend(ring.poll().unwrap());
@@ -77,11 +77,11 @@ fn polling_never_waits_for_the_gpu() {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     for _ in 0..4 {
         state.record_step(&mut encoder, &bindings).unwrap();
-        assert!(ring.record(&mut encoder, &state));
+        assert!(ring.record(&mut encoder, &state).unwrap());
     }
     // Every slot is in flight: the next step's values are dropped, not waited for.
     state.record_step(&mut encoder, &bindings).unwrap();
-    assert!(!ring.record(&mut encoder, &state));
+    assert!(!ring.record(&mut encoder, &state).unwrap());
     gpu.queue.submit([encoder.finish()]);
     ring.submitted();
     let started = std::time::Instant::now();

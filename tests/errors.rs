@@ -319,3 +319,296 @@ fn set_config_cannot_switch_the_guard_or_diagnostics() {
     assert!(matches!(state.set_config(Config::new(Method::PcGrad).diagnostics(true)), Err(Error::Mismatch(_))));
     assert_eq!(snapshot(&state), before);
 }
+
+#[test]
+fn pool_accessors_refuse_indices_past_the_leaves_and_losses() {
+    let pool = GradientPool::hierarchy(&gpu().device, &layout(), 2, false, Default::default()).unwrap();
+    let past = |e: Error, what: &str, index: usize, count: usize| {
+        assert!(
+            matches!(&e, Error::IndexOutOfRange { what: w, index: i, count: c } if *w == what && *i == index && *c == count),
+            "{e}"
+        );
+    };
+    past(pool.main(2).unwrap_err(), "leaf", 2, 2);
+    past(pool.aux(usize::MAX).unwrap_err(), "leaf", usize::MAX, 2);
+    past(pool.output(7).unwrap_err(), "leaf", 7, 2);
+    past(pool.gradient(3, 0).unwrap_err(), "loss", 3, 3);
+    past(pool.gradient(2, 2).unwrap_err(), "leaf", 2, 2);
+    assert_eq!(pool.gradient(2, 1).unwrap().len, 7);
+    assert!(matches!(pool.params(0), Err(Error::Optimizer(m)) if m.contains("with_params")));
+    let with_params =
+        GradientPool::new(&gpu().device, &layout(), true).unwrap().with_params(&gpu().device, bloop::DType::F32);
+    past(with_params.unwrap().params(2).unwrap_err(), "leaf", 2, 2);
+}
+
+#[test]
+fn shapes_whose_product_overflows_are_refused_as_too_large() {
+    for shape in [vec![u64::MAX, 2], vec![1 << 32, 1 << 32], vec![3, 1 << 40, 1 << 30]] {
+        let err = Layout::from_shapes([("ok", vec![2u64]), ("huge", shape.clone())]).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidLayout(m) if m.contains("`huge`") && m.contains("2^64")),
+            "{shape:?}: {err}"
+        );
+    }
+    // A product that fits u64 but not a leaf is refused for its size, not its shape.
+    let err = Layout::from_shapes([("big", vec![1u64 << 20, 1 << 20])]).unwrap_err();
+    assert!(matches!(&err, Error::InvalidLayout(m) if m.contains("at most")), "{err}");
+}
+
+/// Per-leaf bits of one role.
+type Bits = Vec<Vec<u32>>;
+
+/// A checkpoint's damage, named by the words its error must contain.
+type Damage = (&'static str, Box<dyn Fn(&mut bloop::Checkpoint)>);
+
+/// The optimizer's learning rate bits, step and state tensors.
+type OptimizerBits = Option<(u32, u64, Vec<Bits>)>;
+
+/// Every observable part of a state with an optimizer, for bit-for-bit comparisons: steps,
+/// skipped steps, the main average, and the optimizer's part.
+fn full_snapshot(state: &BloopState) -> (u64, u64, Bits, OptimizerBits) {
+    let bits = |v: Vec<Vec<f32>>| v.into_iter().map(|l| l.into_iter().map(f32::to_bits).collect()).collect::<Vec<_>>();
+    let optimizer = state
+        .read_schedule()
+        .ok()
+        .map(|(lr, step)| (lr.to_bits(), step, state.read_optimizer_state().unwrap().into_iter().map(bits).collect()));
+    (state.steps(), state.skipped_steps().unwrap(), bits(state.read_ema(EmaRole::Main).unwrap()), optimizer)
+}
+
+#[test]
+fn restore_refuses_checkpoints_whose_vectors_or_counters_do_not_fit() {
+    let config = Config::new(Method::Bloop).optimizer(bloop::Optimizer::adam(1e-3).state_type(bloop::DType::F32));
+    let init = EmaInits::both(EmaInit::Normal { seed: 4 });
+    let mut state = BloopState::new(&kernels(), &gpu().queue, &layout(), config, init).unwrap();
+    let good = state.checkpoint().unwrap();
+    let before = full_snapshot(&state);
+    let cases: Vec<Damage> = vec![
+        (
+            "leaf `b` (main EMA): layout says 7 elements, got 6",
+            Box::new(|c| {
+                c.main_ema[1].pop();
+            }),
+        ),
+        ("leaf `w` (main EMA): layout says 300 elements, got 301", Box::new(|c| c.main_ema[0].push(1.0))),
+        (
+            "main EMA: expected one entry per leaf (2 leaves), got 1",
+            Box::new(|c| {
+                c.main_ema.pop();
+            }),
+        ),
+        ("main EMA: expected one entry per leaf (2 leaves), got 0", Box::new(|c| c.main_ema.clear())),
+        ("element 3 is NaN", Box::new(|c| c.main_ema[0][3] = f32::NAN)),
+        ("element 6 is inf", Box::new(|c| c.main_ema[1][6] = f32::INFINITY)),
+        ("aux EMA: 1 vectors, but bloop keeps none", Box::new(|c| c.aux_ema = vec![vec![0.0; 300]])),
+        ("1 level averages, the config keeps 0", Box::new(|c| c.level_emas = vec![vec![]])),
+        (
+            "at most 4294967295 (the GPU counts in u32)",
+            Box::new(|c| {
+                c.steps = 1 << 40;
+                c.skipped_steps = 1 << 33;
+            }),
+        ),
+        (
+            "3 skipped steps out of 2",
+            Box::new(|c| {
+                c.steps = 2;
+                c.skipped_steps = 3;
+            }),
+        ),
+        ("optimizer step 4294967296 exceeds u32", Box::new(|c| c.optimizer.as_mut().unwrap().step = 1 << 32)),
+        ("learning rate NaN", Box::new(|c| c.optimizer.as_mut().unwrap().learning_rate = f32::NAN)),
+        (
+            "1 optimizer state tensors, adam keeps 2",
+            Box::new(|c| {
+                c.optimizer.as_mut().unwrap().tensors.pop();
+            }),
+        ),
+        (
+            "leaf `w` (optimizer state): element 0 is NaN",
+            Box::new(|c| c.optimizer.as_mut().unwrap().tensors[1][0][0] = f32::NAN),
+        ),
+        ("no optimizer state", Box::new(|c| c.optimizer = None)),
+    ];
+    for (words, damage) in cases {
+        let mut bad = good.clone();
+        damage(&mut bad);
+        let err = state.restore(&bad).unwrap_err();
+        assert!(matches!(&err, Error::Checkpoint(m) if m.contains(words)), "{words}: {err}");
+        assert_eq!(full_snapshot(&state), before, "{words}");
+        // Nor is it written to a file.
+        let err = bad.to_bytes().unwrap_err();
+        assert!(matches!(&err, Error::Checkpoint(m) if m.contains(words)), "{words}: {err}");
+    }
+    state.restore(&good).unwrap();
+    assert_eq!(full_snapshot(&state), before);
+}
+
+#[test]
+fn a_checkpoint_mismatch_names_the_method_first() {
+    let mut state = state(Method::Bloop);
+    let before = snapshot(&state);
+    let pcgrad = self::state(Method::PcGrad).checkpoint().unwrap();
+    let err = state.restore(&pcgrad).unwrap_err();
+    assert!(matches!(&err, Error::Checkpoint(m) if m.contains("config `method` is \"pcgrad\" in the file")), "{err}");
+    let other = self::state(Method::Bloop);
+    let mut lambda = other.checkpoint().unwrap();
+    lambda.config = lambda.config.lambda(0.5);
+    let err = state.restore(&lambda).unwrap_err();
+    assert!(matches!(&err, Error::Checkpoint(m) if m.contains("config `lambda` is 0.5 in the file")), "{err}");
+    assert_eq!(snapshot(&state), before);
+}
+
+#[test]
+fn hyperparameters_outside_f32_name_their_own_field() {
+    let bloop = Config::new(Method::Bloop);
+    assert_eq!(config_error(bloop.eps(1e-50)), "eps");
+    assert_eq!(config_error(bloop.eps(1e300)), "eps");
+    let message = BloopState::new(&kernels(), &gpu().queue, &layout(), bloop.eps(1e-50), EmaInits::zeros())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("underflows f32"), "{message}");
+    let sgd = bloop::Optimizer::sgd(0.1);
+    let adam = bloop::Optimizer::adam(0.1);
+    assert_eq!(config_error(bloop.optimizer(sgd.weight_decay(1e300))), "optimizer.weight_decay");
+    assert_eq!(config_error(bloop.optimizer(sgd.momentum(1e300))), "optimizer.momentum");
+    assert_eq!(config_error(bloop.optimizer(sgd.momentum(0.9).dampening(-1e300))), "optimizer.dampening");
+    assert_eq!(config_error(bloop.optimizer(adam.eps(1e300))), "optimizer.eps");
+    assert_eq!(config_error(bloop.optimizer(adam.eps(1e-50))), "optimizer.eps");
+    assert_eq!(config_error(bloop.optimizer(adam.weight_decay(4e38))), "optimizer.weight_decay");
+    // Zero stays allowed, as in PyTorch.
+    BloopState::new(&kernels(), &gpu().queue, &layout(), bloop.optimizer(adam.eps(0.0)), EmaInits::zeros()).unwrap();
+}
+
+#[test]
+fn values_that_overflow_the_stored_type_are_refused() {
+    use bloop::{DType, ElementTypes};
+    for (dtype, big) in [(DType::F16, 70000.0f32), (DType::Bf16, f32::MAX)] {
+        let config = Config::new(Method::Bloop).types(ElementTypes::all(dtype));
+        let mut values = vec![vec![0.5; 300], vec![0.25; 7]];
+        values[0][11] = big;
+        let init = EmaInits::both(EmaInit::Values(values.clone()));
+        let err = BloopState::new(&kernels(), &gpu().queue, &layout(), config, init).unwrap_err();
+        let named = |e: &Error| matches!(e, Error::Unrepresentable { leaf, index: 11, dtype: d, value, .. } if leaf == "w" && *d == dtype && *value == big);
+        assert!(named(&err), "{err}");
+        let init = EmaInits::both(EmaInit::Normal { seed: 3 });
+        let mut state = BloopState::new(&kernels(), &gpu().queue, &layout(), config, init).unwrap();
+        let before = snapshot(&state);
+        assert!(named(&state.write_ema(EmaRole::Main, &values).unwrap_err()));
+        let mut checkpoint = state.checkpoint().unwrap();
+        checkpoint.main_ema = values.clone();
+        let err = state.restore(&checkpoint).unwrap_err();
+        assert!(matches!(&err, Error::Checkpoint(m) if m.contains("overflows")), "{err}");
+        assert_eq!(snapshot(&state), before);
+    }
+    let adam = bloop::Optimizer::adam(1e-3).state_type(DType::F16);
+    let mut state = BloopState::new(
+        &kernels(),
+        &gpu().queue,
+        &layout(),
+        Config::new(Method::Bloop).optimizer(adam),
+        EmaInits::zeros(),
+    )
+    .unwrap();
+    let before = full_snapshot(&state);
+    let mut moments = vec![vec![vec![0.0; 300], vec![0.0; 7]]; 2];
+    moments[1][1][2] = 1e5;
+    let err = state.write_optimizer_state(&moments, 3).unwrap_err();
+    assert!(matches!(&err, Error::Unrepresentable { leaf, index: 2, .. } if leaf == "b"), "{err}");
+    assert_eq!(full_snapshot(&state), before);
+}
+
+#[test]
+fn mapped_and_destroyed_buffers_are_refused_at_bind_and_record_time() {
+    let mut state = state(Method::Bloop);
+    let before = snapshot(&state);
+    let (_, [main, aux, out]) = flat(bloop::pool::POOL_USAGE);
+    let mapped = gpu().device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("mapped at creation"),
+        size: 307 * 4,
+        usage: bloop::pool::POOL_USAGE,
+        mapped_at_creation: true,
+    });
+    let on_mapped = vec![LeafBuffer::new(&mapped, 0, 300), LeafBuffer::new(&mapped, 300 * 4, 7)];
+    let ok = ExternalGradients { main: &main, aux: &aux, output: Output::Buffers(&out) };
+    let err = state.bind_external(&ExternalGradients { aux: &on_mapped, ..ok }).unwrap_err();
+    assert!(matches!(&err, Error::BufferMapped { leaf, role: Role::AuxGrad } if leaf == "w"), "{err}");
+    let err = bloop::read_leaves(&gpu().device, &gpu().queue, &on_mapped).unwrap_err();
+    assert!(matches!(err, Error::BufferMapped { .. }), "{err}");
+    mapped.unmap();
+    let bindings = state.bind_external(&ExternalGradients { aux: &on_mapped, ..ok }).unwrap();
+    mapped.destroy();
+    let mut encoder = gpu().device.create_command_encoder(&Default::default());
+    let err = state.record_step(&mut encoder, &bindings).unwrap_err();
+    assert!(matches!(&err, Error::BufferDestroyed { leaf, role: Role::AuxGrad } if leaf == "w"), "{err}");
+    gpu().queue.submit([encoder.finish()]);
+    let err = state.bind_external(&ExternalGradients { aux: &on_mapped, ..ok }).unwrap_err();
+    assert!(matches!(err, Error::BufferDestroyed { .. }), "{err}");
+    assert_eq!(snapshot(&state), before);
+}
+
+#[test]
+fn read_leaves_refuses_ranges_outside_the_buffer() {
+    let (buffer, _) = flat(bloop::pool::POOL_USAGE);
+    for (offset, len) in [(buffer.size() - 8, 3), (u64::MAX - 3, 2), (0, u64::MAX / 2)] {
+        let leaf = LeafBuffer::new(&buffer, offset, len);
+        let err = bloop::read_leaves(&gpu().device, &gpu().queue, &[leaf]).unwrap_err();
+        assert!(matches!(err, Error::OutOfRange { .. }), "{offset} {len}: {err}");
+    }
+    let leaf = LeafBuffer::new(&buffer, 2, 3);
+    assert!(matches!(bloop::read_leaves(&gpu().device, &gpu().queue, &[leaf]), Err(Error::MisalignedOffset { .. })));
+}
+
+#[test]
+fn a_ring_refuses_a_state_of_another_device_and_an_early_submitted_is_harmless() {
+    let (device, _queue) = pollster::block_on(gpu().adapter.request_device(&Default::default())).unwrap();
+    let mut foreign_ring = bloop::DiagnosticsRing::new(&device, 2);
+    let mut state = state(Method::Bloop);
+    let pool = GradientPool::new(&gpu().device, &layout(), false).unwrap();
+    let bindings = state.bind_pool(&pool).unwrap();
+    let mut encoder = gpu().device.create_command_encoder(&Default::default());
+    state.record_step(&mut encoder, &bindings).unwrap();
+    let err = foreign_ring.record(&mut encoder, &state).unwrap_err();
+    assert!(matches!(err, Error::OtherDevice { what: "the state", .. }), "{err}");
+    // `submitted` before the submit used to map the slot and make the submit fail.
+    let mut ring = bloop::DiagnosticsRing::new(&gpu().device, 2);
+    assert!(ring.record(&mut encoder, &state).unwrap());
+    ring.submitted();
+    gpu().queue.submit([encoder.finish()]);
+    let landed = ring.flush().unwrap();
+    assert_eq!(landed.iter().map(|d| d.step).collect::<Vec<_>>(), vec![0]);
+}
+
+#[test]
+fn a_state_whose_checkpoint_header_could_not_be_read_is_refused_at_creation() {
+    let lengths = vec![1u64; 1_000_000];
+    let layout = Layout::from_lengths(&lengths).unwrap();
+    let err =
+        BloopState::new(&kernels(), &gpu().queue, &layout, Config::new(Method::Bloop), EmaInits::zeros()).unwrap_err();
+    assert!(
+        matches!(&err, Error::CheckpointHeader { leaves: 1_000_000, limit: 100_000_000, header_bytes, .. } if *header_bytes > 100_000_000),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("1000000 leaves") && message.contains("too many leaves"), "{message}");
+    // Mixing keeps no averages: its checkpoint holds the layout alone, which fits.
+    BloopState::new(&kernels(), &gpu().queue, &layout, Config::new(Method::Mixed), EmaInits::zeros()).unwrap();
+}
+
+#[test]
+fn the_header_bound_holds_for_real_checkpoints() {
+    use bloop::checkpoint::header_bytes_bound;
+    let adam = bloop::Optimizer::adamw(1e-3);
+    let layout =
+        Layout::from_shapes([("w \"quoted\"\n", vec![30u64, 10]), ("b", vec![7]), ("ü", vec![1, 1, 3])]).unwrap();
+    for config in
+        [Config::new(Method::PcGrad), Config::new(Method::Bloop).optimizer(adam), Config::hierarchy(&[0.5, 0.25])]
+    {
+        let state =
+            BloopState::new(&kernels(), &gpu().queue, &layout, config, EmaInits::both(EmaInit::Normal { seed: 1 }))
+                .unwrap();
+        let bytes = state.checkpoint().unwrap().to_bytes().unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let bound = header_bytes_bound(&layout, &config);
+        assert!(header <= bound && bound < header + 1024, "{:?}: header {header}, bound {bound}", config.method);
+    }
+}

@@ -2,7 +2,7 @@
 //! `fuzz/run.sh`, with cargo fuzz): checkpoint parsing and layout validation refuse bad input
 //! and never panic.
 
-use bloop::fuzzing::{checkpoint_bytes, layout_bytes};
+use bloop::fuzzing::{checkpoint_bytes, inconsistent_checkpoint, layout_bytes, restore_checkpoint};
 use bloop::rng::SplitMix64;
 use bloop::{Checkpoint, Config, Layout, Method};
 
@@ -87,4 +87,38 @@ fn layout_validation_survives_random_bytes() {
         let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         layout_bytes(&bytes);
     }
+}
+
+/// Random bytes drive the hand-built checkpoints, biased towards well-formed ones so that
+/// both sides run: most are refused, some accepted.
+#[test]
+fn restore_checks_survive_hand_built_checkpoints() {
+    let mut rng = SplitMix64::new(31);
+    let mut accepted = 0;
+    for _ in 0..4000 {
+        let len = (rng.next_u64() % 512) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        // Mostly small bytes: they read as "one vector per leaf, of its length", plain values.
+        for b in bytes.iter_mut().skip(1) {
+            if !rng.next_u64().is_multiple_of(8) {
+                *b &= 0x3c;
+            }
+        }
+        accepted += usize::from(restore_checkpoint(&bytes));
+    }
+    assert!((40..3000).contains(&accepted), "{accepted} of 4000 accepted");
+}
+
+#[test]
+fn inconsistent_checkpoint_files_are_refused_without_panicking() {
+    let mut rng = SplitMix64::new(32);
+    let mut accepted = 0;
+    for _ in 0..3000 {
+        let len = (rng.next_u64() % 24) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        accepted += usize::from(inconsistent_checkpoint(&bytes));
+    }
+    // Most edits break the file; a few (a counter within range, a cast that keeps the type)
+    // leave it valid.
+    assert!(accepted < 1500, "{accepted} of 3000 accepted");
 }

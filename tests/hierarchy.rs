@@ -135,7 +135,7 @@ fn gradient_descent_with_the_hierarchy_reaches_the_lexicographic_optimum() {
     for _ in 0..STEPS {
         for (level, g) in problem.gradients(&x).iter().enumerate() {
             let g: Vec<f32> = g.iter().map(|&v| v as f32).collect();
-            let leaf = pool.gradient(level, 0);
+            let leaf = pool.gradient(level, 0).unwrap();
             gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g));
         }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
@@ -336,7 +336,7 @@ fn bad_hierarchies_are_refused_with_typed_errors() {
     let small = GradientPool::new(&gpu().device, &layout, false).unwrap();
     assert!(matches!(state.bind_pool(&small), Err(Error::LevelCount { expected: 3, got: 2, .. })));
     // A wrong leaf names its loss.
-    let short: Vec<LeafBuffer> = vec![pool.gradient(2, 0).clone()];
+    let short: Vec<LeafBuffer> = vec![pool.gradient(2, 0).unwrap().clone()];
     let three = [pool.main_leaves(), pool.aux_leaves(), &short];
     let err = state.bind_hierarchy(&three, Output::InPlace).unwrap_err();
     assert!(matches!(err, Error::LeafCount { role: bloop::Role::Gradient(2), .. }), "{err}");
@@ -410,7 +410,7 @@ fn the_diagnostics_ring_carries_the_ratios_per_level() {
         write_pool(&pool, &random_grads(&mut rng, &lengths, k));
         let mut encoder = gpu().device.create_command_encoder(&Default::default());
         state.record_step(&mut encoder, &bindings).unwrap();
-        ring.record(&mut encoder, &state);
+        ring.record(&mut encoder, &state).unwrap();
         gpu().queue.submit([encoder.finish()]);
         ring.submitted();
         direct.push(state.read_level_ratios().unwrap());

@@ -647,10 +647,10 @@ fn refusals_name_the_problem_and_change_nothing() {
     });
     let no_storage = [LeafBuffer::new(&uniform, 0, 100), LeafBuffer::new(&uniform, 512, 30)];
     assert!(matches!(state.bind_external_with_params(&gradients, &no_storage), Err(Error::MissingUsage { .. })));
-    let on_main = [pool.main(0).clone(), LeafBuffer::new(&buffer, 400, 30)];
+    let on_main = [pool.main(0).unwrap().clone(), LeafBuffer::new(&buffer, 400, 30)];
     let err = state.bind_external_with_params(&gradients, &on_main).unwrap_err();
     assert!(matches!(&err, Error::OverlappingParams { other_role: Role::MainGrad, .. }), "{err}");
-    let on_output = [LeafBuffer::new(&buffer, 0, 100), pool.output(1).clone()];
+    let on_output = [LeafBuffer::new(&buffer, 0, 100), pool.output(1).unwrap().clone()];
     let err = state.bind_external_with_params(&gradients, &on_output).unwrap_err();
     assert!(matches!(&err, Error::OverlappingParams { other_role: Role::Output, .. }), "{err}");
     let each_other = [LeafBuffer::new(&buffer, 0, 100), LeafBuffer::new(&buffer, 396, 30)];

@@ -45,10 +45,13 @@ fn sharded_step(
     if let Some(pool) = pool {
         let owned = state.owned();
         for (k, &i) in owned.iter().enumerate() {
-            gpu.queue.write_buffer(&pool.main(k).buffer, pool.main(k).offset, bytemuck::cast_slice(&g_main[i]));
-            gpu.queue.write_buffer(&pool.aux(k).buffer, pool.aux(k).offset, bytemuck::cast_slice(&g_aux[i]));
+            let leaf = pool.main(k).unwrap();
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g_main[i]));
+            let leaf = pool.aux(k).unwrap();
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g_aux[i]));
             let nan = vec![f32::NAN; g_main[i].len()];
-            gpu.queue.write_buffer(&pool.output(k).buffer, pool.output(k).offset, bytemuck::cast_slice(&nan));
+            let leaf = pool.output(k).unwrap();
+            gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&nan));
         }
     }
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
@@ -332,7 +335,7 @@ fn mismatched_configs_layouts_and_owners_fail_on_every_rank() {
     let config = Config::new(Method::Bloop).lambda(0.5);
     assert_mismatch_everywhere(
         build_on_ranks(3, |r| (layout.clone(), owned(r), config.lambda(if r == 2 { 0.25 } else { 0.5 }))),
-        "rank 2's config differs",
+        "rank 2's config differs from rank 0's in `lambda`",
     );
     assert_mismatch_everywhere(
         build_on_ranks(3, |r| {
@@ -390,6 +393,40 @@ fn phases_out_of_order_are_refused() {
     assert_eq!(state.steps(), 1);
     // An empty shard binds nothing; a non-empty one needs its buffers.
     assert!(matches!(state.bind_pool(None), Err(Error::Mismatch(_))));
+}
+
+#[test]
+fn exchanging_sums_whose_encoder_was_not_submitted_is_refused() {
+    let layout = Layout::from_lengths(&[300, 7]).unwrap();
+    let config = Config::new(Method::Bloop).lambda(0.5);
+    let mut state = ShardedState::new(
+        &common::kernels(),
+        &common::gpu().queue,
+        &layout,
+        &[0, 1],
+        config,
+        EmaInits::zeros(),
+        &SingleRank,
+    )
+    .unwrap();
+    let (pool, bindings) = bind(&state);
+    let mut rng = SplitMix64::new(8);
+    let (g_main, g_aux) =
+        (normal_leaves(&mut rng, &layout.lengths(), 1.0), normal_leaves(&mut rng, &layout.lengths(), 1.0));
+    let first = sharded_step(&mut state, pool.as_ref(), &bindings, &SingleRank, &g_main, &g_aux);
+    let before = state.local_state().unwrap().read_ema(EmaRole::Main).unwrap();
+    let gpu = common::gpu();
+    for _ in 0..2 {
+        let mut unsubmitted = gpu.device.create_command_encoder(&Default::default());
+        state.record_sums(&mut unsubmitted, &bindings).unwrap();
+        let err = state.exchange_sums(&SingleRank).unwrap_err();
+        assert!(matches!(err, Error::StepOrder(m) if m.contains("submit the encoder of record_sums")), "{err}");
+        assert_eq!(state.steps(), 1);
+        assert_eq!(state.local_state().unwrap().read_ema(EmaRole::Main).unwrap(), before);
+    }
+    // The state is back before record_sums: a submitted step goes through with real sums.
+    let second = sharded_step(&mut state, pool.as_ref(), &bindings, &SingleRank, &g_main, &g_aux);
+    assert!(second.dots[1] > 0.0 && first.grads[0] > 0.0 && second.grads[0] == first.grads[0], "{second:?}");
 }
 
 #[test]

@@ -109,7 +109,11 @@ fn scalars_hold_the_ratio_of_the_last_step() {
     let mut state =
         BloopState::new(&common::kernels(), &gpu().queue, &layout, Config::new(Method::Bloop).ema(0.0), init).unwrap();
     let pool = GradientPool::new(&gpu().device, &layout, false).unwrap();
-    gpu().queue.write_buffer(&pool.aux(0).buffer, pool.aux(0).offset, bytemuck::cast_slice(&[3.0f32, 4.0]));
+    gpu().queue.write_buffer(
+        &pool.aux(0).unwrap().buffer,
+        pool.aux(0).unwrap().offset,
+        bytemuck::cast_slice(&[3.0f32, 4.0]),
+    );
     let bindings = state.bind_pool(&pool).unwrap();
     let mut encoder = gpu().device.create_command_encoder(&Default::default());
     state.record_step(&mut encoder, &bindings).unwrap();
@@ -121,7 +125,7 @@ fn scalars_hold_the_ratio_of_the_last_step() {
     assert_eq!((d.main_sq_norm, d.aux_sq_norm, d.dot_main_aux, d.non_finite), (0.0, 25.0, 0.0, 0.0));
     assert!(!d.skipped && d.skipped_steps == 0 && d.step == 0);
     // direction = g_main + 0.1 * (g_aux - r e) = (0, 0) + 0.1 * (0, 4)
-    let out = &bloop::read_leaves(&gpu().device, &gpu().queue, &[pool.output(0).clone()]).unwrap()[0];
+    let out = &bloop::read_leaves(&gpu().device, &gpu().queue, &[pool.output(0).unwrap().clone()]).unwrap()[0];
     assert!(out[0].abs() < 1e-6 && (out[1] - 0.4).abs() < 1e-6, "{out:?}");
 }
 

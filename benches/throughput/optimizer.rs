@@ -77,7 +77,7 @@ pub fn measure(
     // The separate kernel runs over the pool's flat buffers (leaves and their padding).
     let mut separate = BloopState::new(kernels, &gpu.queue, layout, base, EmaInits::zeros()).unwrap();
     let separate_bindings = separate.bind_pool(&pool).unwrap();
-    let direction = &pool.output(0).buffer;
+    let direction = &pool.output(0).unwrap().buffer;
     let params = &pool.params(0).unwrap().buffer;
     let n = direction.size() / 4;
     let (m, v) = (super::storage_buffer(gpu, "m", n * 4), super::storage_buffer(gpu, "v", n * 4));

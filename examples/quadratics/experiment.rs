@@ -295,7 +295,7 @@ pub fn run_gpu_with(
         let bindings = state.bind_pool_with(&pool, fused)?;
         let storage_rw = wgpu::BufferUsages::STORAGE;
         let own_theta = init("theta", bytemuck::cast_slice(&[0f32; COLS]), storage_rw);
-        let theta = if fused { view(pool.params(0).unwrap()) } else { own_theta.as_entire_binding() };
+        let theta = if fused { view(pool.params(0)?) } else { own_theta.as_entire_binding() };
         let step = init("step", bytemuck::cast_slice(&[0u32; 4]), storage_rw);
         fn view(leaf: &bloop::LeafBuffer) -> wgpu::BindingResource<'_> {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -315,9 +315,9 @@ pub fn run_gpu_with(
             entries: &[
                 wgpu::BindGroupEntry { binding: 0, resource: theta },
                 wgpu::BindGroupEntry { binding: 1, resource: step.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: view(pool.main(0)) },
-                wgpu::BindGroupEntry { binding: 3, resource: view(pool.aux(0)) },
-                wgpu::BindGroupEntry { binding: 4, resource: view(pool.output(0)) },
+                wgpu::BindGroupEntry { binding: 2, resource: view(pool.main(0)?) },
+                wgpu::BindGroupEntry { binding: 3, resource: view(pool.aux(0)?) },
+                wgpu::BindGroupEntry { binding: 4, resource: view(pool.output(0)?) },
                 wgpu::BindGroupEntry { binding: 5, resource: history },
             ],
         });

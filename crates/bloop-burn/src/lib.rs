@@ -107,6 +107,44 @@ pub enum Error {
     /// burn or cubecl failed (flush, resource lookup).
     #[error("burn: {0}")]
     Burn(String),
+    /// A gradient's rank is not its parameter's (burn itself would panic on it).
+    #[error("gradient of `{name}` ({role}) has rank {}; the parameter has rank {expected}", got.map_or("other than 1 to 6".to_string(), |r| r.to_string()))]
+    GradientRank {
+        /// The parameter's path.
+        name: String,
+        /// `main` or `aux`.
+        role: &'static str,
+        /// The parameter's rank.
+        expected: usize,
+        /// The gradient's rank, if it is one the adapter probes (1 to [`MAX_RANK`]).
+        got: Option<usize>,
+    },
+    /// A gradient's shape is not its parameter's (a transposed gradient has the right number
+    /// of elements in the wrong order).
+    #[error("gradient of `{name}` ({role}) has shape {got:?}; the parameter has shape {expected:?}")]
+    GradientShape {
+        /// The parameter's path.
+        name: String,
+        /// `main` or `aux`.
+        role: &'static str,
+        /// The parameter's shape.
+        expected: Vec<usize>,
+        /// The gradient's.
+        got: Vec<usize>,
+    },
+    /// None of the gradients given belongs to a parameter of the module: they were taken for
+    /// another model (`GradientsParams::from_grads(.., &other)`), or no loss reached the module.
+    /// Going on would combine zeros and still move the averages.
+    #[error(
+        "none of the {given} {role} gradients belongs to a parameter of this module \
+         (gradients of another model, or a loss that reaches none of its parameters)"
+    )]
+    ForeignGradients {
+        /// `main` or `aux`.
+        role: &'static str,
+        /// How many gradients were given.
+        given: usize,
+    },
 }
 
 /// The adapter's result type.
@@ -330,7 +368,21 @@ impl BurnBloop {
     /// One step: combines the main and aux gradients of every parameter in place on burn's
     /// buffers and returns them as the gradients for the optimizer. Gradients of tensors that
     /// are not parameters of the module are dropped.
+    ///
+    /// Refused before anything is taken or recorded, the state left as it was: a gradient whose
+    /// rank or shape is not its parameter's ([`Error::GradientRank`], [`Error::GradientShape`]),
+    /// main gradients none of which belongs to the module, and aux gradients none of which does
+    /// when some are given ([`Error::ForeignGradients`]). An empty aux set is a loss that
+    /// touches no parameter: zero aux gradients. The rank check asks burn for the gradient at
+    /// each rank under `catch_unwind` (burn's container panics on a rank it was not stored
+    /// with), so it needs the default `panic = "unwind"`.
     pub fn combine(&mut self, mut main: GradientsParams, mut aux: GradientsParams) -> Result<GradientsParams> {
+        if check_gradients(&self.leaves, &main, "main")? == 0 {
+            return Err(Error::ForeignGradients { role: "main", given: main.len() });
+        }
+        if check_gradients(&self.leaves, &aux, "aux")? == 0 && !aux.is_empty() {
+            return Err(Error::ForeignGradients { role: "aux", given: aux.len() });
+        }
         let n = self.leaves.len();
         let mut main_prims = Vec::with_capacity(n);
         let mut aux_prims: Vec<Option<Primitive>> = Vec::with_capacity(n);
@@ -452,6 +504,52 @@ impl BurnBloop {
         }));
         self.cache.clear();
     }
+}
+
+thread_local! {
+    /// Set while [`probe`] asks burn for a gradient at a rank it may not have.
+    static PROBING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The gradient of `id` in `grads` if it is stored with rank `D`: `Ok(None)` when there is
+/// none, `Err(())` when there is one of another rank (burn's container panics then; the panic
+/// is caught, and kept out of the panic hook's output).
+fn probe<const D: usize>(grads: &GradientsParams, id: ParamId) -> std::result::Result<Option<Tensor<D>>, ()> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PROBING.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PROBING.with(|p| p.set(true));
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| grads.get::<D>(id)));
+    PROBING.with(|p| p.set(false));
+    got.map_err(|_| ())
+}
+
+/// Checks every parameter's gradient in `grads` (rank and shape) without taking any, and
+/// returns how many parameters have one.
+fn check_gradients(leaves: &[ParamLeaf], grads: &GradientsParams, role: &'static str) -> Result<usize> {
+    let mut found = 0;
+    for leaf in leaves {
+        let rank = leaf.shape.len();
+        let dims = with_rank!(rank, D => probe::<D>(grads, leaf.id).map(|t| t.map(|t| t.dims().to_vec())));
+        match dims {
+            Ok(None) => {}
+            Ok(Some(dims)) if dims == leaf.shape => found += 1,
+            Ok(Some(got)) => {
+                return Err(Error::GradientShape { name: leaf.name.clone(), role, expected: leaf.shape.clone(), got });
+            }
+            Err(()) => {
+                let got = (1..=MAX_RANK).find(|&r| r != rank && with_rank!(r, D => probe::<D>(grads, leaf.id).is_ok()));
+                return Err(Error::GradientRank { name: leaf.name.clone(), role, expected: rank, got });
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Takes the gradient of `leaf` out of `grads` as burn's primitive.

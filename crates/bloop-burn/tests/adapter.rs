@@ -336,3 +336,55 @@ fn errors_are_typed() {
         Err(bloop_burn::Error::Bloop(_))
     ));
 }
+
+/// Gradients that do not fit the module (another rank or shape, another model's) are refused
+/// before anything is taken or recorded: the averages and the step count stay as they were.
+#[test]
+fn gradients_that_do_not_fit_the_module_are_refused() {
+    let gpu = gpu();
+    let device = gpu.device.clone().autodiff();
+    let inner = gpu.device.clone();
+    let model = Mlp::new(&device);
+    let other = Mlp::new(&device);
+    let config = Config::new(Method::Bloop).ema(0.5).lambda(1.0);
+    let inits = EmaInits::both(EmaInit::Normal { seed: 3 });
+    let mut bloop = BurnBloop::new(&model, config, &gpu.kernels, &gpu.queue, inits).unwrap();
+    let snapshot = |b: &BurnBloop| (b.state().steps(), b.state().read_ema(bloop::EmaRole::Main).unwrap());
+    let before = snapshot(&bloop);
+    let grads = |m: &Mlp| {
+        let (x, y) = batch(&device, 0);
+        let main = GradientsParams::from_grads(m.main_loss(x, y).backward(), m);
+        let aux = GradientsParams::from_grads(m.aux_loss().backward(), m);
+        (main, aux)
+    };
+    use bloop_burn::Error;
+    let (mut main, aux) = grads(&model);
+    main.register::<1>(model.l1.weight.id, Tensor::<1>::zeros([8 * 16], &inner));
+    let err = bloop.combine(main, aux).unwrap_err();
+    assert!(
+        matches!(&err, Error::GradientRank { name, role: "main", expected: 2, got: Some(1) } if name == "l1.weight"),
+        "{err}"
+    );
+    let (main, mut aux) = grads(&model);
+    aux.register::<2>(model.l2.weight.id, Tensor::<2>::zeros([12, 16], &inner));
+    let err = bloop.combine(main, aux).unwrap_err();
+    assert!(
+        matches!(&err, Error::GradientShape { name, role: "aux", expected, got } if name == "l2.weight" && expected == &[16, 12] && got == &[12, 16]),
+        "{err}"
+    );
+    let (foreign, _) = grads(&other);
+    let (_, aux) = grads(&model);
+    let err = bloop.combine(foreign, aux).unwrap_err();
+    assert!(matches!(err, Error::ForeignGradients { role: "main", given: 6 }), "{err}");
+    let (main, _) = grads(&model);
+    let (_, foreign) = grads(&other);
+    let err = bloop.combine(main, foreign).unwrap_err();
+    assert!(matches!(err, Error::ForeignGradients { role: "aux", given: 2 }), "{err}");
+    let err = bloop.combine(GradientsParams::new(), GradientsParams::new()).unwrap_err();
+    assert!(matches!(err, Error::ForeignGradients { role: "main", given: 0 }), "{err}");
+    assert_eq!(snapshot(&bloop), before);
+    // An empty aux set is a loss that touches nothing: zero aux gradients, a step like any other.
+    let (main, _) = grads(&model);
+    bloop.combine(main, GradientsParams::new()).unwrap();
+    assert_eq!(bloop.state().steps(), 1);
+}

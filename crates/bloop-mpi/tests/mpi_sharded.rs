@@ -68,10 +68,13 @@ impl Rank {
         let (device, queue) = (&self.gpu.device, &self.gpu.queue);
         if let Some(pool) = pool {
             for (k, &i) in state.owned().iter().enumerate() {
-                queue.write_buffer(&pool.main(k).buffer, pool.main(k).offset, bytemuck::cast_slice(&g_main[i]));
-                queue.write_buffer(&pool.aux(k).buffer, pool.aux(k).offset, bytemuck::cast_slice(&g_aux[i]));
+                let leaf = pool.main(k).unwrap();
+                queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g_main[i]));
+                let leaf = pool.aux(k).unwrap();
+                queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&g_aux[i]));
                 let nan = vec![f32::NAN; g_main[i].len()];
-                queue.write_buffer(&pool.output(k).buffer, pool.output(k).offset, bytemuck::cast_slice(&nan));
+                let leaf = pool.output(k).unwrap();
+                queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(&nan));
             }
         }
         let mut encoder = device.create_command_encoder(&Default::default());

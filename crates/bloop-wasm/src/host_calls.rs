@@ -37,11 +37,10 @@ pub(crate) async fn check(gpu: &GpuContext, kernels: &Arc<Kernels>) -> Result<St
         write(&gpu.queue, pool.aux_leaves(), &aux);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         state.record_step(&mut encoder, &bindings).map_err(e)?;
-        if !ring.record(&mut encoder, &state) {
+        if !ring.record(&mut encoder, &state).map_err(e)? {
             return Err(format!("the diagnostics ring had no free slot at step {step}"));
         }
         gpu.queue.submit([encoder.finish()]);
-        ring.submitted();
         direction = reference.step(&widen(&main), &widen(&aux));
     }
     let landed = ring.flush_async().await.map_err(e)?;
