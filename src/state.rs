@@ -84,6 +84,7 @@ impl std::fmt::Debug for StepBindings {
             .field("dispatches", &self.plan.dispatches.len())
             .field("tiles", &self.plan.tile_count)
             .field("vec4", &self.kernels.variant.vec4)
+            .field("storage_buffers", &self.storage_buffers())
             .finish()
     }
 }
@@ -104,6 +105,12 @@ impl StepBindings {
     /// or a hierarchy, and every bound range a whole number of vec4s.
     pub fn vector_loads(&self) -> bool {
         self.kernels.variant.vec4
+    }
+
+    /// Storage buffers each stage over tiles binds (`max_storage_buffers_per_shader_stage`
+    /// must allow them): levels bound as planes of one buffer count once.
+    pub fn storage_buffers(&self) -> u32 {
+        crate::kernels::Kernels::storage_buffers(self.kernels.variant)
     }
 
     /// Where each leaf's direction lands (none with [`Output::Discard`]).
@@ -236,17 +243,25 @@ impl BloopState {
         let flags = VariantFlags::of(&config);
         kernels.compile(kernels.describe(Kind::of(&config), false, flags, config.types, opt, true))?;
         let max_buffer = device.limits().max_buffer_size;
-        let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
-        let mut stores: Vec<Option<EmaStore>> = Vec::new();
-        for &(kept, role, _) in &inits {
-            let mut store = None;
-            if kept {
-                let label = format!("bloop {role:?} EMA");
-                let (buffers, leaves) = packing.allocate(&device, layout, EMA_USAGE, &label)?;
-                store = Some(EmaStore { _buffers: buffers, leaves });
-            }
-            stores.push(store);
-        }
+        // Every average of a leaf next to the others, so that a step binds them as planes of one
+        // buffer (`shaders::Variant::state_planes`).
+        let kept = inits.iter().filter(|i| i.0).count();
+        let (buffers, planes) = match kept {
+            0 => (Vec::new(), Vec::new()),
+            _ => Packing::planes(layout, config.types.ema, kept, max_buffer, "EMA")?.allocate_planes(
+                &device,
+                layout,
+                EMA_USAGE,
+                "bloop EMA",
+            )?,
+        };
+        let mut planes = planes.into_iter();
+        let stores: Vec<Option<EmaStore>> = inits
+            .iter()
+            .map(|&(kept, ..)| {
+                kept.then(|| EmaStore { _buffers: buffers.clone(), leaves: planes.next().expect("a plane") })
+            })
+            .collect();
         let mut stores = stores.into_iter();
         let (main_ema, aux_ema) = (stores.next().flatten(), stores.next().flatten());
         let levels: Vec<EmaStore> = stores.flatten().collect();
@@ -259,13 +274,17 @@ impl BloopState {
         let optimizer = match &config.optimizer {
             None => None,
             Some(o) => {
-                let packing = Packing::new(layout, o.state, max_buffer, "optimizer state")?;
-                let mut tensors = Vec::new();
-                for name in o.kind().state_names() {
-                    let (buffers, leaves) =
-                        packing.allocate(&device, layout, EMA_USAGE, &format!("bloop optimizer {name}"))?;
-                    tensors.push(EmaStore { _buffers: buffers, leaves });
-                }
+                // The moments of a leaf next to each other: planes of one binding, as the averages.
+                let names = o.kind().state_names();
+                let tensors = match names.len() {
+                    0 => Vec::new(),
+                    n => {
+                        let packing = Packing::planes(layout, o.state, n, max_buffer, "optimizer state")?;
+                        let (buffers, planes) =
+                            packing.allocate_planes(&device, layout, EMA_USAGE, "bloop optimizer state")?;
+                        planes.into_iter().map(|leaves| EmaStore { _buffers: buffers.clone(), leaves }).collect()
+                    }
+                };
                 let schedule = gpu_scope(&device, "allocating the optimizer's schedule", || {
                     device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("bloop learning rate"),
@@ -607,7 +626,10 @@ impl BloopState {
             let store = self.store(EmaRole::Level(j))?;
             roles.push(RoleLeaves::state(slots::ema(k32, j as u32), &store.leaves));
         }
+        let gradient_planes = as_planes(&self.device, &mut roles[..=k]);
+        let state_planes = as_planes(&self.device, &mut roles[k + 1..]);
         roles.push(RoleLeaves::user(slots::out(k32), output, true));
+        let variant = Variant { gradient_planes, state_planes, ..variant };
         self.finish_bindings(variant, &roles, 16 * slots::partial_vecs(k32) as u64, output)
     }
 
@@ -697,24 +719,35 @@ impl BloopState {
         let variant =
             self.kernels.describe(Kind::of(c), inputs_writable, flags, c.types, c.optimizer.as_ref(), write_out);
 
-        let mut roles = vec![
+        let mut gradient_roles = [
             RoleLeaves::user(slot::MAIN, gradients.main, inputs_writable),
             RoleLeaves::user(slot::AUX, gradients.aux, inputs_writable),
         ];
+        let gradient_planes = as_planes(&self.device, &mut gradient_roles);
+        let mut roles = gradient_roles.to_vec();
         if write_out {
             roles.push(RoleLeaves::user(slot::OUT, output, true));
         }
-        for (store, slot) in [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)] {
-            if let Some(store) = store {
-                roles.push(RoleLeaves::state(slot, &store.leaves));
-            }
-        }
+        let mut averages: Vec<RoleLeaves> = [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)]
+            .into_iter()
+            .filter_map(|(store, slot)| store.as_ref().map(|store| RoleLeaves::state(slot, &store.leaves)))
+            .collect();
+        let mut moments = Vec::new();
         if let Some(store) = &self.optimizer {
             roles.push(RoleLeaves::user(slot::PARAMS, params, true));
-            for (&slot, t) in [slot::OPT_M, slot::OPT_V].iter().zip(&store.tensors) {
-                roles.push(RoleLeaves::state(slot, &t.leaves));
-            }
+            let slots = [slot::OPT_M, slot::OPT_V];
+            moments.extend(slots.iter().zip(&store.tensors).map(|(&slot, t)| RoleLeaves::state(slot, &t.leaves)));
         }
+        // One switch for both (`Variant::state_planes`): planes where both fit.
+        let (mut planar_averages, mut planar_moments) = (averages.clone(), moments.clone());
+        let state_planes =
+            as_planes(&self.device, &mut planar_averages) && as_planes(&self.device, &mut planar_moments);
+        if state_planes {
+            (averages, moments) = (planar_averages, planar_moments);
+        }
+        roles.extend(averages);
+        roles.extend(moments);
+        let variant = Variant { gradient_planes, state_planes, ..variant };
         self.finish_bindings(variant, &roles, PARTIAL_BYTES, output)
     }
 
@@ -952,6 +985,19 @@ fn check_init(layout: &Layout, role: Role, init: &EmaInit, dtype: DType) -> Resu
         }
         EmaInit::Buffers(sources) => validate::leaves(layout, role, sources, wgpu::BufferUsages::COPY_SRC, dtype),
     }
+}
+
+/// Binds `roles` (the levels of one kind: gradients, averages, moments) as planes of one buffer
+/// where their leaves allow it (`plan::planes_fit`): whether they now are (as one role or none
+/// trivially is, so that the variant matches the one compiled at the state's creation).
+fn as_planes(device: &wgpu::Device, roles: &mut [RoleLeaves]) -> bool {
+    let Some(first) = roles.first().map(|r| r.binding) else { return true };
+    let planes: Vec<RoleLeaves> = roles.iter().map(|r| r.plane_of(first)).collect();
+    let fit = crate::plan::planes_fit(device, &planes);
+    if fit {
+        roles.copy_from_slice(&planes);
+    }
+    fit
 }
 
 fn copy_leaves(encoder: &mut wgpu::CommandEncoder, sources: &[LeafBuffer], targets: &[LeafBuffer]) {
