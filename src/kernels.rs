@@ -38,8 +38,6 @@ pub(crate) mod slot {
     pub const PARAMS: u32 = 6;
     pub const OPT_M: u32 = 7;
     pub const OPT_V: u32 = 8;
-    /// Group 0: the optimizer's schedule (learning rate, step count).
-    pub const SCHEDULE: u32 = 3;
 }
 
 /// The switches of a config that select code (see [`Variant`]).
@@ -356,15 +354,16 @@ impl Kernels {
         Ok(kernels)
     }
 
-    /// Storage buffers a stage over tiles of `variant` binds: the scalars, the partials (and an
-    /// optimizer's schedule), the tile table, every binding of the state's roles once, and
-    /// every binding of the user's roles once per slot. A hierarchy of k auxiliary losses with
+    /// Storage buffers a stage over tiles of `variant` binds: the scalars (an optimizer's
+    /// schedule among them), the partials, the tile table, every binding of the state's roles
+    /// once, and every binding of the user's roles once per slot. A fused optimizer through a
+    /// pool binds at most 8 (PCGrad with Adam), as its moments are planes of one buffer too. A hierarchy of k auxiliary losses with
     /// one slot binds 6 with its gradients and averages as planes ([`Variant::gradient_planes`],
     /// [`Variant::state_planes`]), k + 6 with its averages alone as planes, 2k + 5 without.
     pub(crate) fn storage_buffers(variant: Variant) -> u32 {
         let slots = variant.slots as u32;
         let roles: u32 = variant.bindings().iter().map(|&(_, user, _)| if user { slots } else { 1 }).sum();
-        3 + variant.optimizer.is_some() as u32 + roles
+        3 + roles
     }
 
     /// Refuses `variant` where the device allows fewer storage buffers per stage than it binds
@@ -409,7 +408,7 @@ impl Kernels {
 
     fn build(&self, variant: Variant) -> VariantKernels {
         let device = &self.device;
-        let mut state_entries = vec![
+        let state_entries = vec![
             wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -423,9 +422,6 @@ impl Kernels {
             storage_entry(1, false),
             storage_entry(2, false),
         ];
-        if variant.optimizer.is_some() {
-            state_entries.push(storage_entry(slot::SCHEDULE, false));
-        }
         let group0 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bloop state"),
             entries: &state_entries,

@@ -129,13 +129,17 @@ struct EmaStore {
     leaves: Vec<LeafBuffer>,
 }
 
-/// Byte offset of the learning rate (f32) in [`BloopState::learning_rate_buffer`].
-pub const LEARNING_RATE_OFFSET: u64 = 0;
+/// Byte offset of the learning rate (f32) in [`BloopState::learning_rate_buffer`]: after the
+/// step's scalars, in their buffer (`Scalars.schedule` in `shaders/bindings.wgsl`).
+pub const LEARNING_RATE_OFFSET: u64 = SCALARS_BYTES;
 /// Byte offset of the optimizer's step count (u32) in [`BloopState::learning_rate_buffer`].
-pub const OPTIMIZER_STEP_OFFSET: u64 = 4;
+pub const OPTIMIZER_STEP_OFFSET: u64 = LEARNING_RATE_OFFSET + 4;
+/// Bytes of the schedule after the scalars (learning rate, step count, padding).
+const SCHEDULE_BYTES: u64 = 16;
 
 /// The optimizer's GPU side: its schedule (learning rate, step count) and state tensors.
 struct OptimizerStore {
+    /// The scalars' buffer, which holds the schedule at [`LEARNING_RATE_OFFSET`].
     schedule: wgpu::Buffer,
     tensors: Vec<EmaStore>,
 }
@@ -266,12 +270,16 @@ impl BloopState {
         let (main_ema, aux_ema) = (stores.next().flatten(), stores.next().flatten());
         let levels: Vec<EmaStore> = stores.flatten().collect();
         // A hierarchy's finalize stage writes its coefficients and ratios after the scalars.
-        let scalars_bytes = match Kind::of(&config) {
-            Kind::Hierarchy(k) => SCALARS_BYTES + 4 * crate::shaders::hierarchy_slots::level_words(k as u32) as u64,
-            _ => SCALARS_BYTES,
+        // An optimizer's schedule follows them.
+        let scalars_bytes = match (Kind::of(&config), config.optimizer) {
+            (Kind::Hierarchy(k), _) => {
+                SCALARS_BYTES + 4 * crate::shaders::hierarchy_slots::level_words(k as u32) as u64
+            }
+            (_, Some(_)) => SCALARS_BYTES + SCHEDULE_BYTES,
+            (_, None) => SCALARS_BYTES,
         }
         .next_multiple_of(16);
-        let optimizer = match &config.optimizer {
+        let tensors = match &config.optimizer {
             None => None,
             Some(o) => {
                 // The moments of a leaf next to each other: planes of one binding, as the averages.
@@ -285,16 +293,7 @@ impl BloopState {
                         planes.into_iter().map(|leaves| EmaStore { _buffers: buffers.clone(), leaves }).collect()
                     }
                 };
-                let schedule = gpu_scope(&device, "allocating the optimizer's schedule", || {
-                    device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("bloop learning rate"),
-                        size: 16,
-                        usage: EMA_USAGE,
-                        mapped_at_creation: false,
-                    })
-                })?;
-                queue.write_buffer(&schedule, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(o.lr as f32)));
-                Some(OptimizerStore { schedule, tensors })
+                Some(tensors)
             }
         };
         // Buffers are filled through the queue, never mapped at creation: mapping panics inside
@@ -315,6 +314,10 @@ impl BloopState {
             });
             (params, scalars)
         })?;
+        let optimizer = tensors.map(|tensors| OptimizerStore { schedule: scalars.clone(), tensors });
+        if let Some(o) = &config.optimizer {
+            queue.write_buffer(&scalars, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(o.lr as f32)));
+        }
         let state = BloopState {
             id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
             kernels: kernels.clone(),
@@ -418,9 +421,10 @@ impl BloopState {
         self.optimizer.as_ref().ok_or_else(|| Error::Optimizer("the state's config has no optimizer".into()))
     }
 
-    /// The optimizer's schedule buffer (`STORAGE | COPY_SRC | COPY_DST`, 16 bytes): the learning
-    /// rate as f32 at byte [`LEARNING_RATE_OFFSET`], the steps applied so far as u32 at byte
-    /// [`OPTIMIZER_STEP_OFFSET`]. Write the learning rate with `queue.write_buffer`, a buffer
+    /// The buffer that holds the optimizer's schedule (`STORAGE | COPY_SRC | COPY_DST`; the
+    /// step's scalars, [`BloopState::scalars_buffer`], with the schedule after them): the
+    /// learning rate as f32 at byte [`LEARNING_RATE_OFFSET`], the steps applied so far as u32
+    /// at byte [`OPTIMIZER_STEP_OFFSET`]. Write the learning rate with `queue.write_buffer`, a buffer
     /// copy or a kernel of your own at any time: each step reads it when it runs, so a schedule
     /// needs neither rebinding nor a host sync. Leave the step count to the library.
     pub fn learning_rate_buffer(&self) -> Result<&wgpu::Buffer> {
@@ -445,7 +449,7 @@ impl BloopState {
     /// The learning rate and the optimizer's step count, read from the GPU (blocks).
     pub fn read_schedule(&self) -> Result<(f32, u64)> {
         self.kernels.check_device()?;
-        let leaf = LeafBuffer::new(&self.optimizer_store()?.schedule, 0, 2);
+        let leaf = LeafBuffer::new(&self.optimizer_store()?.schedule, LEARNING_RATE_OFFSET, 2);
         let words = &readback::read_leaves(&self.device, &self.queue, &[leaf])?[0];
         Ok((words[0], words[1].to_bits() as u64))
     }
@@ -780,17 +784,11 @@ impl BloopState {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let mut entries = vec![
+            let entries = vec![
                 wgpu::BindGroupEntry { binding: 0, resource: self.params.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 1, resource: self.scalars.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 2, resource: partials.as_entire_binding() },
             ];
-            if let Some(store) = &self.optimizer {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: slot::SCHEDULE,
-                    resource: store.schedule.as_entire_binding(),
-                });
-            }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("bloop state"),
                 layout: &kernels.group0,
@@ -913,7 +911,7 @@ impl BloopState {
                 readback::write_leaves(&self.queue, &t.leaves, values);
             }
             let words = [saved.learning_rate.to_bits(), step];
-            self.queue.write_buffer(&store.schedule, 0, bytemuck::cast_slice(&words));
+            self.queue.write_buffer(&store.schedule, LEARNING_RATE_OFFSET, bytemuck::cast_slice(&words));
         }
         if let Some(store) = &self.main_ema {
             readback::write_leaves(&self.queue, &store.leaves, &checkpoint.main_ema);

@@ -238,11 +238,14 @@ fn slots_stay_within_the_device_limits() {
         let expected = reference.step(&widen(&g_main), &widen(&g_aux));
         let out = widen(&read_leaves(&limited.device, &limited.queue, leaves.output_leaves()).unwrap());
         assert!(relative_error(&out, &expected) <= BOUND, "limit {limit}");
-        // A variant that does not fit even one slot is refused when the state is made: PCGrad
-        // with Adam binds 9 though its averages and moments are planes of one buffer each.
+        // PCGrad with Adam binds 8 through a pool (its averages and moments as planes); the
+        // user's buffers, one per leaf, take one slot more than that and are refused when bound.
         if limit == 8 {
             let adam = Config::new(Method::PcGrad).optimizer(Optimizer::adam(1e-3));
-            match BloopState::new(&kernels, &limited.queue, &layout, adam, bloop::EmaInits::zeros()) {
+            let state = BloopState::new(&kernels, &limited.queue, &layout, adam, bloop::EmaInits::zeros()).unwrap();
+            let leaves = Leaves::new(&mut rng, &limited, &layout, Arrangement::PerLeaf);
+            let params = Leaves::new(&mut rng, &limited, &layout, Arrangement::PerLeaf).main;
+            match state.bind_external_with_params(&leaves.gradients(), &params) {
                 Err(Error::ExceedsCount { needed: 9, limit: 8, limit_name, .. }) => {
                     assert_eq!(limit_name, "max_storage_buffers_per_shader_stage")
                 }
