@@ -357,13 +357,13 @@ fn bad_hierarchies_are_refused_with_typed_errors() {
 
 /// Steps of a hierarchy of `k` aux losses through a pool on `gpu` (kernels made for it), each
 /// checked against the f64 reference: the direction and every average.
-/// Returns the storage buffers the step bound.
+/// Returns the storage buffers the step bound, or the error binding the pool gave.
 fn pool_steps_match_the_reference(
     gpu: &GpuContext,
     kernels: &std::sync::Arc<Kernels>,
     lengths: &[u64],
     k: usize,
-) -> u32 {
+) -> Result<u32, Error> {
     let layout = Layout::from_lengths(lengths).unwrap();
     let mut rng = SplitMix64::new(40 + k as u64);
     let lambdas: Vec<f64> = (0..k).map(|i| 0.6 / (i + 1) as f64).collect();
@@ -373,7 +373,7 @@ fn pool_steps_match_the_reference(
     let mut state = BloopState::new_hierarchy(kernels, &gpu.queue, &layout, config, values).unwrap();
     let mut reference = HierarchyReference::new(config, inits.iter().map(|v| widen(v)).collect());
     let pool = GradientPool::hierarchy(&gpu.device, &layout, k, false, ElementTypes::default()).unwrap();
-    let bindings = state.bind_pool(&pool).unwrap();
+    let bindings = state.bind_pool(&pool)?;
     for _ in 0..2 {
         let grads = random_grads(&mut rng, lengths, k);
         for (level, g) in grads.iter().enumerate() {
@@ -392,7 +392,7 @@ fn pool_steps_match_the_reference(
             assert!(relative_error(&got, want) < 1e-5, "k = {k}: average {j}");
         }
     }
-    bindings.storage_buffers()
+    Ok(bindings.storage_buffers())
 }
 
 #[test]
@@ -407,7 +407,7 @@ fn every_level_up_to_eight_fits_webgpu_limits_through_the_pool() {
     assert_eq!(limits.max_compute_workgroup_storage_size, 16 << 10);
     let kernels = Kernels::new(&limited.device);
     for k in 1..=bloop::MAX_LEVELS {
-        assert_eq!(pool_steps_match_the_reference(&limited, &kernels, &[5, 300, 4097], k), 6, "k = {k}");
+        assert_eq!(pool_steps_match_the_reference(&limited, &kernels, &[5, 300, 4097], k).unwrap(), 6, "k = {k}");
     }
     // The user's buffers, one per loss, need a binding each: k + 6, so 8 allow k = 2, and
     // three aux losses are refused naming the limit, the state left as it was.
@@ -439,16 +439,27 @@ fn leaves_too_large_for_one_window_of_planes_bind_each_level_alone() {
         ..limits
     }))
     .unwrap();
+    let limit = small.device.limits().max_storage_buffers_per_shader_stage as usize;
     let one_slot = bloop::KernelOptions { max_slots: 1, ..Default::default() };
     for kernels in [Kernels::new(&small.device), Kernels::with_options(&small.device, one_slot)] {
         for k in [2, 3] {
-            let bound = pool_steps_match_the_reference(&small, &kernels, &[3000, 7, 900], k) as usize;
             // With one slot: scalars, partials, table, output, a binding per gradient, and the
             // averages as planes only where two (24 KB) fit 16 KiB. With more, windows of one
-            // buffer may also share a dispatch as slots.
-            let averages = if k == 2 { 1 } else { k };
-            let one_slot = kernels.options().max_slots == 1;
-            assert!(bound > 6 && (!one_slot || bound == 4 + (k + 1) + averages), "k = {k}: {bound}");
+            // buffer may also share a dispatch as slots. A device that allows fewer (SwiftShader's
+            // 10 at k = 3) refuses the binding naming the limit.
+            let least = 4 + (k + 1) + if k == 2 { 1 } else { k };
+            match pool_steps_match_the_reference(&small, &kernels, &[3000, 7, 900], k) {
+                Ok(bound) => {
+                    let bound = bound as usize;
+                    let one_slot = kernels.options().max_slots == 1;
+                    assert!(least <= limit && bound >= least && (!one_slot || bound == least), "k = {k}: {bound}");
+                }
+                Err(Error::ExceedsCount { needed, limit_name, .. }) => {
+                    assert!(least > limit && needed as usize == least, "k = {k}: {needed}");
+                    assert_eq!(limit_name, "max_storage_buffers_per_shader_stage");
+                }
+                Err(e) => panic!("k = {k}: {e}"),
+            }
         }
     }
 }
