@@ -36,6 +36,11 @@ struct Args {
     /// Store f16 in u32 words even where the adapter has `SHADER_F16`.
     #[arg(long)]
     packed_f16: bool,
+    /// Open the device with WebGPU's default limits (wgpu's `Limits::default()`: 8 storage
+    /// buffers per stage, 256 invocations and 16 KiB of workgroup storage) instead of the
+    /// adapter's.
+    #[arg(long)]
+    webgpu_limits: bool,
     /// Folders of golden-case `*.json` files.
     #[arg(required = true)]
     dirs: Vec<PathBuf>,
@@ -61,7 +66,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let gpu = match GpuContext::from_env() {
+    let opened = match args.webgpu_limits {
+        true => pollster::block_on(GpuContext::from_env_with_limits(|_| wgpu::Limits::default())),
+        false => GpuContext::from_env(),
+    };
+    let gpu = match opened {
         Ok(gpu) => gpu,
         Err(e) => {
             eprintln!("error: {e}");

@@ -185,9 +185,9 @@ fn apply(
 #endif
     var c = Coefficients(params.scale, params.lambda, scalars.ratio_main, scalars.ratio_aux, 0.0, 0.0, 1.0, 1.0);
 #ifdef OPTIMIZER
-    let t = f32(schedule.step);
-    c.lr = schedule.lr;
-    c.first = select(0.0, 1.0, schedule.step == 1u);
+    let t = f32(scalars.schedule.step);
+    c.lr = scalars.schedule.lr;
+    c.first = select(0.0, 1.0, scalars.schedule.step == 1u);
 #ifdef ADAM
     c.bc1 = one_minus_exp(t * params.log_beta1);
     c.bc2_sqrt = sqrt(one_minus_exp(t * params.log_beta2));

@@ -67,6 +67,11 @@ struct Scalars {
     // |g_main|^2, |g_aux|^2, <g_main, g_aux>, and the count of non-finite gradient elements
     // (computed with the guard or diagnostics on).
     grads: vec4<f32>,
+#ifdef OPTIMIZER
+    // In this buffer rather than one of its own, so that a fused optimizer binds one storage
+    // buffer less (8 per stage in WebGPU).
+    schedule: Schedule,
+#endif
 #ifdef HIERARCHY
     // The coefficients and ratios of `shaders/hierarchy_finalize.wgsl`.
     levels: array<f32, LEVEL_WORDS>,
@@ -84,18 +89,16 @@ struct Partial {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> scalars: Scalars;
 @group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
-#ifdef OPTIMIZER
 
-// The optimizer's schedule (`BloopState::learning_rate_buffer`): the learning rate, written by
-// the user between steps, and the steps applied so far (advanced by the finalize stage of every
-// step the guard lets through).
+// The optimizer's schedule (`BloopState::learning_rate_buffer`, at `LEARNING_RATE_OFFSET`):
+// the learning rate, written by the user between steps, and the steps applied so far
+// (advanced by the finalize stage of every step the guard lets through).
 struct Schedule {
     lr: f32,
     step: u32,
+    pad0: u32,
+    pad1: u32,
 }
-
-@group(0) @binding(3) var<storage, read_write> schedule: Schedule;
-#endif
 
 // This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
 // first partial, [2] the word where segments start, [3 + 2 (t * SLOTS + s)] the first segment

@@ -68,7 +68,7 @@ fn finalize(
 #ifdef OPTIMIZER
         // The optimizer's step count t (bias correction, SGD's first momentum step) counts
         // only the steps that update the parameters.
-        schedule.step += 1u - skip;
+        scalars.schedule.step += 1u - skip;
 #endif
         scalars.dots = dots_total;
         scalars.grads = grads_total;

@@ -1,20 +1,21 @@
-// ROLE stored as f16 through `enable f16` (binding BINDING). Each element is its own memory
-// location, so neighbouring halves are never touched.
-@group(1) @binding(BINDING) var<storage, ACCESS> ROLE: array<f16>;
+// ROLE stored as f16 through `enable f16`, in ARRAY at binding BINDING (roles bound as planes
+// of one buffer share the array). Each element is its own memory location, so neighbouring
+// halves are never touched.
+@group(1) @binding(BINDING) var<storage, ACCESS> ARRAY: array<f16>;
 
 fn load_ROLE(i: u32) -> f32 {
-    return f32(ROLE[i]);
+    return f32(ARRAY[i]);
 }
 #ifdef WRITABLE
 
 fn store_ROLE(i: u32, v: f32) {
-    ROLE[i] = f16(v);
+    ARRAY[i] = f16(v);
 }
 
 fn store_ROLE_pair(i: u32, v0: f32, v1: f32, both: bool) {
-    ROLE[i] = f16(v0);
+    ARRAY[i] = f16(v0);
     if both {
-        ROLE[i + 1u] = f16(v1);
+        ARRAY[i + 1u] = f16(v1);
     }
 }
 #endif

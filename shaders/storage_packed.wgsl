@@ -1,17 +1,18 @@
-// ROLE stored as FORMAT, two per 32-bit word (binding BINDING). A writable word is atomic: an
-// element that shares its word with another leaf, or with an element another invocation
-// writes, is stored by clearing and setting only its own half, so neighbours stay intact.
+// ROLE stored as FORMAT, two per 32-bit word, in ARRAY at binding BINDING (roles bound as
+// planes of one buffer share the array). A writable word is atomic: an element that shares
+// its word with another leaf, or with an element another invocation writes, is stored by
+// clearing and setting only its own half, so neighbours stay intact.
 #ifdef WRITABLE
-@group(1) @binding(BINDING) var<storage, read_write> ROLE: array<atomic<u32>>;
+@group(1) @binding(BINDING) var<storage, read_write> ARRAY: array<atomic<u32>>;
 
 fn word_ROLE(w: u32) -> u32 {
-    return atomicLoad(&ROLE[w]);
+    return atomicLoad(&ARRAY[w]);
 }
 #else
-@group(1) @binding(BINDING) var<storage, read> ROLE: array<u32>;
+@group(1) @binding(BINDING) var<storage, read> ARRAY: array<u32>;
 
 fn word_ROLE(w: u32) -> u32 {
-    return ROLE[w];
+    return ARRAY[w];
 }
 #endif
 
@@ -22,14 +23,14 @@ fn load_ROLE(i: u32) -> f32 {
 
 fn store_ROLE(i: u32, v: f32) {
     let shift = (i & 1u) * 16u;
-    atomicAnd(&ROLE[i >> 1u], ~(0xffffu << shift));
-    atomicOr(&ROLE[i >> 1u], f32_to_FORMAT(v) << shift);
+    atomicAnd(&ARRAY[i >> 1u], ~(0xffffu << shift));
+    atomicOr(&ARRAY[i >> 1u], f32_to_FORMAT(v) << shift);
 }
 
 // Two consecutive elements: one plain word store when they fill a word together.
 fn store_ROLE_pair(i: u32, v0: f32, v1: f32, both: bool) {
     if both && (i & 1u) == 0u {
-        atomicStore(&ROLE[i >> 1u], f32_to_FORMAT(v0) | (f32_to_FORMAT(v1) << 16u));
+        atomicStore(&ARRAY[i >> 1u], f32_to_FORMAT(v0) | (f32_to_FORMAT(v1) << 16u));
     } else {
         store_ROLE(i, v0);
         if both {

@@ -25,8 +25,8 @@ pub enum Method {
     Hierarchy,
 }
 
-/// Most auxiliary losses a [`Method::Hierarchy`] config holds (a device may allow fewer: each
-/// level binds two more storage buffers).
+/// Most auxiliary losses a [`Method::Hierarchy`] config holds (through a pool, every level fits
+/// 6 storage buffers per stage; the user's buffers bind one more per level).
 pub const MAX_LEVELS: usize = 8;
 
 impl Method {

@@ -654,8 +654,15 @@ pub fn preamble(adapter: &str, types: ElementTypes, kernels: &Kernels) -> Vec<St
         (DType::F16, false) => " (f16 packed in u32)",
         _ => "",
     };
+    let limits = kernels.device().limits();
     vec![
         format!("adapter: {adapter}"),
+        format!(
+            "limits: {} storage buffers per stage, {} invocations per workgroup, {} bytes of workgroup storage",
+            limits.max_storage_buffers_per_shader_stage,
+            limits.max_compute_invocations_per_workgroup,
+            limits.max_compute_workgroup_storage_size
+        ),
         format!("storage: gradients {}, output {}, averages {}{f16_storage}", types.gradients, types.output, types.ema),
         format!("bound: relative error <= {:e} on every step", bound(types)),
         format!("{:<36} {:>11} {:>11} {:>11}  result", "case", "pool", "external", "cpu ref"),

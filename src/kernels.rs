@@ -38,8 +38,6 @@ pub(crate) mod slot {
     pub const PARAMS: u32 = 6;
     pub const OPT_M: u32 = 7;
     pub const OPT_V: u32 = 8;
-    /// Group 0: the optimizer's schedule (learning rate, step count).
-    pub const SCHEDULE: u32 = 3;
 }
 
 /// The switches of a config that select code (see [`Variant`]).
@@ -271,22 +269,26 @@ impl Kernels {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// Compiles every variant now instead of on first use (for start-up latency budgets): with
-    /// vector loads allowed, both forms of those that have them, since a binding whose ranges
-    /// are not whole vec4s takes the scalar one.
+    /// Compiles every variant now instead of on first use (for start-up latency budgets), in
+    /// the form a pool's bindings take (levels as planes of one buffer): with vector loads
+    /// allowed, both forms of those that have them, since a binding whose ranges are not whole
+    /// vec4s takes the scalar one.
     pub fn compile_all(&self) -> Result<()> {
         let f32_only = Storages::default();
-        Variant::all()
+        let mut variants: Vec<Variant> = Variant::all()
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
             .filter(|v| self.vec4 || !v.vec4)
-            .try_for_each(|v| {
-                // Variants past the device's limits are refused when asked for, not here.
-                if v.slots != 1 || self.check_limits(v).is_err() {
-                    return Ok(());
-                }
-                self.compile(v).map(drop)
-            })
+            .map(|v| Variant { gradient_planes: true, state_planes: true, ..v })
+            .collect();
+        variants.dedup();
+        variants.into_iter().try_for_each(|v| {
+            // Variants past the device's limits are refused when asked for, not here.
+            if v.slots != 1 || self.check_limits(v).is_err() {
+                return Ok(());
+            }
+            self.compile(v).map(drop)
+        })
     }
 
     /// The one-slot variant of a config on this device, with an optimizer fused into the apply
@@ -309,6 +311,8 @@ impl Kernels {
         let subgroups = self.subgroups;
         // One slot until a binding asks for more; vector loads where the kernels allow them,
         // until a binding's windows say otherwise (a pool's never do).
+        // Gradients and the state's levels as planes of one buffer, as a pool's are, until a
+        // binding's leaves say otherwise.
         let variant = Variant {
             kind,
             inputs_writable,
@@ -319,6 +323,8 @@ impl Kernels {
             optimizer,
             write_out,
             project_first,
+            gradient_planes: true,
+            state_planes: true,
             ..Variant::PLAIN
         };
         Variant { vec4: self.vec4 && variant.vec4_able(), ..variant }
@@ -351,11 +357,22 @@ impl Kernels {
         Ok(kernels)
     }
 
-    /// A stage over tiles binds the scalars, the partials (and an optimizer's schedule), the
-    /// tile table, every role the state owns once, and every user-owned role once per slot: a
-    /// hierarchy of k auxiliary losses with one slot binds 2k + 5 storage buffers. Refused here,
-    /// at state or binding creation, where the device allows fewer (and where the highest
-    /// binding number is past `max_bindings_per_bind_group`).
+    /// Storage buffers a stage over tiles of `variant` binds: the scalars (an optimizer's
+    /// schedule among them), the partials, the tile table, every binding of the state's roles
+    /// once, and every binding of the user's roles once per slot. A fused optimizer through a
+    /// pool binds at most 8 (PCGrad with Adam), as its moments are planes of one buffer too. A hierarchy of k auxiliary losses with
+    /// one slot binds 6 with its gradients and averages as planes ([`Variant::gradient_planes`],
+    /// [`Variant::state_planes`]), k + 6 with its averages alone as planes, 2k + 5 without.
+    pub(crate) fn storage_buffers(variant: Variant) -> u32 {
+        let slots = variant.slots as u32;
+        let roles: u32 = variant.bindings().iter().map(|&(_, user, _)| if user { slots } else { 1 }).sum();
+        3 + roles
+    }
+
+    /// Refuses `variant` where the device allows fewer storage buffers per stage than it binds
+    /// ([`Kernels::storage_buffers`]), or where its highest binding number is past
+    /// `max_bindings_per_bind_group`, or its workgroups are larger than the device runs: at
+    /// state or binding creation, with the limit's name.
     pub(crate) fn check_limits(&self, variant: Variant) -> Result<()> {
         let limits = self.device.limits();
         let what = || match variant.kind {
@@ -363,9 +380,8 @@ impl Kernels {
             _ => format!("the {:?} kernels with {} buffers per role", variant.kind, variant.slots),
         };
         let roles = variant.roles();
-        let per_slot = variant.slot_roles().len() as u32;
         let slots = variant.slots as u32;
-        let storage = 3 + variant.optimizer.is_some() as u32 + roles.len() as u32 + (slots - 1) * per_slot;
+        let storage = Kernels::storage_buffers(variant);
         if storage > limits.max_storage_buffers_per_shader_stage {
             return Err(crate::Error::ExceedsCount {
                 what: what(),
@@ -376,20 +392,26 @@ impl Kernels {
         }
         let highest = roles.iter().map(|r| r.1).max().unwrap_or(0);
         let bindings = slot_binding(highest, slots - 1) + 1;
-        if bindings > limits.max_bindings_per_bind_group {
-            return Err(crate::Error::ExceedsCount {
-                what: what(),
-                needed: bindings,
-                limit: limits.max_bindings_per_bind_group,
-                limit_name: "max_bindings_per_bind_group",
-            });
+        // Every stage runs WORKGROUP_SIZE invocations along x and reduces through
+        // `scratch` (one vec4 per invocation, `shaders/reduce.wgsl`).
+        let workgroup = WORKGROUP_SIZE as u32;
+        let counts = [
+            (bindings, limits.max_bindings_per_bind_group, "max_bindings_per_bind_group"),
+            (workgroup, limits.max_compute_invocations_per_workgroup, "max_compute_invocations_per_workgroup"),
+            (workgroup, limits.max_compute_workgroup_size_x, "max_compute_workgroup_size_x"),
+            (16 * workgroup, limits.max_compute_workgroup_storage_size, "max_compute_workgroup_storage_size"),
+        ];
+        for (needed, limit, limit_name) in counts {
+            if needed > limit {
+                return Err(crate::Error::ExceedsCount { what: what(), needed, limit, limit_name });
+            }
         }
         Ok(())
     }
 
     fn build(&self, variant: Variant) -> VariantKernels {
         let device = &self.device;
-        let mut state_entries = vec![
+        let state_entries = vec![
             wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -403,17 +425,13 @@ impl Kernels {
             storage_entry(1, false),
             storage_entry(2, false),
         ];
-        if variant.optimizer.is_some() {
-            state_entries.push(storage_entry(slot::SCHEDULE, false));
-        }
         let group0 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("bloop state"),
             entries: &state_entries,
         });
         let mut entries = vec![storage_entry(slot::TILES, true)];
-        let per_slot = variant.slot_roles();
-        for (name, binding, _, writable) in variant.roles() {
-            let copies = if per_slot.contains(&name) { variant.slots as u32 } else { 1 };
+        for (binding, user, writable) in variant.bindings() {
+            let copies = if user { variant.slots as u32 } else { 1 };
             entries.extend((0..copies).map(|s| storage_entry(slot_binding(binding, s), !writable)));
         }
         let group1 = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

@@ -170,15 +170,24 @@ impl LeafBuffer {
 #[derive(Clone, Debug)]
 pub(crate) struct Packing {
     pub buffer_sizes: Vec<u64>,
-    /// Per leaf: (buffer index, byte offset).
+    /// Per leaf and plane: (buffer index, byte offset).
     pub places: Vec<(usize, u64)>,
     pub dtype: DType,
 }
 
 impl Packing {
     pub fn new(layout: &Layout, dtype: DType, max_buffer_size: u64, what: &str) -> Result<Packing> {
+        Packing::planes(layout, dtype, 1, max_buffer_size, what)
+    }
+
+    /// Room for `planes` copies of every leaf (the levels of one role: a hierarchy's
+    /// gradients or averages, the optimizer's moments), leaf by leaf: a leaf's copies follow
+    /// each other in one buffer where they fit, so that one binding window can hold them all
+    /// and the kernels bind the role's planes as one buffer. `places` lists each leaf's
+    /// planes in order, leaf after leaf ([`Packing::allocate_planes`]).
+    pub fn planes(layout: &Layout, dtype: DType, planes: usize, max_buffer_size: u64, what: &str) -> Result<Packing> {
         let mut buffer_sizes = vec![0u64];
-        let mut places = Vec::with_capacity(layout.len());
+        let mut places = Vec::with_capacity(layout.len() * planes);
         for leaf in layout.leaves() {
             let bytes = leaf.len * dtype.size();
             if bytes > max_buffer_size {
@@ -189,13 +198,25 @@ impl Packing {
                     limit_name: "max_buffer_size",
                 });
             }
-            let mut offset = buffer_sizes.last().unwrap().next_multiple_of(PLACEMENT_ALIGNMENT);
-            if offset + bytes > max_buffer_size {
+            // The whole block in a fresh buffer when it does not fit the current one (and one
+            // plane at a time when no buffer holds it).
+            let block = (planes as u64 - 1) * bytes.next_multiple_of(PLACEMENT_ALIGNMENT) + bytes;
+            let used = *buffer_sizes.last().unwrap();
+            if used > 0
+                && used.next_multiple_of(PLACEMENT_ALIGNMENT) + block > max_buffer_size
+                && block <= max_buffer_size
+            {
                 buffer_sizes.push(0);
-                offset = 0;
             }
-            *buffer_sizes.last_mut().unwrap() = offset + bytes;
-            places.push((buffer_sizes.len() - 1, offset));
+            for _ in 0..planes {
+                let mut offset = buffer_sizes.last().unwrap().next_multiple_of(PLACEMENT_ALIGNMENT);
+                if offset + bytes > max_buffer_size {
+                    buffer_sizes.push(0);
+                    offset = 0;
+                }
+                *buffer_sizes.last_mut().unwrap() = offset + bytes;
+                places.push((buffer_sizes.len() - 1, offset));
+            }
         }
         // Round up so copies of whole buffers stay 4-byte multiples, and to whole vec4s where
         // the device allows, so that the last leaf can be bound as `array<vec4<f32>>` too (the
@@ -207,7 +228,7 @@ impl Packing {
         Ok(Packing { buffer_sizes, places, dtype })
     }
 
-    /// Allocates the buffers and returns one [`LeafBuffer`] per leaf.
+    /// Allocates the buffers and returns one [`LeafBuffer`] per leaf (a packing of one plane).
     pub fn allocate(
         &self,
         device: &wgpu::Device,
@@ -215,6 +236,18 @@ impl Packing {
         usage: wgpu::BufferUsages,
         label: &str,
     ) -> Result<(Vec<wgpu::Buffer>, Vec<LeafBuffer>)> {
+        let (buffers, mut planes) = self.allocate_planes(device, layout, usage, label)?;
+        Ok((buffers, planes.remove(0)))
+    }
+
+    /// Allocates the buffers and returns each plane's [`LeafBuffer`]s, one per leaf.
+    pub fn allocate_planes(
+        &self,
+        device: &wgpu::Device,
+        layout: &Layout,
+        usage: wgpu::BufferUsages,
+        label: &str,
+    ) -> Result<(Vec<wgpu::Buffer>, Vec<Vec<LeafBuffer>>)> {
         let buffers: Vec<wgpu::Buffer> = crate::context::gpu_scope(device, "allocating buffers", || {
             self.buffer_sizes
                 .iter()
@@ -229,11 +262,14 @@ impl Packing {
                 })
                 .collect()
         })?;
-        let leaves = layout
-            .leaves()
-            .iter()
-            .zip(&self.places)
-            .map(|(leaf, &(b, offset))| LeafBuffer::typed(&buffers[b], offset, leaf.len, self.dtype))
+        let planes = self.places.len() / layout.len();
+        let leaves = (0..planes)
+            .map(|p| {
+                let places = self.places.iter().skip(p).step_by(planes);
+                let leaf =
+                    |(leaf, &(b, offset)): (&Leaf, _)| LeafBuffer::typed(&buffers[b], offset, leaf.len, self.dtype);
+                layout.leaves().iter().zip(places).map(leaf).collect()
+            })
             .collect();
         Ok((buffers, leaves))
     }

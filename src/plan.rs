@@ -1,10 +1,11 @@
 //! How a step's elements are cut into dispatches and tiles.
 //!
-//! Leaves may live in any mix of buffers. A dispatch binds, per role, windows of at most
-//! `max_storage_buffer_binding_size` bytes that start at aligned offsets: one for each role the
-//! state owns (averages, optimizer state), and one per slot for each role the user owns
-//! (gradients, output, parameters), so leaves in up to that many distinct buffers share a
-//! dispatch, and each segment names its slot. A pool or leaf larger than the binding limit is
+//! Leaves may live in any mix of buffers. A dispatch binds, per binding, windows of at most
+//! `max_storage_buffer_binding_size` bytes that start at aligned offsets: one for each binding of
+//! the state's roles (averages, optimizer state), and one per slot for each binding of the
+//! user's roles (gradients, output, parameters), so leaves in up to that many distinct buffers
+//! share a dispatch, and each segment names its slot. A binding holds one role, or several as
+//! planes of one buffer (a hierarchy's gradients, its averages), each with its own offsets. A pool or leaf larger than the binding limit is
 //! split over several dispatches without the caller noticing.
 //! Within a dispatch, each workgroup walks one tile: one or more segments (runs of elements,
 //! described by element offsets relative to the windows) of at most the kernels' tile length
@@ -63,8 +64,14 @@ struct Segment {
 
 /// The per-leaf buffers of one role, with the binding they go to (slot 0's, for a role bound
 /// once per slot).
+#[derive(Clone, Copy)]
 pub(crate) struct RoleLeaves<'a> {
+    /// The role's own binding: its offset's place in a segment record is `binding - 1`.
     pub binding: u32,
+    /// The binding whose window holds the role: its own, or, for roles bound as planes of one
+    /// buffer (`Variant::gradient_planes`, `Variant::state_planes`), the first plane's, whose
+    /// one window then holds every plane's part of each piece.
+    pub bound_at: u32,
     pub leaves: &'a [LeafBuffer],
     /// The user owns the buffers, which may be many: one binding per slot. The state's own
     /// roles (averages, optimizer state) have one buffer set for all leaves and one binding.
@@ -76,13 +83,85 @@ pub(crate) struct RoleLeaves<'a> {
 impl<'a> RoleLeaves<'a> {
     /// A role in the user's buffers, bound once per slot.
     pub fn user(binding: u32, leaves: &'a [LeafBuffer], writable: bool) -> RoleLeaves<'a> {
-        RoleLeaves { binding, leaves, per_slot: true, writable }
+        RoleLeaves { binding, bound_at: binding, leaves, per_slot: true, writable }
     }
 
     /// A role in the state's own buffers (written by the step), bound once.
     pub fn state(binding: u32, leaves: &'a [LeafBuffer]) -> RoleLeaves<'a> {
-        RoleLeaves { binding, leaves, per_slot: false, writable: true }
+        RoleLeaves { binding, bound_at: binding, leaves, per_slot: false, writable: true }
     }
+
+    /// The role bound as a plane of the buffer bound at `binding`.
+    pub fn plane_of(self, binding: u32) -> RoleLeaves<'a> {
+        RoleLeaves { bound_at: binding, ..self }
+    }
+}
+
+/// The distinct bindings of a list of roles, in order of first use.
+struct Bindings {
+    /// Per binding, its first role (which gives its number, slots and access).
+    first: Vec<usize>,
+    /// Per role, the index of its binding.
+    of_role: Vec<usize>,
+}
+
+impl Bindings {
+    fn of(roles: &[RoleLeaves]) -> Bindings {
+        let mut first: Vec<usize> = Vec::new();
+        let of_role = roles
+            .iter()
+            .enumerate()
+            .map(|(r, role)| {
+                first.iter().position(|&f| roles[f].bound_at == role.bound_at).unwrap_or_else(|| {
+                    first.push(r);
+                    first.len() - 1
+                })
+            })
+            .collect();
+        Bindings { first, of_role }
+    }
+
+    /// The buffer and the bytes of elements `elements` of `leaf` in every role bound at `b`, as
+    /// one range (its planes' and what lies between them); `None` when they are in different
+    /// buffers.
+    fn span<'a>(
+        &self,
+        roles: &'a [RoleLeaves],
+        b: usize,
+        leaf: usize,
+        elements: std::ops::Range<u64>,
+    ) -> Option<(&'a wgpu::Buffer, std::ops::Range<u64>)> {
+        let mut members = roles.iter().zip(&self.of_role).filter(|(_, &o)| o == b).map(|(r, _)| &r.leaves[leaf]);
+        let first = members.next().expect("a binding has a role");
+        let mut bytes = byte_at(first, elements.start)..byte_at(first, elements.end);
+        for l in members {
+            if l.buffer != first.buffer {
+                return None;
+            }
+            bytes = bytes.start.min(byte_at(l, elements.start))..bytes.end.max(byte_at(l, elements.end));
+        }
+        Some((&first.buffer, bytes))
+    }
+}
+
+/// Whether every binding that holds several roles as planes ([`RoleLeaves::plane_of`]) can:
+/// each leaf's planes in one buffer, close enough that one element of each fits one window
+/// (checked with the worst alignment slack), as a pool's and the state's are, save for leaves
+/// whose planes together outgrow a binding.
+pub(crate) fn planes_fit(device: &wgpu::Device, roles: &[RoleLeaves]) -> bool {
+    let limits = device.limits();
+    let alignment = limits.min_storage_buffer_offset_alignment as u64;
+    let window = limits.max_storage_buffer_binding_size.min(u32::MAX as u64);
+    let window = window - window % alignment;
+    let bindings = Bindings::of(roles);
+    (0..bindings.first.len()).all(|b| {
+        (0..roles[0].leaves.len()).all(|leaf| {
+            let size = roles[bindings.first[b]].leaves[leaf].dtype.size();
+            bindings
+                .span(roles, b, leaf, 0..1)
+                .is_some_and(|(_, bytes)| bytes.end - bytes.start + size + alignment <= window)
+        })
+    })
 }
 
 /// A part of a leaf that lies inside one dispatch's windows, and the slot it uses.
@@ -119,8 +198,8 @@ impl Window {
     }
 }
 
-/// Leaves (or parts of leaves) that share one dispatch: per role, its windows (one per slot
-/// in use for a per-slot role, else one).
+/// Leaves (or parts of leaves) that share one dispatch: per binding, its windows (one per slot
+/// in use for a binding of the user's roles, else one).
 struct Group {
     windows: Vec<Vec<Window>>,
     pieces: Vec<Piece>,
@@ -156,22 +235,31 @@ fn byte_at(leaf: &LeafBuffer, element: u64) -> u64 {
 /// than `max_slots`), or `None` when the group cannot take it. Windows may grow downwards as
 /// well as upwards, so leaves taken out of their buffers' order (by the sort on buffer
 /// identity) still share the state's windows.
-fn place(group: &Group, roles: &[RoleLeaves], leaf: usize, pos: u64, max_slots: u32, limits: &Limits) -> Option<u32> {
-    let fits = |r: &RoleLeaves, w: &Window| {
-        let l = &r.leaves[leaf];
-        let at = byte_at(l, pos);
-        w.extended(&l.buffer, at..at + l.dtype.size(), limits).is_some()
+fn place(
+    group: &Group,
+    roles: &[RoleLeaves],
+    bindings: &Bindings,
+    leaf: usize,
+    pos: u64,
+    max_slots: u32,
+    limits: &Limits,
+) -> Option<u32> {
+    let fits = |b: usize, w: &Window| {
+        let span = bindings.span(roles, b, leaf, pos..pos + 1);
+        span.is_some_and(|(buffer, bytes)| w.extended(buffer, bytes, limits).is_some())
     };
+    let per_slot = |b: usize| roles[bindings.first[b]].per_slot;
     let mut slots = 1;
-    for (r, windows) in roles.iter().zip(&group.windows) {
-        if r.per_slot {
+    for (b, windows) in group.windows.iter().enumerate() {
+        if per_slot(b) {
             slots = windows.len() as u32;
-        } else if !fits(r, &windows[0]) {
+        } else if !fits(b, &windows[0]) {
             return None;
         }
     }
-    let open = (0..slots)
-        .find(|&s| roles.iter().zip(&group.windows).filter(|(r, _)| r.per_slot).all(|(r, w)| fits(r, &w[s as usize])));
+    let open = (0..slots).find(|&s| {
+        group.windows.iter().enumerate().filter(|&(b, _)| per_slot(b)).all(|(b, w)| fits(b, &w[s as usize]))
+    });
     match open {
         Some(s) => Some(s),
         None if slots < max_slots => Some(slots),
@@ -192,35 +280,42 @@ fn group_pieces(roles: &[RoleLeaves], max_slots: u32, limits: &Limits) -> Vec<Gr
             .then(roles[0].leaves[a].offset.cmp(&roles[0].leaves[b].offset))
     });
 
+    let bindings = Bindings::of(roles);
     let mut groups: Vec<Group> = Vec::new();
     for leaf in order {
         let len = roles[0].leaves[leaf].len;
         let mut pos = 0;
         while pos < len {
-            let slot = match groups.last().and_then(|g| place(g, roles, leaf, pos, max_slots, limits)) {
+            let slot = match groups.last().and_then(|g| place(g, roles, &bindings, leaf, pos, max_slots, limits)) {
                 Some(slot) => slot,
                 None => {
-                    groups.push(Group { windows: roles.iter().map(|_| Vec::new()).collect(), pieces: Vec::new() });
+                    let windows = bindings.first.iter().map(|_| Vec::new()).collect();
+                    groups.push(Group { windows, pieces: Vec::new() });
                     0
                 }
             };
             let group = groups.last_mut().unwrap();
-            let mut room = u64::MAX;
-            for (r, windows) in roles.iter().zip(&mut group.windows) {
-                let l = &r.leaves[leaf];
-                let at = byte_at(l, pos);
-                let k = if r.per_slot { slot as usize } else { 0 };
+            let window_of = |b: usize| if roles[bindings.first[b]].per_slot { slot as usize } else { 0 };
+            for (b, windows) in group.windows.iter_mut().enumerate() {
+                let (buffer, bytes) = bindings.span(roles, b, leaf, pos..pos + 1).expect("planes in one buffer");
+                let k = window_of(b);
                 if k == windows.len() {
-                    windows.push(Window { buffer: l.buffer.clone(), start: at - at % limits.alignment, end: at });
+                    let start = bytes.start - bytes.start % limits.alignment;
+                    windows.push(Window { buffer: buffer.clone(), start, end: bytes.start });
                 }
                 let window = &mut windows[k];
-                window.start = window.extended(&l.buffer, at..at + l.dtype.size(), limits).expect("placed");
-                room = room.min((window.start + limits.window - at) / l.dtype.size());
+                window.start = window.extended(buffer, bytes, limits).expect("placed");
+            }
+            let mut room = u64::MAX;
+            for (r, &b) in roles.iter().zip(&bindings.of_role) {
+                let l = &r.leaves[leaf];
+                let window = &group.windows[b][window_of(b)];
+                room = room.min((window.start + limits.window - byte_at(l, pos)) / l.dtype.size());
             }
             let take = room.min(len - pos);
             // Whole words: 16-bit elements are read and written through the 4-byte word they share.
-            for (r, windows) in roles.iter().zip(&mut group.windows) {
-                let window = &mut windows[if r.per_slot { slot as usize } else { 0 }];
+            for (r, &b) in roles.iter().zip(&bindings.of_role) {
+                let window = &mut group.windows[b][window_of(b)];
                 window.end = window.end.max(byte_at(&r.leaves[leaf], pos + take).next_multiple_of(4));
             }
             group.pieces.push(Piece { leaf, start: pos, len: take, slot });
@@ -235,13 +330,13 @@ fn group_pieces(roles: &[RoleLeaves], max_slots: u32, limits: &Limits) -> Vec<Gr
 /// back in every buffer, such as a pool's f32 leaves of a multiple of 64 elements and their
 /// averages) continues its segment, so many small leaves cost as one long one. Nothing lies
 /// between them, so the sums over all leaves are the same sums.
-fn contiguous_runs(roles: &[RoleLeaves], group: &Group) -> Vec<Segment> {
+fn contiguous_runs(roles: &[RoleLeaves], bindings: &Bindings, group: &Group) -> Vec<Segment> {
     let mut runs: Vec<Segment> = Vec::new();
     for piece in &group.pieces {
         let mut segment = Segment { len: piece.len as u32, slot: piece.slot, ..Default::default() };
-        for (r, windows) in roles.iter().zip(&group.windows) {
+        for (r, &b) in roles.iter().zip(&bindings.of_role) {
             let l = &r.leaves[piece.leaf];
-            let window = &windows[if r.per_slot { piece.slot as usize } else { 0 }];
+            let window = &group.windows[b][if r.per_slot { piece.slot as usize } else { 0 }];
             segment.offsets[r.binding as usize - 1] =
                 ((byte_at(l, piece.start) - window.start) / l.dtype.size()) as u32;
         }
@@ -364,6 +459,7 @@ impl Plan {
         let narrow_max = tile_rounds_per_slot;
         let Grouping { groups, limits, segment_words, len_at } = grouping;
         let (window, alignment) = (limits.window, limits.alignment);
+        let bindings = Bindings::of(roles);
 
         // One table of u32 words per dispatch, each at an aligned offset: the header, the first
         // segment of each tile (and one past the last), then the segments.
@@ -374,7 +470,7 @@ impl Plan {
         let mut regions: Vec<(usize, usize, usize, u64)> = Vec::new();
         let mut tile_count = 0u64;
         for (g, group) in groups.iter().enumerate() {
-            let runs = contiguous_runs(roles, group);
+            let runs = contiguous_runs(roles, &bindings, group);
             let mut segments = Vec::new();
             for run in &runs {
                 for start in (0..run.len).step_by(tile_len as usize) {
@@ -481,9 +577,9 @@ impl Plan {
             queue.write_buffer(&tiles, 0, bytemuck::cast_slice(&table));
             // A read-only and a writable one: wgpu refuses a dispatch that binds one buffer
             // both ways.
-            let unused = groups
-                .iter()
-                .any(|g| roles.iter().zip(&g.windows).any(|(r, w)| r.per_slot && (w.len() as u32) < slots));
+            let unused = groups.iter().any(|g| {
+                bindings.first.iter().zip(&g.windows).any(|(&r, w)| roles[r].per_slot && (w.len() as u32) < slots)
+            });
             let placeholders = unused.then(|| {
                 [false, true].map(|_| {
                     device.create_buffer(&wgpu::BufferDescriptor {
@@ -506,7 +602,8 @@ impl Plan {
                             size: NonZeroU64::new(words as u64 * 4),
                         }),
                     }];
-                    for (r, windows) in roles.iter().zip(&group.windows) {
+                    for (&first, windows) in bindings.first.iter().zip(&group.windows) {
+                        let r = &roles[first];
                         let copies = if r.per_slot { slots } else { 1 };
                         for s in 0..copies {
                             let (buffer, offset, size) = match windows.get(s as usize) {
@@ -519,7 +616,7 @@ impl Plan {
                                 }
                             };
                             entries.push(wgpu::BindGroupEntry {
-                                binding: slot_binding(r.binding, s),
+                                binding: slot_binding(r.bound_at, s),
                                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                                     buffer,
                                     offset,

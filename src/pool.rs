@@ -1,5 +1,7 @@
-//! Gradient buffers the library allocates: one packed buffer per role, each leaf at an
-//! aligned offset, handed out as per-leaf views that the user's kernels write into.
+//! Gradient buffers the library allocates: the gradients of every loss in one set of buffers,
+//! each leaf's next to each other (planes the step binds as one buffer), the output and the
+//! parameters in buffers of their own; each leaf at an aligned offset, handed out as per-leaf
+//! views that the user's kernels write into.
 
 use crate::dtype::{DType, ElementTypes};
 use crate::error::{Error, Result};
@@ -49,19 +51,21 @@ impl GradientPool {
             types.check_in_place()?;
         }
         let max = device.limits().max_buffer_size;
-        let mut buffers = Vec::new();
-        let mut role = |dtype: DType, label: &str| -> Result<Vec<LeafBuffer>> {
-            let packing = Packing::new(layout, dtype, max, "pool")?;
-            let (b, leaves) = packing.allocate(device, layout, POOL_USAGE, label)?;
+        // Every leaf's gradients next to each other, so that a step binds them as planes of
+        // one buffer whatever the number of levels (`shaders::Variant::gradient_planes`).
+        let packing = Packing::planes(layout, types.gradients, levels.max(1) + 1, max, "pool")?;
+        let (mut buffers, gradients) = packing.allocate_planes(device, layout, POOL_USAGE, "bloop pool gradients")?;
+        let mut gradients = gradients.into_iter();
+        let (main, aux) = (gradients.next().expect("main"), gradients.next().expect("aux"));
+        let more = gradients.collect();
+        let output = if in_place {
+            None
+        } else {
+            let packing = Packing::new(layout, types.output, max, "pool")?;
+            let (b, leaves) = packing.allocate(device, layout, POOL_USAGE, "bloop pool output")?;
             buffers.extend(b);
-            Ok(leaves)
+            Some(leaves)
         };
-        let main = role(types.gradients, "bloop pool main")?;
-        let aux = role(types.gradients, "bloop pool aux")?;
-        let more = (2..=levels.max(1))
-            .map(|i| role(types.gradients, &format!("bloop pool gradient {i}")))
-            .collect::<Result<Vec<_>>>()?;
-        let output = if in_place { None } else { Some(role(types.output, "bloop pool output")?) };
         Ok(GradientPool { layout: layout.clone(), main, aux, output, params: None, buffers, more })
     }
 

@@ -122,6 +122,14 @@ pub struct Variant {
     /// for bindings whose every window is a whole number of vec4s, so that a single element
     /// is a component of one).
     pub vec4: bool,
+    /// The gradients (`g_main` and `g_aux`, or a hierarchy's `g_0 .. g_k`) are planes of one
+    /// binding: every leaf's lie in one buffer, near enough for one window (a pool's do), so a
+    /// dispatch binds one buffer for all of them, whatever the number of levels.
+    pub gradient_planes: bool,
+    /// The state's averages (`main_ema` and `aux_ema`, or a hierarchy's `e_0 .. e_{k-1}`) are
+    /// planes of one binding, and so are the optimizer's moments (`opt_m`, `opt_v`): the state
+    /// allocates each leaf's planes next to each other ([`crate::layout`]'s plane packing).
+    pub state_planes: bool,
 }
 
 /// The stages a step runs, in order.
@@ -164,6 +172,8 @@ impl Variant {
         project_first: false,
         slots: 1,
         vec4: false,
+        gradient_planes: false,
+        state_planes: false,
     };
 
     /// Every variant the library can build; the cross-compilation test walks this list.
@@ -186,8 +196,7 @@ impl Variant {
                             optimizer: None,
                             write_out: true,
                             project_first: false,
-                            slots: 1,
-                            vec4: false,
+                            ..Variant::PLAIN
                         });
                     }
                 }
@@ -210,8 +219,7 @@ impl Variant {
                                 optimizer: None,
                                 write_out: true,
                                 project_first: false,
-                                slots: 1,
-                                vec4: false,
+                                ..Variant::PLAIN
                             });
                         }
                     }
@@ -293,6 +301,33 @@ impl Variant {
         all.extend(Variant::with_optimizers());
         all.extend(Variant::with_slots());
         all.extend(Variant::with_vec4());
+        all.extend(Variant::with_planes());
+        all
+    }
+
+    /// The variants of [`Variant::all`] that bind levels as planes of one buffer: hierarchies
+    /// of 1 to 4 and 8 losses with gradients and averages as planes (f32 in both orders, with
+    /// and without the guard, writable inputs; 16-bit storage; 4 slots), and with the averages
+    /// alone as planes.
+    pub fn with_planes() -> Vec<Variant> {
+        let base = Variant { gradient_planes: true, state_planes: true, ..Variant::PLAIN };
+        let mut all = Vec::new();
+        for k in [1u8, 2, 3, 4, crate::config::MAX_LEVELS as u8] {
+            let kind = Kind::Hierarchy(k);
+            for (guard, extras) in [(false, false), (true, true)] {
+                for project_first in [false, true] {
+                    all.push(Variant { kind, guard, extras, project_first, ..base });
+                }
+            }
+            all.push(Variant { kind, inputs_writable: true, subgroups: false, ..base });
+            all.push(Variant { kind, gradient_planes: false, ..base });
+            all.push(Variant { kind, slots: 4, ..base });
+            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
+                let storages = Storages { gradients: half, output: half, ema: half };
+                all.push(Variant { kind, storages, ..base });
+                all.push(Variant { kind, storages, inputs_writable: true, ..base });
+            }
+        }
         all
     }
 
@@ -533,18 +568,28 @@ impl Variant {
     }
 
     /// The roles this variant binds: (name, binding, storage, writable).
+    /// The roles this variant binds: (name, binding, storage, writable). Roles bound as planes
+    /// of one buffer ([`Variant::gradient_planes`], [`Variant::state_planes`]) have the binding
+    /// of the first of them; a segment record keeps each role's offset in its own place
+    /// (`Segment` in `shaders/bindings.wgsl`, [`hierarchy_slots`]) either way.
     pub(crate) fn roles(self) -> Vec<(&'static str, u32, Storage, bool)> {
         let s = self.storages;
+        let binding = |planes: bool, first: u32, own: u32| if planes { first } else { own };
+        let (gradient, state) = (self.gradient_planes, self.state_planes);
         if let Kind::Hierarchy(k) = self.kind {
             let k = k as u32;
-            let mut roles: Vec<Role> =
-                (0..=k).map(|i| (GRADIENT_ROLES[i as usize], 1 + i, s.gradients, self.inputs_writable)).collect();
-            roles.extend((0..k).map(|j| (EMA_ROLES[j as usize], hierarchy_slots::ema(k, j), s.ema, true)));
+            let mut roles: Vec<Role> = (0..=k)
+                .map(|i| (GRADIENT_ROLES[i as usize], binding(gradient, 1, 1 + i), s.gradients, self.inputs_writable))
+                .collect();
+            let ema = |j| binding(state, hierarchy_slots::ema(k, 0), hierarchy_slots::ema(k, j));
+            roles.extend((0..k).map(|j| (EMA_ROLES[j as usize], ema(j), s.ema, true)));
             roles.push(("out", hierarchy_slots::out(k), s.output, true));
             return roles;
         }
-        let mut roles =
-            vec![("g_main", 1, s.gradients, self.inputs_writable), ("g_aux", 2, s.gradients, self.inputs_writable)];
+        let mut roles = vec![
+            ("g_main", 1, s.gradients, self.inputs_writable),
+            ("g_aux", binding(gradient, 1, 2), s.gradients, self.inputs_writable),
+        ];
         if self.write_out {
             roles.push(("out", 5, s.output, true));
         }
@@ -555,16 +600,29 @@ impl Variant {
                 roles.push(("opt_m", 7, opt.state, true));
             }
             if tensors >= 2 {
-                roles.push(("opt_v", 8, opt.state, true));
+                roles.push(("opt_v", binding(state, 7, 8), opt.state, true));
             }
         }
         if self.kind.has_main_ema() {
             roles.push(("main_ema", 3, s.ema, true));
         }
         if self.kind.has_aux_ema() {
-            roles.push(("aux_ema", 4, s.ema, true));
+            roles.push(("aux_ema", binding(state, 3, 4), s.ema, true));
         }
         roles
+    }
+
+    /// The distinct bindings of [`Variant::roles`] (group 1, slot 0's), each with whether its
+    /// roles are the user's (bound once per slot) and whether it is writable.
+    pub(crate) fn bindings(self) -> Vec<(u32, bool, bool)> {
+        let user = self.slot_roles();
+        let mut bindings: Vec<(u32, bool, bool)> = Vec::new();
+        for (name, binding, _, writable) in self.roles() {
+            if !bindings.iter().any(|b| b.0 == binding) {
+                bindings.push((binding, user.contains(&name), writable));
+            }
+        }
+        bindings
     }
 
     /// The finalize stage of a sharded step (`finalize` writing this rank's totals only, and
@@ -966,6 +1024,14 @@ fn expand<'a>(
         } else if let Some(spec) = trimmed.strip_prefix("#storage ") {
             let role = spec.split_whitespace().next().unwrap_or_default();
             if let Some(&(role, binding, storage, writable)) = roles.iter().find(|r| r.0 == role) {
+                // Roles bound as planes of one buffer share the array of the binding's first
+                // role, which alone declares it; the others get their functions.
+                let owner = roles.iter().find(|r| r.1 == binding).expect("the role itself");
+                assert!(
+                    owner.2 == storage && owner.3 == writable,
+                    "roles {} and {role} share binding {binding} with different storage",
+                    owner.0
+                );
                 let (template, format) = storage.template();
                 let mut local: HashSet<&str> = defines.clone();
                 if writable {
@@ -975,15 +1041,16 @@ fn expand<'a>(
                 expand(template, &local, roles, slots, &mut HashSet::new(), &mut text);
                 let access = if writable { "read_write" } else { "read" };
                 let copies = if slots.roles.contains(&role) { slots.count } else { 1 };
+                let in_slot = |name: &str, s: u32| if s == 0 { name.to_string() } else { format!("{name}_s{s}") };
                 for s in 0..copies {
-                    let name = if s == 0 { role.to_string() } else { format!("{role}_s{s}") };
-                    out.push_str(
-                        &text
-                            .replace("ROLE", &name)
-                            .replace("BINDING", &slot_binding(binding, s).to_string())
-                            .replace("ACCESS", access)
-                            .replace("FORMAT", format),
-                    );
+                    let text = text
+                        .replace("ARRAY", &in_slot(owner.0, s))
+                        .replace("ROLE", &in_slot(role, s))
+                        .replace("BINDING", &slot_binding(binding, s).to_string())
+                        .replace("ACCESS", access)
+                        .replace("FORMAT", format);
+                    let declares = |line: &&str| owner.0 == role || !line.starts_with("@group");
+                    out.extend(text.lines().filter(declares).flat_map(|line| [line, "\n"]));
                 }
             }
         } else {

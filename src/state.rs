@@ -91,6 +91,7 @@ impl std::fmt::Debug for StepBindings {
             .field("dispatches", &self.plan.dispatches.len())
             .field("tiles", &self.plan.tile_count)
             .field("vec4", &self.kernels.variant.vec4)
+            .field("storage_buffers", &self.storage_buffers())
             .finish()
     }
 }
@@ -113,6 +114,12 @@ impl StepBindings {
         self.kernels.variant.vec4
     }
 
+    /// Storage buffers each stage over tiles binds (`max_storage_buffers_per_shader_stage`
+    /// must allow them): levels bound as planes of one buffer count once.
+    pub fn storage_buffers(&self) -> u32 {
+        crate::kernels::Kernels::storage_buffers(self.kernels.variant)
+    }
+
     /// Where each leaf's direction lands (none with [`Output::Discard`]).
     pub fn output_leaves(&self) -> &[LeafBuffer] {
         &self.output
@@ -129,13 +136,17 @@ struct EmaStore {
     leaves: Vec<LeafBuffer>,
 }
 
-/// Byte offset of the learning rate (f32) in [`BloopState::learning_rate_buffer`].
-pub const LEARNING_RATE_OFFSET: u64 = 0;
+/// Byte offset of the learning rate (f32) in [`BloopState::learning_rate_buffer`]: after the
+/// step's scalars, in their buffer (`Scalars.schedule` in `shaders/bindings.wgsl`).
+pub const LEARNING_RATE_OFFSET: u64 = SCALARS_BYTES;
 /// Byte offset of the optimizer's step count (u32) in [`BloopState::learning_rate_buffer`].
-pub const OPTIMIZER_STEP_OFFSET: u64 = 4;
+pub const OPTIMIZER_STEP_OFFSET: u64 = LEARNING_RATE_OFFSET + 4;
+/// Bytes of the schedule after the scalars (learning rate, step count, padding).
+const SCHEDULE_BYTES: u64 = 16;
 
 /// The optimizer's GPU side: its schedule (learning rate, step count) and state tensors.
 struct OptimizerStore {
+    /// The scalars' buffer, which holds the schedule at [`LEARNING_RATE_OFFSET`].
     schedule: wgpu::Buffer,
     tensors: Vec<EmaStore>,
 }
@@ -245,46 +256,53 @@ impl BloopState {
         let flags = VariantFlags::of(&config);
         kernels.compile(kernels.describe(Kind::of(&config), false, flags, config.types, opt, true))?;
         let max_buffer = device.limits().max_buffer_size;
-        let packing = Packing::new(layout, config.types.ema, max_buffer, "EMA")?;
-        let mut stores: Vec<Option<EmaStore>> = Vec::new();
-        for &(kept, role, _) in &inits {
-            let mut store = None;
-            if kept {
-                let label = format!("bloop {role:?} EMA");
-                let (buffers, leaves) = packing.allocate(&device, layout, EMA_USAGE, &label)?;
-                store = Some(EmaStore { _buffers: buffers, leaves });
-            }
-            stores.push(store);
-        }
+        // Every average of a leaf next to the others, so that a step binds them as planes of one
+        // buffer (`shaders::Variant::state_planes`).
+        let kept = inits.iter().filter(|i| i.0).count();
+        let (buffers, planes) = match kept {
+            0 => (Vec::new(), Vec::new()),
+            _ => Packing::planes(layout, config.types.ema, kept, max_buffer, "EMA")?.allocate_planes(
+                &device,
+                layout,
+                EMA_USAGE,
+                "bloop EMA",
+            )?,
+        };
+        let mut planes = planes.into_iter();
+        let stores: Vec<Option<EmaStore>> = inits
+            .iter()
+            .map(|&(kept, ..)| {
+                kept.then(|| EmaStore { _buffers: buffers.clone(), leaves: planes.next().expect("a plane") })
+            })
+            .collect();
         let mut stores = stores.into_iter();
         let (main_ema, aux_ema) = (stores.next().flatten(), stores.next().flatten());
         let levels: Vec<EmaStore> = stores.flatten().collect();
         // A hierarchy's finalize stage writes its coefficients and ratios after the scalars.
-        let scalars_bytes = match Kind::of(&config) {
-            Kind::Hierarchy(k) => SCALARS_BYTES + 4 * crate::shaders::hierarchy_slots::level_words(k as u32) as u64,
-            _ => SCALARS_BYTES,
+        // An optimizer's schedule follows them.
+        let scalars_bytes = match (Kind::of(&config), config.optimizer) {
+            (Kind::Hierarchy(k), _) => {
+                SCALARS_BYTES + 4 * crate::shaders::hierarchy_slots::level_words(k as u32) as u64
+            }
+            (_, Some(_)) => SCALARS_BYTES + SCHEDULE_BYTES,
+            (_, None) => SCALARS_BYTES,
         }
         .next_multiple_of(16);
-        let optimizer = match &config.optimizer {
+        let tensors = match &config.optimizer {
             None => None,
             Some(o) => {
-                let packing = Packing::new(layout, o.state, max_buffer, "optimizer state")?;
-                let mut tensors = Vec::new();
-                for name in o.kind().state_names() {
-                    let (buffers, leaves) =
-                        packing.allocate(&device, layout, EMA_USAGE, &format!("bloop optimizer {name}"))?;
-                    tensors.push(EmaStore { _buffers: buffers, leaves });
-                }
-                let schedule = gpu_scope(&device, "allocating the optimizer's schedule", || {
-                    device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("bloop learning rate"),
-                        size: 16,
-                        usage: EMA_USAGE,
-                        mapped_at_creation: false,
-                    })
-                })?;
-                queue.write_buffer(&schedule, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(o.lr as f32)));
-                Some(OptimizerStore { schedule, tensors })
+                // The moments of a leaf next to each other: planes of one binding, as the averages.
+                let names = o.kind().state_names();
+                let tensors = match names.len() {
+                    0 => Vec::new(),
+                    n => {
+                        let packing = Packing::planes(layout, o.state, n, max_buffer, "optimizer state")?;
+                        let (buffers, planes) =
+                            packing.allocate_planes(&device, layout, EMA_USAGE, "bloop optimizer state")?;
+                        planes.into_iter().map(|leaves| EmaStore { _buffers: buffers.clone(), leaves }).collect()
+                    }
+                };
+                Some(tensors)
             }
         };
         // Buffers are filled through the queue, never mapped at creation: mapping panics inside
@@ -305,6 +323,10 @@ impl BloopState {
             });
             (params, scalars)
         })?;
+        let optimizer = tensors.map(|tensors| OptimizerStore { schedule: scalars.clone(), tensors });
+        if let Some(o) = &config.optimizer {
+            queue.write_buffer(&scalars, LEARNING_RATE_OFFSET, bytemuck::bytes_of(&(o.lr as f32)));
+        }
         let state = BloopState {
             id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
             kernels: kernels.clone(),
@@ -408,9 +430,10 @@ impl BloopState {
         self.optimizer.as_ref().ok_or_else(|| Error::Optimizer("the state's config has no optimizer".into()))
     }
 
-    /// The optimizer's schedule buffer (`STORAGE | COPY_SRC | COPY_DST`, 16 bytes): the learning
-    /// rate as f32 at byte [`LEARNING_RATE_OFFSET`], the steps applied so far as u32 at byte
-    /// [`OPTIMIZER_STEP_OFFSET`]. Write the learning rate with `queue.write_buffer`, a buffer
+    /// The buffer that holds the optimizer's schedule (`STORAGE | COPY_SRC | COPY_DST`; the
+    /// step's scalars, [`BloopState::scalars_buffer`], with the schedule after them): the
+    /// learning rate as f32 at byte [`LEARNING_RATE_OFFSET`], the steps applied so far as u32
+    /// at byte [`OPTIMIZER_STEP_OFFSET`]. Write the learning rate with `queue.write_buffer`, a buffer
     /// copy or a kernel of your own at any time: each step reads it when it runs, so a schedule
     /// needs neither rebinding nor a host sync. Leave the step count to the library.
     pub fn learning_rate_buffer(&self) -> Result<&wgpu::Buffer> {
@@ -441,7 +464,7 @@ impl BloopState {
     /// [`BloopState::read_schedule`] as a future (the form for wasm).
     pub async fn read_schedule_async(&self) -> Result<(f32, u64)> {
         self.kernels.check_device()?;
-        let leaf = LeafBuffer::new(&self.optimizer_store()?.schedule, 0, 2);
+        let leaf = LeafBuffer::new(&self.optimizer_store()?.schedule, LEARNING_RATE_OFFSET, 2);
         let words = &readback::read_leaves_async(&self.device, &self.queue, &[leaf]).await?[0];
         Ok((words[0], words[1].to_bits() as u64))
     }
@@ -640,7 +663,10 @@ impl BloopState {
             let store = self.store(EmaRole::Level(j))?;
             roles.push(RoleLeaves::state(slots::ema(k32, j as u32), &store.leaves));
         }
+        let gradient_planes = as_planes(&self.device, &mut roles[..=k]);
+        let state_planes = as_planes(&self.device, &mut roles[k + 1..]);
         roles.push(RoleLeaves::user(slots::out(k32), output, true));
+        let variant = Variant { gradient_planes, state_planes, ..variant };
         let mut bindings = self.finish_bindings(variant, &roles, 16 * slots::partial_vecs(k32) as u64, output)?;
         let mut users = inputs;
         users.push((Role::Output, output));
@@ -747,24 +773,35 @@ impl BloopState {
         let variant =
             self.kernels.describe(Kind::of(c), inputs_writable, flags, c.types, c.optimizer.as_ref(), write_out);
 
-        let mut roles = vec![
+        let mut gradient_roles = [
             RoleLeaves::user(slot::MAIN, gradients.main, inputs_writable),
             RoleLeaves::user(slot::AUX, gradients.aux, inputs_writable),
         ];
+        let gradient_planes = as_planes(&self.device, &mut gradient_roles);
+        let mut roles = gradient_roles.to_vec();
         if write_out {
             roles.push(RoleLeaves::user(slot::OUT, output, true));
         }
-        for (store, slot) in [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)] {
-            if let Some(store) = store {
-                roles.push(RoleLeaves::state(slot, &store.leaves));
-            }
-        }
+        let mut averages: Vec<RoleLeaves> = [(&self.main_ema, slot::MAIN_EMA), (&self.aux_ema, slot::AUX_EMA)]
+            .into_iter()
+            .filter_map(|(store, slot)| store.as_ref().map(|store| RoleLeaves::state(slot, &store.leaves)))
+            .collect();
+        let mut moments = Vec::new();
         if let Some(store) = &self.optimizer {
             roles.push(RoleLeaves::user(slot::PARAMS, params, true));
-            for (&slot, t) in [slot::OPT_M, slot::OPT_V].iter().zip(&store.tensors) {
-                roles.push(RoleLeaves::state(slot, &t.leaves));
-            }
+            let slots = [slot::OPT_M, slot::OPT_V];
+            moments.extend(slots.iter().zip(&store.tensors).map(|(&slot, t)| RoleLeaves::state(slot, &t.leaves)));
         }
+        // One switch for both (`Variant::state_planes`): planes where both fit.
+        let (mut planar_averages, mut planar_moments) = (averages.clone(), moments.clone());
+        let state_planes =
+            as_planes(&self.device, &mut planar_averages) && as_planes(&self.device, &mut planar_moments);
+        if state_planes {
+            (averages, moments) = (planar_averages, planar_moments);
+        }
+        roles.extend(averages);
+        roles.extend(moments);
+        let variant = Variant { gradient_planes, state_planes, ..variant };
         let mut bindings = self.finish_bindings(variant, &roles, PARTIAL_BYTES, output)?;
         let users = [(Role::MainGrad, gradients.main), (Role::AuxGrad, gradients.aux), (Role::Output, output)];
         bindings.user_buffers = validate::distinct_buffers(layout, &users);
@@ -801,17 +838,11 @@ impl BloopState {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let mut entries = vec![
+            let entries = vec![
                 wgpu::BindGroupEntry { binding: 0, resource: self.params.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 1, resource: self.scalars.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 2, resource: partials.as_entire_binding() },
             ];
-            if let Some(store) = &self.optimizer {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: slot::SCHEDULE,
-                    resource: store.schedule.as_entire_binding(),
-                });
-            }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("bloop state"),
                 layout: &kernels.group0,
@@ -991,7 +1022,7 @@ impl BloopState {
                 readback::write_leaves(&self.queue, &t.leaves, values);
             }
             let words = [saved.learning_rate.to_bits(), step];
-            self.queue.write_buffer(&store.schedule, 0, bytemuck::cast_slice(&words));
+            self.queue.write_buffer(&store.schedule, LEARNING_RATE_OFFSET, bytemuck::cast_slice(&words));
         }
         if let Some(store) = &self.main_ema {
             readback::write_leaves(&self.queue, &store.leaves, &checkpoint.main_ema);
@@ -1043,6 +1074,19 @@ fn check_init(layout: &Layout, role: Role, init: &EmaInit, dtype: DType) -> Resu
         EmaInit::Values(values) => validate::values(layout, role, values, dtype),
         EmaInit::Buffers(sources) => validate::leaves(layout, role, sources, wgpu::BufferUsages::COPY_SRC, dtype),
     }
+}
+
+/// Binds `roles` (the levels of one kind: gradients, averages, moments) as planes of one buffer
+/// where their leaves allow it (`plan::planes_fit`): whether they now are (as one role or none
+/// trivially is, so that the variant matches the one compiled at the state's creation).
+fn as_planes(device: &wgpu::Device, roles: &mut [RoleLeaves]) -> bool {
+    let Some(first) = roles.first().map(|r| r.binding) else { return true };
+    let planes: Vec<RoleLeaves> = roles.iter().map(|r| r.plane_of(first)).collect();
+    let fit = crate::plan::planes_fit(device, &planes);
+    if fit {
+        roles.copy_from_slice(&planes);
+    }
+    fit
 }
 
 fn copy_leaves(encoder: &mut wgpu::CommandEncoder, sources: &[LeafBuffer], targets: &[LeafBuffer]) {

@@ -355,30 +355,112 @@ fn bad_hierarchies_are_refused_with_typed_errors() {
     assert_eq!(state.config().level_lambdas(), &[0.1, 0.9]);
 }
 
-#[test]
-fn past_the_device_limits_creation_fails_naming_the_limit() {
-    // wgpu's default limits allow 8 storage buffers per stage: one aux loss (7) fits, two (9) not.
-    let limited = pollster::block_on(GpuContext::from_env_with_limits(|_| wgpu::Limits::default())).unwrap();
-    assert_eq!(limited.device.limits().max_storage_buffers_per_shader_stage, 8);
-    let kernels = Kernels::new(&limited.device);
-    let layout = Layout::from_lengths(&[10]).unwrap();
-    let new = |lambdas: &[f64]| {
-        BloopState::new(&kernels, &limited.queue, &layout, Config::hierarchy(lambdas), EmaInits::zeros())
-    };
-    new(&[0.5]).unwrap();
-    match new(&[0.5, 0.5]) {
-        Err(Error::ExceedsCount { needed: 9, limit: 8, limit_name, .. }) => {
-            assert_eq!(limit_name, "max_storage_buffers_per_shader_stage")
+/// Steps of a hierarchy of `k` aux losses through a pool on `gpu` (kernels made for it), each
+/// checked against the f64 reference: the direction and every average.
+/// Returns the storage buffers the step bound, or the error binding the pool gave.
+fn pool_steps_match_the_reference(
+    gpu: &GpuContext,
+    kernels: &std::sync::Arc<Kernels>,
+    lengths: &[u64],
+    k: usize,
+) -> Result<u32, Error> {
+    let layout = Layout::from_lengths(lengths).unwrap();
+    let mut rng = SplitMix64::new(40 + k as u64);
+    let lambdas: Vec<f64> = (0..k).map(|i| 0.6 / (i + 1) as f64).collect();
+    let config = Config::hierarchy(&lambdas).ema(0.3);
+    let inits: Vec<Vec<Vec<f32>>> = (0..k).map(|_| normal_leaves(&mut rng, lengths, 1.0)).collect();
+    let values = inits.iter().map(|v| EmaInit::Values(v.clone())).collect();
+    let mut state = BloopState::new_hierarchy(kernels, &gpu.queue, &layout, config, values).unwrap();
+    let mut reference = HierarchyReference::new(config, inits.iter().map(|v| widen(v)).collect());
+    let pool = GradientPool::hierarchy(&gpu.device, &layout, k, false, ElementTypes::default()).unwrap();
+    let bindings = state.bind_pool(&pool)?;
+    for _ in 0..2 {
+        let grads = random_grads(&mut rng, lengths, k);
+        for (level, g) in grads.iter().enumerate() {
+            for (leaf, v) in pool.gradient_leaves(level).unwrap().iter().zip(g) {
+                gpu.queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
+            }
         }
-        other => panic!("{other:?}"),
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        state.record_step(&mut encoder, &bindings).unwrap();
+        gpu.queue.submit([encoder.finish()]);
+        let out = read_leaves(&gpu.device, &gpu.queue, bindings.output_leaves()).unwrap();
+        let expected = reference.step(&grads.iter().map(|g| widen(g)).collect::<Vec<_>>());
+        assert!(relative_error(&widen(&out), &expected) < 1e-5, "k = {k}: direction");
+        for (j, want) in reference.emas.iter().enumerate() {
+            let got = widen(&state.read_ema(EmaRole::Level(j)).unwrap());
+            assert!(relative_error(&got, want) < 1e-5, "k = {k}: average {j}");
+        }
     }
-    // On this test's own device (lavapipe), every level up to 4 works.
+    Ok(bindings.storage_buffers())
+}
+
+#[test]
+fn every_level_up_to_eight_fits_webgpu_limits_through_the_pool() {
+    // WebGPU's defaults (wgpu's too): 8 storage buffers per stage, 256 invocations, 16 KiB of
+    // workgroup storage. Through the pool, the gradients of every loss and the averages of
+    // every level are each bound as planes of one buffer: 6 storage buffers whatever k is.
+    let limited = pollster::block_on(GpuContext::from_env_with_limits(|_| wgpu::Limits::default())).unwrap();
+    let limits = limited.device.limits();
+    assert_eq!(limits.max_storage_buffers_per_shader_stage, 8);
+    assert_eq!(limits.max_compute_invocations_per_workgroup, 256);
+    assert_eq!(limits.max_compute_workgroup_storage_size, 16 << 10);
+    let kernels = Kernels::new(&limited.device);
+    for k in 1..=bloop::MAX_LEVELS {
+        assert_eq!(pool_steps_match_the_reference(&limited, &kernels, &[5, 300, 4097], k).unwrap(), 6, "k = {k}");
+    }
+    // The user's buffers, one per loss, need a binding each: k + 6, so 8 allow k = 2, and
+    // three aux losses are refused naming the limit, the state left as it was.
     let layout = Layout::from_lengths(&[10]).unwrap();
-    for k in 1..=4 {
+    for k in [2, 3] {
         let config = Config::hierarchy(&vec![0.1; k]);
-        let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, config, EmaInits::zeros()).unwrap();
-        let pool = GradientPool::hierarchy(&gpu().device, &layout, k, false, ElementTypes::default()).unwrap();
-        state.bind_pool(&pool).unwrap();
+        let state = BloopState::new(&kernels, &limited.queue, &layout, config, EmaInits::zeros()).unwrap();
+        let pools: Vec<GradientPool> =
+            (0..=k).map(|_| GradientPool::new(&limited.device, &layout, false).unwrap()).collect();
+        let gradients: Vec<&[LeafBuffer]> = pools.iter().map(|p| p.main_leaves()).collect();
+        let output = Output::Buffers(pools[0].output_leaves());
+        match (k, state.bind_hierarchy(&gradients, output)) {
+            (2, Ok(_)) => {}
+            (3, Err(Error::ExceedsCount { needed: 9, limit: 8, limit_name, .. })) => {
+                assert_eq!(limit_name, "max_storage_buffers_per_shader_stage")
+            }
+            (_, other) => panic!("k = {k}: {other:?}"),
+        }
+        assert_eq!(state.steps(), 0);
+    }
+}
+
+#[test]
+fn leaves_too_large_for_one_window_of_planes_bind_each_level_alone() {
+    // 16 KiB bindings: a leaf of 3000 f32 (12 KB) fits one, but not with the other levels
+    // beside it, so its planes are bound one binding each, as the user's buffers are.
+    let small = pollster::block_on(GpuContext::from_env_with_limits(|limits| wgpu::Limits {
+        max_storage_buffer_binding_size: 16 << 10,
+        ..limits
+    }))
+    .unwrap();
+    let limit = small.device.limits().max_storage_buffers_per_shader_stage as usize;
+    let one_slot = bloop::KernelOptions { max_slots: 1, ..Default::default() };
+    for kernels in [Kernels::new(&small.device), Kernels::with_options(&small.device, one_slot)] {
+        for k in [2, 3] {
+            // With one slot: scalars, partials, table, output, a binding per gradient, and the
+            // averages as planes only where two (24 KB) fit 16 KiB. With more, windows of one
+            // buffer may also share a dispatch as slots. A device that allows fewer (SwiftShader's
+            // 10 at k = 3) refuses the binding naming the limit.
+            let least = 4 + (k + 1) + if k == 2 { 1 } else { k };
+            match pool_steps_match_the_reference(&small, &kernels, &[3000, 7, 900], k) {
+                Ok(bound) => {
+                    let bound = bound as usize;
+                    let one_slot = kernels.options().max_slots == 1;
+                    assert!(least <= limit && bound >= least && (!one_slot || bound == least), "k = {k}: {bound}");
+                }
+                Err(Error::ExceedsCount { needed, limit_name, .. }) => {
+                    assert!(least > limit && needed as usize == least, "k = {k}: {needed}");
+                    assert_eq!(limit_name, "max_storage_buffers_per_shader_stage");
+                }
+                Err(e) => panic!("k = {k}: {e}"),
+            }
+        }
     }
 }
 

@@ -245,7 +245,13 @@ impl Run {
         }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         if let Some(source) = lr_source {
-            encoder.copy_buffer_to_buffer(source, 0, self.state.learning_rate_buffer().unwrap(), 0, 4);
+            encoder.copy_buffer_to_buffer(
+                source,
+                0,
+                self.state.learning_rate_buffer().unwrap(),
+                bloop::state::LEARNING_RATE_OFFSET,
+                4,
+            );
         }
         self.state.record_step(&mut encoder, &self.bindings).unwrap();
         gpu.queue.submit([encoder.finish()]);
@@ -740,6 +746,65 @@ fn fused_f32_optimizers_use_vector_loads_and_match_the_scalar_kernels() {
         for (a, b) in params[0].1.iter().zip(&params[1].1) {
             let apart = relative_error(&widen(a), &widen(b));
             assert!(apart <= F32_BOUND, "optimizer state {apart} apart; {config:?}");
+        }
+    }
+}
+
+#[test]
+fn every_fused_optimizer_fits_webgpu_limits_through_the_pool() {
+    // WebGPU's (and wgpu's) default 8 storage buffers per stage: through the pool, the
+    // gradients, the averages and the moments are each planes of one buffer and the schedule
+    // lies in the scalars' buffer, so PCGrad with Adam binds 8, the others fewer.
+    let limited = pollster::block_on(bloop::GpuContext::from_env_with_limits(|_| wgpu::Limits::default())).unwrap();
+    assert_eq!(limited.device.limits().max_storage_buffers_per_shader_stage, 8);
+    let (device, queue) = (&limited.device, &limited.queue);
+    let kernels = bloop::Kernels::new(device);
+    let write = |leaves: &[LeafBuffer], values: &[Vec<f32>]| {
+        for (leaf, v) in leaves.iter().zip(values) {
+            queue.write_buffer(&leaf.buffer, leaf.offset, bytemuck::cast_slice(v));
+        }
+    };
+    let read = |leaves: &[LeafBuffer]| widen(&read_leaves(device, queue, leaves).unwrap());
+    let mut rng = SplitMix64::new(77);
+    let layout = Layout::from_lengths(&[5, 3001, 130]).unwrap();
+    let lengths = layout.lengths();
+    for optimizer in optimizers(&mut rng) {
+        for method in [Method::Bloop, Method::PcGrad, Method::Mixed] {
+            let config = Config::new(method).ema(0.3).lambda(0.7).optimizer(optimizer);
+            let (main, aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 1.0));
+            let inits = EmaInits { main: EmaInit::Values(main.clone()), aux: EmaInit::Values(aux.clone()) };
+            let mut state = BloopState::new(&kernels, queue, &layout, config, inits).unwrap();
+            let kept = |on: bool, values: &[Vec<f32>]| if on { widen(values) } else { vec![] };
+            let mut reference =
+                ReferenceState::new(config, kept(method.has_main_ema(), &main), kept(method.has_aux_ema(), &aux));
+            let pool = GradientPool::new(device, &layout, false).unwrap().with_params(device, DType::F32).unwrap();
+            let params = normal_leaves(&mut rng, &lengths, 1.0);
+            write(pool.params_leaves().unwrap(), &params);
+            let mut reference_optimizer = ReferenceOptimizer::new(optimizer, widen(&params));
+            let bindings = state.bind_pool(&pool).unwrap();
+            let context = format!("{} {}", method.name(), optimizer.name());
+            assert!(bindings.storage_buffers() <= 8, "{context}: {bindings:?}");
+            for step in 0..3 {
+                let (g_main, g_aux) = (normal_leaves(&mut rng, &lengths, 1.0), normal_leaves(&mut rng, &lengths, 0.5));
+                write(pool.main_leaves(), &g_main);
+                write(pool.aux_leaves(), &g_aux);
+                let mut encoder = device.create_command_encoder(&Default::default());
+                state.record_step(&mut encoder, &bindings).unwrap();
+                queue.submit([encoder.finish()]);
+                let direction = reference.step_with(&widen(&g_main), &widen(&g_aux), &mut reference_optimizer);
+                let mut errors = vec![
+                    relative_error(&read(pool.output_leaves()), &direction),
+                    relative_error(&read(pool.params_leaves().unwrap()), &reference_optimizer.params),
+                ];
+                for (got, want) in state.read_optimizer_state().unwrap().iter().zip(&reference_optimizer.state) {
+                    errors.push(relative_error(&widen(got), want));
+                }
+                if method.has_aux_ema() {
+                    errors.push(relative_error(&widen(&state.read_ema(EmaRole::Aux).unwrap()), &reference.aux_ema));
+                }
+                assert!(errors.iter().all(|&e| e <= F32_BOUND), "{context}, step {step}: {errors:?}");
+            }
+            assert_eq!(state.read_schedule().unwrap().1, 3, "{context}");
         }
     }
 }

@@ -76,6 +76,9 @@ fn every_variant_translates_to_spirv() {
     // order with the guard off and on; 4 and 16 slots); mixing in 14 (the same but the
     // paper's order: 1 stage without sums, 2 with, 3 with the guard); and each of the three
     // with each fused f32 optimizer, the direction written or not (18 variants, 3 stages).
+    // Levels as planes of one buffer: hierarchies of 1, 2, 3, 4 and 8 aux losses in 13
+    // variants each (both guard settings in both orders, writable inputs, averages alone as
+    // planes, 4 slots, and three 16-bit storages with read-only and writable inputs), 3 stages.
     assert_eq!(
         count,
         4 * (3 * 9 + 6)
@@ -86,6 +89,7 @@ fn every_variant_translates_to_spirv() {
             + (8 * 3 + 1 + 3 * 3 + 4 * 3 + 3 * 3)
             + (2 * 22 * 3 + (4 * (1 + 2 + 3) + 3 + 3))
             + 3 * 3 * 2 * 3
+            + 5 * 13 * 3
     );
 }
 

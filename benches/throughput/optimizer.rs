@@ -61,7 +61,7 @@ pub fn measure(
     let base = Config::new(Method::Bloop).ema(0.01).lambda(0.5);
     let fused_config = base.optimizer(optimizer);
     let pool = GradientPool::new(device, layout, false).unwrap().with_params(device, DType::F32).unwrap();
-    assert_eq!(pool.buffers().len(), 4, "one buffer per role");
+    assert_eq!(pool.buffers().len(), 3, "the gradients as planes of one buffer, the output, the parameters");
     let mut rng = bloop::rng::SplitMix64::new(3);
     for leaves in [pool.main_leaves(), pool.aux_leaves(), pool.params_leaves().unwrap()] {
         for leaf in leaves {
