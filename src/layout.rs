@@ -177,46 +177,82 @@ pub(crate) struct Packing {
 
 impl Packing {
     pub fn new(layout: &Layout, dtype: DType, max_buffer_size: u64, what: &str) -> Result<Packing> {
-        Packing::planes(layout, dtype, 1, max_buffer_size, what)
+        Packing::planes(layout, dtype, 1, max_buffer_size, u64::MAX, what)
     }
 
     /// Room for `planes` copies of every leaf (the levels of one role: a hierarchy's
-    /// gradients or averages, the optimizer's moments), leaf by leaf: a leaf's copies follow
-    /// each other in one buffer where they fit, so that one binding window can hold them all
-    /// and the kernels bind the role's planes as one buffer. `places` lists each leaf's
-    /// planes in order, leaf after leaf ([`Packing::allocate_planes`]).
-    pub fn planes(layout: &Layout, dtype: DType, planes: usize, max_buffer_size: u64, what: &str) -> Result<Packing> {
+    /// gradients or averages, the optimizer's moments), so that the kernels can bind a role's
+    /// planes as one buffer. Leaves go in chunks whose planes together fit `window` bytes (the
+    /// device's largest binding), plane after plane within a chunk: every leaf's planes lie in
+    /// one binding window, and neighbouring leaves stay back to back in every plane, so the
+    /// step runs them as one segment (`plan::contiguous_runs`). A leaf whose planes fit no
+    /// buffer gets them one at a time. `places` lists each leaf's planes in order, leaf after
+    /// leaf ([`Packing::allocate_planes`]).
+    pub fn planes(
+        layout: &Layout,
+        dtype: DType,
+        planes: usize,
+        max_buffer_size: u64,
+        window: u64,
+        what: &str,
+    ) -> Result<Packing> {
+        let leaves = layout.leaves();
         let mut buffer_sizes = vec![0u64];
-        let mut places = Vec::with_capacity(layout.len() * planes);
-        for leaf in layout.leaves() {
-            let bytes = leaf.len * dtype.size();
-            if bytes > max_buffer_size {
-                return Err(Error::ExceedsLimit {
-                    what: format!("{what} of leaf `{}`", leaf.name),
-                    needed: bytes,
-                    limit: max_buffer_size,
-                    limit_name: "max_buffer_size",
-                });
-            }
-            // The whole block in a fresh buffer when it does not fit the current one (and one
-            // plane at a time when no buffer holds it).
-            let block = (planes as u64 - 1) * bytes.next_multiple_of(PLACEMENT_ALIGNMENT) + bytes;
-            let used = *buffer_sizes.last().unwrap();
-            if used > 0
-                && used.next_multiple_of(PLACEMENT_ALIGNMENT) + block > max_buffer_size
-                && block <= max_buffer_size
-            {
-                buffer_sizes.push(0);
-            }
-            for _ in 0..planes {
-                let mut offset = buffer_sizes.last().unwrap().next_multiple_of(PLACEMENT_ALIGNMENT);
-                if offset + bytes > max_buffer_size {
-                    buffer_sizes.push(0);
-                    offset = 0;
+        let mut places = vec![(0usize, 0u64); leaves.len() * planes];
+        let planes_u64 = planes as u64;
+        // Bytes of `planes` planes of `plane` bytes each, every plane aligned.
+        let block = |plane: u64| (planes_u64 - 1) * plane.next_multiple_of(PLACEMENT_ALIGNMENT) + plane;
+        let chunk_limit = window.min(max_buffer_size);
+        let mut first = 0;
+        while first < leaves.len() {
+            // The chunk first..end and each leaf's offset within a plane of it.
+            let (mut end, mut plane, mut within) = (first, 0u64, Vec::new());
+            while end < leaves.len() {
+                let bytes = leaves[end].len * dtype.size();
+                if bytes > max_buffer_size {
+                    return Err(Error::ExceedsLimit {
+                        what: format!("{what} of leaf `{}`", leaves[end].name),
+                        needed: bytes,
+                        limit: max_buffer_size,
+                        limit_name: "max_buffer_size",
+                    });
                 }
-                *buffer_sizes.last_mut().unwrap() = offset + bytes;
-                places.push((buffer_sizes.len() - 1, offset));
+                let at = plane.next_multiple_of(PLACEMENT_ALIGNMENT);
+                if end > first && block(at + bytes) > chunk_limit {
+                    break;
+                }
+                within.push(at);
+                plane = at + bytes;
+                end += 1;
             }
+            let stride = plane.next_multiple_of(PLACEMENT_ALIGNMENT);
+            let used = buffer_sizes.last().unwrap().next_multiple_of(PLACEMENT_ALIGNMENT);
+            if block(plane) <= max_buffer_size {
+                let base = if used + block(plane) <= max_buffer_size {
+                    used
+                } else {
+                    buffer_sizes.push(0);
+                    0
+                };
+                for (k, &at) in within.iter().enumerate() {
+                    for p in 0..planes {
+                        places[(first + k) * planes + p] = (buffer_sizes.len() - 1, base + p as u64 * stride + at);
+                    }
+                }
+                *buffer_sizes.last_mut().unwrap() = base + block(plane);
+            } else {
+                // One leaf too large for all its planes in one buffer: a plane at a time.
+                for p in 0..planes {
+                    let mut offset = buffer_sizes.last().unwrap().next_multiple_of(PLACEMENT_ALIGNMENT);
+                    if offset + plane > max_buffer_size {
+                        buffer_sizes.push(0);
+                        offset = 0;
+                    }
+                    *buffer_sizes.last_mut().unwrap() = offset + plane;
+                    places[first * planes + p] = (buffer_sizes.len() - 1, offset);
+                }
+            }
+            first = end;
         }
         // Round up so copies of whole buffers stay 4-byte multiples, and to whole vec4s where
         // the device allows, so that the last leaf can be bound as `array<vec4<f32>>` too (the

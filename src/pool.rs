@@ -50,10 +50,10 @@ impl GradientPool {
         if in_place {
             types.check_in_place()?;
         }
-        let max = device.limits().max_buffer_size;
+        let (max, window) = (device.limits().max_buffer_size, device.limits().max_storage_buffer_binding_size);
         // Every leaf's gradients next to each other, so that a step binds them as planes of
         // one buffer whatever the number of levels (`shaders::Variant::gradient_planes`).
-        let packing = Packing::planes(layout, types.gradients, levels.max(1) + 1, max, "pool")?;
+        let packing = Packing::planes(layout, types.gradients, levels.max(1) + 1, max, window, "pool")?;
         let (mut buffers, gradients) = packing.allocate_planes(device, layout, POOL_USAGE, "bloop pool gradients")?;
         let mut gradients = gradients.into_iter();
         let (main, aux) = (gradients.next().expect("main"), gradients.next().expect("aux"));

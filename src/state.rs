@@ -255,13 +255,13 @@ impl BloopState {
         let opt = config.optimizer.as_ref();
         let flags = VariantFlags::of(&config);
         kernels.compile(kernels.describe(Kind::of(&config), false, flags, config.types, opt, true))?;
-        let max_buffer = device.limits().max_buffer_size;
+        let (max_buffer, window) = (device.limits().max_buffer_size, device.limits().max_storage_buffer_binding_size);
         // Every average of a leaf next to the others, so that a step binds them as planes of one
         // buffer (`shaders::Variant::state_planes`).
         let kept = inits.iter().filter(|i| i.0).count();
         let (buffers, planes) = match kept {
             0 => (Vec::new(), Vec::new()),
-            _ => Packing::planes(layout, config.types.ema, kept, max_buffer, "EMA")?.allocate_planes(
+            _ => Packing::planes(layout, config.types.ema, kept, max_buffer, window, "EMA")?.allocate_planes(
                 &device,
                 layout,
                 EMA_USAGE,
@@ -296,7 +296,7 @@ impl BloopState {
                 let tensors = match names.len() {
                     0 => Vec::new(),
                     n => {
-                        let packing = Packing::planes(layout, o.state, n, max_buffer, "optimizer state")?;
+                        let packing = Packing::planes(layout, o.state, n, max_buffer, window, "optimizer state")?;
                         let (buffers, planes) =
                             packing.allocate_planes(&device, layout, EMA_USAGE, "bloop optimizer state")?;
                         planes.into_iter().map(|leaves| EmaStore { _buffers: buffers.clone(), leaves }).collect()
