@@ -190,8 +190,8 @@ fn the_guard_skips_a_step_with_any_non_finite_gradient() {
     let layout = Layout::from_lengths(&[5, 300, 4097]).unwrap();
     let lengths = layout.lengths();
     let mut rng = SplitMix64::new(3);
-    let k = 3;
-    let config = Config::hierarchy(&[0.5, 0.3, 0.2]).ema(0.2);
+    let k = common::levels_that_fit(3);
+    let config = Config::hierarchy(&[0.5, 0.3, 0.2][..k]).ema(0.2);
     let init = EmaInits::both(EmaInit::Normal { seed: 4 });
     let mut state = BloopState::new(&kernels(), &gpu().queue, &layout, config, init).unwrap();
     let pool = GradientPool::hierarchy(&gpu().device, &layout, k, false, ElementTypes::default()).unwrap();
@@ -222,11 +222,12 @@ fn ratios_per_level_and_checkpoints_follow_the_reference() {
     let layout = Layout::from_lengths(&[7, 1000]).unwrap();
     let lengths = layout.lengths();
     let mut rng = SplitMix64::new(8);
-    let k = 4;
+    let k = common::levels_that_fit(4);
+    let lambdas = &[0.4, 0.3, 0.2, 0.1][..k];
     let dir = std::env::temp_dir().join(format!("bloop-hierarchy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for order in [Order::UpdateFirst, Order::ProjectFirst] {
-        let config = Config::hierarchy(&[0.4, 0.3, 0.2, 0.1]).ema(0.3).order(order).rescale(true);
+        let config = Config::hierarchy(lambdas).ema(0.3).order(order).rescale(true);
         let inits: Vec<Vec<Vec<f32>>> = (0..k).map(|_| normal_leaves(&mut rng, &lengths, 1.0)).collect();
         let values = inits.iter().map(|v| EmaInit::Values(v.clone())).collect();
         let mut state = BloopState::new_hierarchy(&kernels(), &gpu().queue, &layout, config, values).unwrap();
@@ -240,7 +241,7 @@ fn ratios_per_level_and_checkpoints_follow_the_reference() {
             let expected = reference.step(&grads.iter().map(|g| widen(g)).collect::<Vec<_>>());
             assert!(relative_error(&widen(&out), &expected) < 1e-5, "{order:?} in place");
             let ratios = state.read_level_ratios().unwrap();
-            assert_eq!(ratios.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+            assert_eq!(ratios.iter().map(Vec::len).collect::<Vec<_>>(), (1..=k).collect::<Vec<_>>());
             for (got, want) in ratios.iter().flatten().zip(reference.ratios.iter().flatten()) {
                 assert!((*got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{got} vs {want}");
             }
@@ -255,7 +256,9 @@ fn ratios_per_level_and_checkpoints_follow_the_reference() {
         assert_eq!(emas(&restored, k), emas(&state, k));
         assert_eq!(restored.checkpoint().unwrap(), checkpoint);
         // A hierarchy with other weights refuses it.
-        let other = Config::hierarchy(&[0.4, 0.3, 0.2, 0.2]).ema(0.3).order(order).rescale(true);
+        let mut other = lambdas.to_vec();
+        other[k - 1] += 0.1;
+        let other = Config::hierarchy(&other).ema(0.3).order(order).rescale(true);
         let mut other = BloopState::new(&kernels(), &gpu().queue, &layout, other, EmaInits::zeros()).unwrap();
         let err = other.restore(&checkpoint).unwrap_err().to_string();
         assert!(err.contains("lambdas"), "{err}");
@@ -366,17 +369,18 @@ fn past_the_device_limits_creation_fails_naming_the_limit() {
         BloopState::new(&kernels, &limited.queue, &layout, Config::hierarchy(lambdas), EmaInits::zeros())
     };
     new(&[0.5]).unwrap();
-    match new(&[0.5, 0.5]) {
-        Err(Error::ExceedsCount { needed: 9, limit: 8, limit_name, .. }) => {
-            assert_eq!(limit_name, "max_storage_buffers_per_shader_stage")
-        }
-        other => panic!("{other:?}"),
-    }
-    // On this test's own device (lavapipe), every level up to 4 works.
+    let two = new(&[0.5, 0.5]);
+    common::unless_too_many_storage_buffers(two, 8, common::hierarchy_most_storage_buffers(2), "2 levels at 8");
+    // On this test's own device, every level up to 4 works where its storage buffers allow
+    // (on lavapipe all; on SwiftShader's 10, k = 3 and 4 are refused by name today).
     let layout = Layout::from_lengths(&[10]).unwrap();
     for k in 1..=4 {
         let config = Config::hierarchy(&vec![0.1; k]);
-        let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, config, EmaInits::zeros()).unwrap();
+        let state = BloopState::new(&common::kernels(), &gpu().queue, &layout, config, EmaInits::zeros());
+        let (limit, most) = (common::storage_buffer_limit(), common::hierarchy_most_storage_buffers(k));
+        let Some(state) = common::unless_too_many_storage_buffers(state, limit, most, &format!("{k} levels")) else {
+            continue;
+        };
         let pool = GradientPool::hierarchy(&gpu().device, &layout, k, false, ElementTypes::default()).unwrap();
         state.bind_pool(&pool).unwrap();
     }
@@ -398,8 +402,8 @@ fn the_diagnostics_ring_carries_the_ratios_per_level() {
     let layout = Layout::from_lengths(&[50, 3000]).unwrap();
     let lengths = layout.lengths();
     let mut rng = SplitMix64::new(17);
-    let k = 3;
-    let config = Config::hierarchy(&[0.3, 0.2, 0.1]).ema(0.5);
+    let k = common::levels_that_fit(3);
+    let config = Config::hierarchy(&[0.3, 0.2, 0.1][..k]).ema(0.5);
     let init = EmaInits::both(EmaInit::Normal { seed: 1 });
     let mut state = BloopState::new(&kernels(), &gpu().queue, &layout, config, init).unwrap();
     let pool = GradientPool::hierarchy(&gpu().device, &layout, k, false, ElementTypes::default()).unwrap();
@@ -418,9 +422,9 @@ fn the_diagnostics_ring_carries_the_ratios_per_level() {
     let landed = ring.flush().unwrap();
     assert_eq!(landed.len(), 3);
     for (d, ratios) in landed.iter().zip(&direct) {
-        assert_eq!(d.levels, 3);
+        assert_eq!(d.levels as usize, k);
         assert_eq!(&d.level_ratios(), ratios);
         assert_eq!(d.ratio, ratios[0][0], "the first aux loss against the main average");
     }
-    assert!(landed[2].level_ratios()[2].iter().all(|r| r.is_finite()));
+    assert!(landed[2].level_ratios()[k - 1].iter().all(|r| r.is_finite()));
 }
