@@ -66,6 +66,16 @@ fn main() -> ExitCode {
     let kernels = Kernels::with_options(&gpu.device, options);
     let bound = bound(types);
     println!("adapter: {}", gpu.describe());
+    let limits = gpu.device.limits();
+    println!(
+        "limits: {} storage buffers per stage, {} invocations per workgroup, {} KiB workgroup storage, \
+         {} MiB binding, f16 {}",
+        limits.max_storage_buffers_per_shader_stage,
+        limits.max_compute_invocations_per_workgroup,
+        limits.max_compute_workgroup_storage_size / 1024,
+        limits.max_storage_buffer_binding_size >> 20,
+        if gpu.device.features().contains(wgpu::Features::SHADER_F16) { "yes" } else { "no" }
+    );
     println!(
         "storage: gradients {}, output {}, averages {}{}",
         types.gradients,

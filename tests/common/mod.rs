@@ -36,9 +36,12 @@ pub fn unless_too_many_storage_buffers<T>(
 ) -> Option<T> {
     match result {
         Ok(value) => Some(value),
-        Err(bloop::Error::ExceedsCount { needed, limit: refused_at, limit_name, .. })
-            if limit_name == "max_storage_buffers_per_shader_stage" =>
-        {
+        Err(bloop::Error::ExceedsCount {
+            needed,
+            limit: refused_at,
+            limit_name: "max_storage_buffers_per_shader_stage",
+            ..
+        }) => {
             assert_eq!(refused_at, limit, "{what}: refused at another limit than the device's");
             assert!(needed > limit, "{what}: refused needing {needed} on a device with {limit}");
             assert!(needed <= most_needed, "{what}: needs {needed} storage buffers, more than {most_needed}");
