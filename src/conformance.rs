@@ -658,10 +658,13 @@ pub fn preamble(adapter: &str, types: ElementTypes, kernels: &Kernels) -> Vec<St
     vec![
         format!("adapter: {adapter}"),
         format!(
-            "limits: {} storage buffers per stage, {} invocations per workgroup, {} bytes of workgroup storage",
+            "limits: {} storage buffers per stage, {} invocations per workgroup, {} KiB workgroup storage, \
+             {} MiB binding, f16 {}",
             limits.max_storage_buffers_per_shader_stage,
             limits.max_compute_invocations_per_workgroup,
-            limits.max_compute_workgroup_storage_size
+            limits.max_compute_workgroup_storage_size / 1024,
+            limits.max_storage_buffer_binding_size >> 20,
+            if kernels.device().features().contains(wgpu::Features::SHADER_F16) { "yes" } else { "no" }
         ),
         format!("storage: gradients {}, output {}, averages {}{f16_storage}", types.gradients, types.output, types.ema),
         format!("bound: relative error <= {:e} on every step", bound(types)),

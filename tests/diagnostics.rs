@@ -88,12 +88,21 @@ fn polling_never_waits_for_the_gpu() {
     let early = ring.poll().unwrap();
     let polled_in = started.elapsed();
     let all = ring.flush().unwrap();
-    assert!(
-        early.is_empty(),
-        "poll returned {} steps right after submitting ~{} ms of work",
-        early.len(),
-        polled_in.as_millis()
-    );
+    // wgpu's GL back-end replays the commands inside `submit`, and llvmpipe runs a dispatch in
+    // the calling thread: the work is done before poll is called, so nothing shows whether
+    // poll would have waited.
+    if gpu.adapter.get_info().backend == wgpu::Backend::Gl {
+        eprintln!("not checked on GL: submit ran the work, so poll cannot be caught waiting");
+    } else {
+        assert!(
+            early.is_empty(),
+            "poll returned {} steps right after submitting ~{} ms of work",
+            early.len(),
+            polled_in.as_millis()
+        );
+    }
+    // Whatever poll returned and flush returned are the four steps, in order, once each.
+    let all: Vec<_> = early.iter().chain(&all).collect();
     assert_eq!(all.iter().map(|d| d.step).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     assert_eq!(ring.dropped(), 1);
 }

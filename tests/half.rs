@@ -18,6 +18,12 @@ fn kernel_sets() -> Vec<(&'static str, std::sync::Arc<Kernels>)> {
     assert!(!packed.uses_native_f16());
     let mut sets = vec![("packed f16", packed)];
     let native = Kernels::new(device);
+    // A device without SHADER_F16 (SwiftShader, GL on llvmpipe) runs the packed fallback only.
+    let has_f16 = device.features().contains(wgpu::Features::SHADER_F16);
+    assert_eq!(native.uses_native_f16(), has_f16, "f16 arrays exactly where the device has SHADER_F16");
+    if !has_f16 {
+        eprintln!("no SHADER_F16 on this device: f16 runs packed in u32 words only");
+    }
     if native.uses_native_f16() {
         sets.push(("f16 arrays", native));
     }

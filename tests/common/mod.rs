@@ -16,6 +16,66 @@ pub fn gpu() -> &'static GpuContext {
     GPU.get_or_init(|| GpuContext::from_env().expect("a GPU adapter (lavapipe is enough)"))
 }
 
+/// The device's storage buffers per shader stage: 32 on lavapipe 22, 16 on GL (llvmpipe), 10 on
+/// SwiftShader, 8 in WebGPU's defaults.
+pub fn storage_buffer_limit() -> u32 {
+    gpu().device.limits().max_storage_buffers_per_shader_stage
+}
+
+/// `result`'s value where the variant fits a device with `limit` storage buffers per stage;
+/// `None`, with the reason printed, where it was refused with the typed error that names that
+/// limit and the device really has fewer than the variant binds. Any other error fails the test,
+/// and so does a refusal on a device with enough (so a skip cannot hide a wrong answer where the
+/// variant exists) or one that needs more than `most_needed`, what the variant binds today (the
+/// bindings may only shrink, as they do where planes share a buffer).
+pub fn unless_too_many_storage_buffers<T>(
+    result: bloop::Result<T>,
+    limit: u32,
+    most_needed: u32,
+    what: &str,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(bloop::Error::ExceedsCount {
+            needed,
+            limit: refused_at,
+            limit_name: "max_storage_buffers_per_shader_stage",
+            ..
+        }) => {
+            assert_eq!(refused_at, limit, "{what}: refused at another limit than the device's");
+            assert!(needed > limit, "{what}: refused needing {needed} on a device with {limit}");
+            assert!(needed <= most_needed, "{what}: needs {needed} storage buffers, more than {most_needed}");
+            eprintln!(
+                "refused, as it must be: {what} needs {needed} storage buffers per stage, the device has {limit}"
+            );
+            None
+        }
+        Err(other) => panic!("{what}: {other:?}"),
+    }
+}
+
+/// What a hierarchy of `k` auxiliary losses binds today with one slot: the scalars, partials,
+/// tile table, k + 1 gradients, k averages and the output.
+pub fn hierarchy_most_storage_buffers(k: usize) -> u32 {
+    2 * k as u32 + 5
+}
+
+/// The most auxiliary levels, up to `wanted`, whose hierarchy the shared kernels can make on this
+/// device (every refusal above it checked and printed), so that a test of something the number
+/// of levels does not change still runs where the device has fewer storage buffers.
+pub fn levels_that_fit(wanted: usize) -> usize {
+    let layout = Layout::from_lengths(&[1]).unwrap();
+    (2..=wanted)
+        .rev()
+        .find(|&k| {
+            let config = Config::hierarchy(&vec![0.5; k]);
+            let made = BloopState::new(&kernels(), &gpu().queue, &layout, config, EmaInits::zeros());
+            let (limit, most) = (storage_buffer_limit(), hierarchy_most_storage_buffers(k));
+            unless_too_many_storage_buffers(made, limit, most, &format!("a hierarchy of {k}")).is_some()
+        })
+        .unwrap_or(1)
+}
+
 /// Kernels with the tile length a GPU gets (lavapipe alone would pick `CPU_TILE_LEN`), so that
 /// the tests sharing them cut steps into tiles as users' GPUs do; `tests/tiles.rs` covers the
 /// other lengths, and the tests that make `Kernels::new` their own use the adapter's choice.
