@@ -254,7 +254,7 @@ fn slots_stay_within_the_device_limits() {
             let leaves = Leaves::new(&mut rng, &limited, &layout, Arrangement::PerLeaf);
             let params = Leaves::new(&mut rng, &limited, &layout, Arrangement::PerLeaf).main;
             match state.bind_external_with_params(&leaves.gradients(), &params) {
-                Err(Error::ExceedsCount { needed: 9, limit: 8, limit_name, .. }) => {
+                Err(bloop::Error::ExceedsCount { needed: 9, limit: 8, limit_name, .. }) => {
                     assert_eq!(limit_name, "max_storage_buffers_per_shader_stage")
                 }
                 other => panic!("{other:?}"),
