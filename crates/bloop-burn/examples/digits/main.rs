@@ -3,13 +3,15 @@
 //!
 //! A ReLU MLP 64 -> 256 -> 128 -> 10 (LeCun-normal truncated init, zero biases) learns the
 //! digits with softmax cross-entropy as the main loss; the aux loss is
-//! `log prod_l ||W_l||_2^2` over the three weight matrices, with spectral norms from power
-//! iteration (singular vectors carried between steps, gradient through `sigma = u^T W v`).
-//! Adam (lr 3e-4, batch 256). Every method runs over `logspace(-4, 0, 9)`; runs are independent
-//! and several run at once on threads sharing the device.
+//! `log prod_l ||W_l||_2^2` over the three weight matrices, with the exact spectral norms at
+//! every step as the authors compute them (or `--power-steps N` carried power-iteration steps).
+//! Adam (lr 3e-4, batch 256). Every method runs over `logspace(-4, 0, 9)`, BLOOP also at two
+//! stronger lambdas; runs are independent and several can run at once on threads sharing the
+//! device.
 
 mod data;
 mod plots;
+mod spectral;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use data::{Digits, Rng};
+use spectral::SpectralNorm;
 
 #[derive(Parser, Debug)]
 #[command(about = "BLOOP vs mixing, PCGrad and the dynamic barrier on the UCI digits (burn + wgpu)")]
@@ -39,6 +42,19 @@ struct Args {
     /// Lambdas, comma separated (default logspace(-4, 0, 9)).
     #[arg(long, value_delimiter = ',')]
     lambdas: Option<Vec<f64>>,
+    /// BLOOP's lambdas beyond `--lambdas`, comma separated: its aux loss falls more slowly with
+    /// lambda than the others', so these stretch its front over their strong-aux points
+    /// (default 10^-0.25 and 10^-0.125 with the default lambdas, none with `--lambdas`).
+    #[arg(long, value_delimiter = ',')]
+    bloop_lambdas: Option<Vec<f64>>,
+    /// Spectral norms from this many power-iteration steps per training step, singular vectors
+    /// carried between steps, instead of the exact norm (an SVD per weight matrix per step).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    power_steps: Option<u32>,
+    /// Skip the runs already in `--out`'s digits-partial.csv (a grid stopped part way, or
+    /// spread over several sittings) and append the new ones to it.
+    #[arg(long)]
+    resume: bool,
     /// Averages start at zero instead of as a copy of the initial parameters.
     #[arg(long)]
     zero_ema: bool,
@@ -115,70 +131,28 @@ impl Mlp {
     }
 }
 
-/// Power iteration with carried singular vectors: one step per training step, then
-/// `sigma = u^T W v` with `u`, `v` held constant, so the gradient is `u v^T / sigma` per term.
-struct Spectral {
-    u: Vec<Tensor<2>>, // [1, in]
-    v: Vec<Tensor<2>>, // [out, 1]
+/// The weight matrices' shapes, `[rows, cols]` as `x.matmul(W)` uses them.
+fn weight_shapes() -> [(usize, usize); 3] {
+    [(SIZES[0], SIZES[1]), (SIZES[1], SIZES[2]), (SIZES[2], SIZES[3])]
 }
 
-fn normalize(t: Tensor<2>) -> Tensor<2> {
-    let norm = t.clone().powi_scalar(2).sum().sqrt().unsqueeze::<2>();
-    t / norm
-}
-
-impl Spectral {
-    fn new(seed: u64, device: &Device) -> Spectral {
-        let mut rng = Rng::new(seed);
-        let mut unit = |n: usize, shape: [usize; 2]| {
-            let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-            normalize(Tensor::from_data(TensorData::new(x, shape), device))
-        };
-        let u = (0..3).map(|i| unit(SIZES[i], [1, SIZES[i]])).collect();
-        let v = (0..3).map(|i| unit(SIZES[i + 1], [SIZES[i + 1], 1])).collect();
-        Spectral { u, v }
-    }
-
-    /// `sum_l log sigma_l^2`, differentiable in the weights. One power-iteration step per
-    /// call: `v = W^T u / |W^T u|` from the carried `u`, then `s = W v` and `u' = s / |s|`.
-    /// `sigma = u'^T W v = |W v|` with `u'`, `v` held constant, so `sigma^2` is computed as
-    /// `|W v|^2` (same value and same gradient `2 u' v^T / sigma` per `log sigma^2`, two
-    /// kernels fewer per layer on the GPU).
-    fn aux_loss(&mut self, model: &Mlp) -> Tensor<1> {
-        let mut total: Option<Tensor<1>> = None;
-        for (l, w) in model.weights().into_iter().enumerate() {
-            let v = normalize(self.u[l].clone().matmul(w.clone().detach()).transpose()); // [out, 1]
-            let s = w.matmul(v.clone()); // [in, 1], tracked
-            self.u[l] = normalize(s.clone().detach().transpose());
-            self.v[l] = v;
-            let term = s.powi_scalar(2).sum().log();
-            total = Some(match total {
-                None => term,
-                Some(t) => t + term,
-            });
-        }
-        total.expect("three layers")
-    }
-}
-
-/// `log prod ||W_l||_2^2` of the final weights, by 200 power iterations on the host in f64.
+/// `log prod ||W_l||_2^2` of the final weights, exact (an SVD per matrix on the host in f64),
+/// whichever way training computed it.
 fn exact_aux(model: &Mlp) -> f64 {
-    let mut total = 0.0;
-    for (l, w) in model.weights().into_iter().enumerate() {
-        let (rows, cols) = (SIZES[l], SIZES[l + 1]);
-        let w: Vec<f64> = w.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|&x| x as f64).collect();
-        let mut v = vec![1.0 / (cols as f64).sqrt(); cols];
-        let mut sigma = 0.0;
-        for _ in 0..200 {
-            let u: Vec<f64> = (0..rows).map(|i| (0..cols).map(|j| w[i * cols + j] * v[j]).sum()).collect();
-            let un = u.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let nv: Vec<f64> = (0..cols).map(|j| (0..rows).map(|i| w[i * cols + j] * u[i] / un).sum()).collect();
-            sigma = nv.iter().map(|x| x * x).sum::<f64>().sqrt();
-            v = nv.iter().map(|x| x / sigma).collect();
-        }
-        total += (sigma * sigma).ln();
+    model
+        .weights()
+        .into_iter()
+        .zip(weight_shapes())
+        .map(|(w, (rows, cols))| spectral::top_singular(&spectral::host_matrix(w), rows, cols).sigma.powi(2).ln())
+        .sum()
+}
+
+/// How a run computed its spectral norms, as the CSV's `spectral_norm` column names it.
+fn norm_name(power_steps: Option<u32>) -> String {
+    match power_steps {
+        None => "exact".to_string(),
+        Some(n) => format!("power-{n}"),
     }
-    total
 }
 
 /// One run of the grid: seed, method and lambda.
@@ -189,6 +163,8 @@ struct RunResult {
     seed: u64,
     method: Method,
     lambda: f64,
+    /// `exact`, or `power-N` for N carried power-iteration steps per training step.
+    spectral_norm: String,
     train_ce: f64,
     test_ce: f64,
     test_acc: f64,
@@ -203,6 +179,7 @@ struct Shared {
     device: Device,
     epochs: usize,
     zero_ema: bool,
+    power_steps: Option<u32>,
 }
 
 fn method_config(method: Method, lambda: f64) -> Config {
@@ -214,7 +191,8 @@ fn train(shared: &Shared, (seed, method, lambda): Run, bar: &ProgressBar) -> Res
     let started = Instant::now();
     let device = shared.device.clone().autodiff();
     let mut model = Mlp::new(seed, &device);
-    let mut spectral = Spectral::new(seed + 1, &device);
+    let power_steps = shared.power_steps.map(|n| n as usize);
+    let mut spectral = SpectralNorm::new(power_steps, &weight_shapes(), seed + 1, &device);
     let init = if shared.zero_ema { EmaInit::Zeros } else { EmaInit::Values(bloop_burn::param_values(&model)) };
     let config = method_config(method, lambda);
     let mut bloop = BurnBloop::new(&model, config, &shared.kernels, &shared.queue, EmaInits::both(init))
@@ -233,7 +211,7 @@ fn train(shared: &Shared, (seed, method, lambda): Run, bar: &ProgressBar) -> Res
             let x = train_x.clone().select(0, idx.clone());
             let y = train_y.clone().select(0, idx);
             let main = GradientsParams::from_grads(model.cross_entropy(x, y).backward(), &model);
-            let aux = GradientsParams::from_grads(spectral.aux_loss(&model).backward(), &model);
+            let aux = GradientsParams::from_grads(spectral.aux_loss(model.weights().to_vec()).backward(), &model);
             let grads = bloop.combine(main, aux).map_err(|e| e.to_string())?;
             model = optimizer.step(LR, model, grads);
         }
@@ -249,6 +227,7 @@ fn train(shared: &Shared, (seed, method, lambda): Run, bar: &ProgressBar) -> Res
         seed,
         method,
         lambda,
+        spectral_norm: norm_name(shared.power_steps),
         train_ce,
         test_ce,
         test_acc: correct as f64 / d.test.len() as f64,
@@ -291,14 +270,15 @@ fn main() -> ExitCode {
     }
 }
 
-const CSV_HEADER: &str = "seed,method,lambda,train_ce,test_ce,test_acc,aux_loss,seconds";
+const CSV_HEADER: &str = "seed,method,lambda,spectral_norm,train_ce,test_ce,test_acc,aux_loss,seconds";
 
 fn csv_line(r: &RunResult) -> String {
     format!(
-        "{},{},{},{},{},{},{},{:.1}",
+        "{},{},{},{},{},{},{},{},{:.1}",
         r.seed,
         r.method.name(),
         r.lambda,
+        r.spectral_norm,
         r.train_ce,
         r.test_ce,
         r.test_acc,
@@ -308,7 +288,8 @@ fn csv_line(r: &RunResult) -> String {
 }
 
 /// Results as `csv_line` writes them; columns are found by name, so the files of the earlier
-/// format without `seed` (every row seed 0) read too.
+/// formats read too: without `seed` every row is seed 0, and without `spectral_norm` every row
+/// is `power-1` (those runs took one carried power-iteration step per training step).
 fn read_results(path: &std::path::Path) -> Result<Vec<RunResult>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
@@ -323,7 +304,7 @@ fn read_results(path: &std::path::Path) -> Result<Vec<RunResult>, String> {
         required("test_acc")?,
         required("aux_loss")?,
     );
-    let (seed, seconds) = (column("seed"), column("seconds"));
+    let (seed, seconds, spectral_norm) = (column("seed"), column("seconds"), column("spectral_norm"));
     lines
         .map(|(row, line)| {
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -342,6 +323,10 @@ fn read_results(path: &std::path::Path) -> Result<Vec<RunResult>, String> {
                     format!("{} line {}: unknown method `{}`", path.display(), row + 1, fields[method])
                 })?,
                 lambda: number(lambda)?,
+                spectral_norm: match spectral_norm {
+                    Some(i) => at(i)?.to_string(),
+                    None => norm_name(Some(1)),
+                },
                 train_ce: number(train_ce)?,
                 test_ce: number(test_ce)?,
                 test_acc: number(test_acc)?,
@@ -359,7 +344,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .map(|m| Method::from_name(m).ok_or_else(|| format!("unknown method `{m}`")))
         .collect::<Result<_, _>>()?;
     let lambdas = args.lambdas.clone().unwrap_or_else(|| (0..9).map(|i| 10f64.powf(-4.0 + 0.5 * i as f64)).collect());
-    if let Some(bad) = lambdas.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
+    let bloop_lambdas = match (&args.bloop_lambdas, &args.lambdas) {
+        (Some(extra), _) => extra.clone(),
+        (None, None) => vec![10f64.powf(-0.25), 10f64.powf(-0.125)],
+        (None, Some(_)) => Vec::new(),
+    };
+    if let Some(bad) = lambdas.iter().chain(&bloop_lambdas).find(|l| !(l.is_finite() && **l >= 0.0)) {
         return Err(format!("lambda {bad} is not a finite value >= 0").into());
     }
     // Training writes its partial results here as it goes; the report writes the rest.
@@ -367,10 +357,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (results, heading) = match &args.report {
         Some(path) => (read_results(path)?, format!("results read from {}", path.display())),
         None => {
+            // Seed by seed, so a grid stopped part way leaves whole seeds behind.
             let mut runs: Vec<Run> = Vec::new();
             for &s in &args.seeds {
                 for &m in &methods {
                     runs.extend(lambdas.iter().map(|&l| (s, m, l)));
+                    if m == Method::Bloop {
+                        runs.extend(bloop_lambdas.iter().filter(|l| !lambdas.contains(l)).map(|&l| (s, m, l)));
+                    }
                 }
             }
             train_grid(&args, &runs)?
@@ -382,8 +376,26 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// Trains every run (`--jobs` at once on threads sharing burn's device), appending each result
 /// to `digits-partial.csv` in `--out` (which `run` has created), and returns the results with a
 /// line saying how long the grid took on which adapter.
-fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box<dyn std::error::Error>> {
+fn train_grid(args: &Args, all_runs: &[Run]) -> Result<(Vec<RunResult>, String), Box<dyn std::error::Error>> {
     let digits = Digits::load(&args.data)?;
+    let partial_path = args.out.join("digits-partial.csv");
+    let norm = norm_name(args.power_steps);
+    // With --resume, the runs of this grid that an earlier sitting finished are read back, not
+    // trained again.
+    let earlier: Vec<RunResult> = if args.resume && partial_path.exists() {
+        read_results(&partial_path)?
+            .into_iter()
+            .filter(|r| r.spectral_norm == norm && all_runs.contains(&(r.seed, r.method, r.lambda)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let runs: Vec<Run> = all_runs
+        .iter()
+        .filter(|&&(s, m, l)| !earlier.iter().any(|r| (r.seed, r.method, r.lambda) == (s, m, l)))
+        .copied()
+        .collect();
+    let runs = &runs[..];
     // burn's own wgpu device, shared with the adapter (cubecl needs every feature the adapter
     // offers, which burn's setup requests).
     let (device, setup) = Device::wgpu_options().init_with_setup()?;
@@ -397,15 +409,21 @@ fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box
     let distinct = |f: fn(&Run) -> String| runs.iter().map(f).collect::<std::collections::BTreeSet<_>>().len();
     println!("adapter: {}", adapter_name);
     println!(
-        "{} runs ({} seeds x {} methods x {} lambdas), {} epochs of {} Adam steps, {} at once, averages from {}",
+        "{} runs to train ({} seeds, {} methods, {} lambdas; {} read back from {}), {} epochs of {} Adam steps, {} at once, averages from {}, spectral norms {}",
         runs.len(),
         distinct(|r| r.0.to_string()),
         distinct(|r| r.1.name().to_string()),
         distinct(|r| r.2.to_string()),
+        earlier.len(),
+        partial_path.display(),
         args.epochs,
         digits.train.len() / BATCH,
         jobs,
-        if args.zero_ema { "zeros" } else { "the initial parameters" }
+        if args.zero_ema { "zeros" } else { "the initial parameters" },
+        match args.power_steps {
+            None => "exact (an SVD per weight matrix per step)".to_string(),
+            Some(n) => format!("from {n} carried power-iteration step(s) per training step"),
+        }
     );
     let shared = Shared {
         digits,
@@ -414,14 +432,19 @@ fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box
         device,
         epochs: args.epochs,
         zero_ema: args.zero_ema,
+        power_steps: args.power_steps,
     };
     // Each finished run is appended here at once, so a long grid leaves its results behind
     // even if it is stopped.
-    let partial = Mutex::new(std::fs::File::create(args.out.join("digits-partial.csv"))?);
-    {
+    let partial = if args.resume && partial_path.exists() {
+        std::fs::OpenOptions::new().append(true).open(&partial_path)?
+    } else {
         use std::io::Write;
-        writeln!(partial.lock().expect("fresh"), "{CSV_HEADER}")?;
-    }
+        let mut file = std::fs::File::create(&partial_path)?;
+        writeln!(file, "{CSV_HEADER}")?;
+        file
+    };
+    let partial = Mutex::new(partial);
     let bar = ProgressBar::new((runs.len() * args.epochs) as u64);
     bar.set_style(ProgressStyle::with_template("  {bar:30} {pos}/{len} epochs, {elapsed} elapsed, ETA {eta}")?);
     let started = Instant::now();
@@ -466,12 +489,20 @@ fn train_grid(args: &Args, runs: &[Run]) -> Result<(Vec<RunResult>, String), Box
     });
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let results: Vec<RunResult> = slots
+    let trained: Vec<RunResult> = slots
         .into_inner()?
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err("not run".into())))
         .collect::<Result<_, _>>()?;
-    Ok((results, format!("{:.0} s for the grid on {}", seconds, adapter_name)))
+    // In the grid's order, whichever sitting trained each run.
+    let results = all_runs
+        .iter()
+        .filter_map(|&(s, m, l)| {
+            earlier.iter().chain(&trained).find(|r| (r.seed, r.method, r.lambda) == (s, m, l)).cloned()
+        })
+        .collect();
+    let resumed = if earlier.is_empty() { String::new() } else { format!(" (and {} runs read back)", earlier.len()) };
+    Ok((results, format!("{seconds:.0} s for {} runs{resumed} on {adapter_name}", trained.len())))
 }
 
 /// Prints the table and the comparison of the fronts, writes `digits.csv` and draws the plots.
@@ -503,8 +534,18 @@ fn report(
     }
     std::fs::write(out.join("digits.csv"), csv)?;
 
+    let norms: std::collections::BTreeSet<&str> = results.iter().map(|r| r.spectral_norm.as_str()).collect();
+    if norms.len() > 1 {
+        return Err(format!(
+            "the results mix spectral norms ({norms:?}): their fronts are not comparable; report them apart"
+        )
+        .into());
+    }
     let seeds: Vec<u64> =
         results.iter().map(|r| r.seed).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if seeds.len() > 1 {
+        print!("\n{}", SeedSummary::new(results).render());
+    }
     let mut methods: Vec<Method> = Vec::new();
     for r in results {
         if !methods.contains(&r.method) {
@@ -531,10 +572,100 @@ fn report(
         if methods.contains(&Method::Bloop) {
             let comparison = Comparison::new(results, pick);
             print!("\n{what}: {}", comparison.render(&seeds));
+            if seeds.len() > 1 {
+                let means = Comparison::new(&SeedSummary::new(results).means(), pick);
+                print!("\n{what}, over seeds: {}", means.render(&[MEAN_SEED]));
+            }
         }
     }
     println!("\nwrote {}/digits.csv, pareto-train.svg, pareto-test.svg", out.display());
     Ok(())
+}
+
+/// Stands for "the mean over seeds" where a seed is expected.
+const MEAN_SEED: u64 = u64::MAX;
+
+fn seed_label(seed: u64) -> String {
+    if seed == MEAN_SEED {
+        "mean".to_string()
+    } else {
+        format!("seed {seed}")
+    }
+}
+
+/// Each method and lambda over the seeds that ran it: the mean and the spread (sample standard
+/// deviation) of every reported loss.
+struct SeedSummary {
+    /// (method, lambda, the runs' results)
+    groups: Vec<(Method, f64, Vec<RunResult>)>,
+}
+
+impl SeedSummary {
+    fn new(results: &[RunResult]) -> SeedSummary {
+        let mut groups: Vec<(Method, f64, Vec<RunResult>)> = Vec::new();
+        for r in results {
+            match groups.iter_mut().find(|g| g.0 == r.method && g.1 == r.lambda) {
+                Some(g) => g.2.push(r.clone()),
+                None => groups.push((r.method, r.lambda, vec![r.clone()])),
+            }
+        }
+        SeedSummary { groups }
+    }
+
+    /// Mean and sample standard deviation (0 for one run).
+    fn mean_sd(runs: &[RunResult], pick: fn(&RunResult) -> f64) -> (f64, f64) {
+        let n = runs.len() as f64;
+        let mean = runs.iter().map(pick).sum::<f64>() / n;
+        let var =
+            if runs.len() > 1 { runs.iter().map(|r| (pick(r) - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        (mean, var.sqrt())
+    }
+
+    /// One result per method and lambda holding the means over its seeds, as seed `MEAN_SEED`.
+    fn means(&self) -> Vec<RunResult> {
+        self.groups
+            .iter()
+            .map(|(m, l, runs)| {
+                let mean = |pick: fn(&RunResult) -> f64| Self::mean_sd(runs, pick).0;
+                RunResult {
+                    seed: MEAN_SEED,
+                    method: *m,
+                    lambda: *l,
+                    spectral_norm: runs[0].spectral_norm.clone(),
+                    train_ce: mean(|r| r.train_ce),
+                    test_ce: mean(|r| r.test_ce),
+                    test_acc: mean(|r| r.test_acc),
+                    aux: mean(|r| r.aux),
+                    seconds: mean(|r| r.seconds),
+                }
+            })
+            .collect()
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::from("mean +- standard deviation over seeds\n");
+        text += &format!(
+            "  {:<16} {:>9} {:>5} {:>17} {:>17} {:>15} {:>13}\n",
+            "method", "lambda", "seeds", "train CE", "test CE", "test acc", "aux loss"
+        );
+        for (m, l, runs) in &self.groups {
+            let cell = |pick: fn(&RunResult) -> f64, digits: usize| {
+                let (mean, sd) = Self::mean_sd(runs, pick);
+                format!("{mean:.digits$} +- {sd:.digits$}")
+            };
+            text += &format!(
+                "  {:<16} {:>9.2e} {:>5} {:>17} {:>17} {:>15} {:>13}\n",
+                m.name(),
+                l,
+                runs.len(),
+                cell(|r| r.train_ce, 5),
+                cell(|r| r.test_ce, 5),
+                cell(|r| r.test_acc, 4),
+                cell(|r| r.aux, 3)
+            );
+        }
+        text
+    }
 }
 
 /// Every other method's point set against BLOOP's front of the same seed, at that point's aux
@@ -572,8 +703,8 @@ impl Comparison {
     fn render(&self, seeds: &[u64]) -> String {
         let mut text = String::from("BLOOP's front at the aux loss of every other method's point, relative to it\n");
         text += &format!("  {:<16} {:>9}", "method", "lambda");
-        for s in seeds {
-            text += &format!(" {:>8}", format!("seed {s}"));
+        for &s in seeds {
+            text += &format!(" {:>8}", seed_label(s));
         }
         text.push('\n');
         let mut rows: Vec<(Method, f64)> = Vec::new();
@@ -618,7 +749,43 @@ mod tests {
     use super::*;
 
     fn result(seed: u64, method: Method, lambda: f64, aux: f64, train_ce: f64) -> RunResult {
-        RunResult { seed, method, lambda, train_ce, test_ce: 2.0 * train_ce, test_acc: 0.9, aux, seconds: 1.0 }
+        let spectral_norm = norm_name(None);
+        RunResult {
+            seed,
+            method,
+            lambda,
+            spectral_norm,
+            train_ce,
+            test_ce: 2.0 * train_ce,
+            test_acc: 0.9,
+            aux,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_summary_gives_mean_and_spread_over_seeds_and_its_means_compare_like_a_seed() {
+        let results = vec![
+            result(0, Method::Bloop, 0.1, 1.0, 0.1),
+            result(0, Method::Bloop, 0.01, 3.0, 0.001),
+            result(0, Method::Mixed, 0.1, 2.0, 0.02),
+            result(1, Method::Bloop, 0.1, 3.0, 0.1),
+            result(1, Method::Bloop, 0.01, 5.0, 0.001),
+            result(1, Method::Mixed, 0.1, 4.0, 0.04),
+        ];
+        let summary = SeedSummary::new(&results);
+        let mixed = &summary.groups.iter().find(|g| g.0 == Method::Mixed).unwrap().2;
+        let (mean, sd) = SeedSummary::mean_sd(mixed, |r| r.aux);
+        assert_eq!(mean, 3.0);
+        assert!((sd - 2f64.sqrt()).abs() < 1e-12, "{sd}");
+        let text = summary.render();
+        assert!(text.contains("0.03000 +- 0.01414") && text.contains("3.000 +- 1.414"), "{text}");
+        // The means: BLOOP (2.0, 0.1) and (4.0, 0.001); mixing (3.0, 0.03); BLOOP's front at
+        // aux 3 is 0.01, a third of mixing's.
+        let means = Comparison::new(&summary.means(), |r| r.train_ce);
+        assert_eq!(means.cells.len(), 1);
+        assert!((means.cells[0].3.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!(means.render(&[MEAN_SEED]).contains("mean"));
     }
 
     #[test]
@@ -679,8 +846,8 @@ mod tests {
         assert_eq!(read.len(), 2);
         for (a, b) in read.iter().zip(&written) {
             assert_eq!(
-                (a.seed, a.method, a.lambda, a.train_ce, a.test_ce, a.aux),
-                (b.seed, b.method, b.lambda, b.train_ce, b.test_ce, b.aux)
+                (a.seed, a.method, a.lambda, &a.spectral_norm, a.train_ce, a.test_ce, a.aux),
+                (b.seed, b.method, b.lambda, &b.spectral_norm, b.train_ce, b.test_ce, b.aux)
             );
         }
 
@@ -692,6 +859,7 @@ mod tests {
         .unwrap();
         let read = read_results(&old).unwrap();
         assert_eq!((read[0].seed, read[0].method, read[0].aux), (0, Method::Mixed, 2.7));
+        assert_eq!(read[0].spectral_norm, "power-1", "the old files come from one carried power step");
 
         let bad = dir.join("bad.csv");
         std::fs::write(&bad, "method,lambda,train_ce,test_ce,test_acc,aux_loss\nsgd,0.1,0.05,0.09,0.98,2.7\n").unwrap();
