@@ -815,10 +815,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", row.line());
             leaves_rows.push(row);
         }
-        std::fs::create_dir_all(&args.out)?;
-        let leaves_json = args.out.join("leaves.json");
-        std::fs::write(&leaves_json, serde_json::to_string_pretty(&leaves_rows)?)?;
-        println!("wrote {}", leaves_json.display());
+        write_json(&args.out, "leaves.json", &leaves_rows)?;
         if args.leaves_only {
             return Ok(());
         }
@@ -831,10 +828,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             optimizer_rows.push(row);
         }
     }
-    std::fs::create_dir_all(&args.out)?;
-    let optimizer_json = args.out.join("optimizer.json");
-    std::fs::write(&optimizer_json, serde_json::to_string_pretty(&optimizer_rows)?)?;
-    println!("wrote {}", optimizer_json.display());
+    write_json(&args.out, "optimizer.json", &optimizer_rows)?;
     if args.optimizers_only {
         return Ok(());
     }
@@ -857,5 +851,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &svg,
     )?;
     println!("wrote {} and {}{}", json.display(), svg.display(), if args.quick { " (quick run)" } else { "" });
+    Ok(())
+}
+
+/// Writes `rows` as pretty JSON to `file` in `out` (created if missing) and says where.
+fn write_json(
+    out: &std::path::Path,
+    file: &str,
+    rows: &impl serde::Serialize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(rows)?)?;
+    println!("wrote {}", path.display());
     Ok(())
 }
