@@ -103,7 +103,8 @@ struct Schedule {
 // This dispatch's table, built by `src/plan.rs`: [0] its tile count, [1] the index of its
 // first partial, [2] the word where segments start, [3 + 2 (t * SLOTS + s)] the first segment
 // of tile t in slot s and [+ 1] its first narrow one (a tile's segments are ordered by slot,
-// the wide ones first; one more entry closes the last tile), then 12 words per segment.
+// the wide ones first; one more entry closes the last tile), then 12 words per segment (its
+// offsets, its length, its slot: the buffers' index in the binding arrays).
 @group(1) @binding(0) var<storage, read> table: array<u32>;
 // Each role's storage, declared with load_/store_ functions by the preprocessor from
 // `storage_f32.wgsl`, `storage_f16.wgsl` or `storage_packed.wgsl`, for the element type the
@@ -114,6 +115,13 @@ struct Schedule {
 // slot with those names (`src/shaders.rs`). Each slot's segments of a tile run in a loop of
 // their own, one after the other: choosing a slot per segment or per element would be a
 // branch, which a CPU driver (llvmpipe) runs for every slot with its lanes masked off.
+// With binding arrays (BINDING_ARRAYS), each user-owned role is instead one array of buffers
+// at its slot-0 binding and the code is not copied: each segment record names its buffer
+// (the word after its length), and walking to a segment points `buffer_index` at it, which
+// the role's load_/store_ functions index with.
+#ifdef BINDING_ARRAYS
+var<private> buffer_index: u32;
+#endif
 #storage g_main 1
 #storage g_aux 2
 #storage main_ema 3
@@ -214,6 +222,9 @@ fn walk_lane(w: vec3<u32>, k: u32, lid: u32) -> vec2<u32> {
 
 fn segment(index: u32) -> Segment {
     let at = table[2] + index * 12u;
+#ifdef BINDING_ARRAYS
+    buffer_index = table[at + 9u];
+#endif
     return Segment(
         table[at], table[at + 1u], table[at + 2u], table[at + 3u], table[at + 4u],
         table[at + 5u], table[at + 6u], table[at + 7u], table[at + 8u],
@@ -222,15 +233,20 @@ fn segment(index: u32) -> Segment {
 
 #ifdef HIERARCHY
 // As `walk_segment` for a hierarchy's records: the first word of this invocation's record and
-// its length (0 past the walk's end).
+// its length (0 past the walk's end); with binding arrays, `buffer_index` points at its
+// buffers.
 fn walk_record(w: vec3<u32>, k: u32, lid: u32) -> vec2<u32> {
     let index = walk_index(w, k, lid);
     let at = segment_at(min(index, w.z - 1u));
+#ifdef BINDING_ARRAYS
+    buffer_index = table[at + LEN_AT + 1u];
+#endif
     return vec2<u32>(at, select(0u, table[at + LEN_AT], index < w.z));
 }
 #endif
 
-// This invocation's segment at step k of walk w (one of no elements past the walk's end).
+// This invocation's segment at step k of walk w (one of no elements past the walk's end);
+// with binding arrays, `segment` points `buffer_index` at its buffers.
 fn walk_segment(w: vec3<u32>, k: u32, lid: u32) -> Segment {
     let index = walk_index(w, k, lid);
     var seg = segment(min(index, w.z - 1u));

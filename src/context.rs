@@ -6,7 +6,8 @@ use crate::error::{Error, Result, NO_ADAPTER_HINT};
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::SHADER_F16)
-    .union(wgpu::Features::SUBGROUP);
+    .union(wgpu::Features::SUBGROUP)
+    .union(crate::kernels::BINDING_ARRAY_FEATURES);
 
 /// An adapter with its device and queue. Every entry point of the library takes a plain
 /// `wgpu::Device` / `wgpu::Queue`, so a trainer that already has them never needs this.

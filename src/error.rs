@@ -242,6 +242,16 @@ pub enum Error {
         limit_name: &'static str,
     },
 
+    /// An option asks for something that needs device features the device was not created
+    /// with.
+    #[error("{what} needs the device features {missing}, which this device lacks")]
+    MissingFeatures {
+        /// What was asked for.
+        what: &'static str,
+        /// The `wgpu::Features` missing.
+        missing: String,
+    },
+
     /// A leaf index past the layout's leaves (or a loss index past a pool's losses).
     #[error("{what} index {index} is out of range: there are {count}")]
     IndexOutOfRange {

@@ -13,6 +13,19 @@ use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, V
 /// slot) costs more compile time than the dispatches saved are worth.
 pub(crate) const MAX_SLOTS: u32 = 16;
 
+/// The features binding arrays of storage buffers indexed per segment need: arrays of
+/// buffers, of storage buffers, and indexing them with values that differ between invocations
+/// (narrow segments are walked one per invocation).
+pub const BINDING_ARRAY_FEATURES: wgpu::Features = wgpu::Features::BUFFER_BINDING_ARRAY
+    .union(wgpu::Features::STORAGE_RESOURCE_BINDING_ARRAY)
+    .union(wgpu::Features::SAMPLED_TEXTURE_AND_STORAGE_BUFFER_ARRAY_NON_UNIFORM_INDEXING);
+
+/// The binding-array lengths variants are compiled for (below [`KernelOptions::max_array_buffers`]
+/// and the device's limit, and that most): a binding takes the shortest that holds its
+/// windows, as slots do ([`SLOT_COUNTS`]), so that a step does not carry thousands of unused
+/// entries per dispatch, which wgpu tracks on every bind.
+pub(crate) const ARRAY_LENGTHS: [u32; 3] = [16, 256, 4096];
+
 /// Elements per tile on a GPU (`KernelOptions::tile_len`): 16 per invocation of a
 /// 256-invocation workgroup, enough to amortise the workgroup reduction while keeping
 /// thousands of workgroups in flight on large steps.
@@ -121,6 +134,19 @@ pub struct KernelOptions {
     /// bound range is a whole number of vec4s; scalar ones otherwise. Off: scalar everywhere
     /// (for comparisons and tests).
     pub vec4: bool,
+    /// Bind the user's buffers as one binding array per role ([`BINDING_ARRAY_FEATURES`]), so
+    /// that a step over any number of distinct buffers (up to [`KernelOptions::max_array_buffers`]
+    /// windows of each role) takes one dispatch per stage. `None` chooses by the device's
+    /// features: binding arrays where it has them and a binding needs more than one buffer
+    /// per role (a pool or a flat buffer keeps the one-slot kernels, the same code either
+    /// way), slots elsewhere. `Some(true)` forces them (binding steps on a device without the
+    /// features is then refused with [`crate::Error::MissingFeatures`]); `Some(false)` keeps
+    /// slots. [`crate::StepBindings::binding_arrays`] says which path a binding took.
+    pub binding_arrays: Option<bool>,
+    /// The most windows (a buffer, or a binding-sized part of one) of each user-owned role one
+    /// binding array holds, and so one dispatch binds; further ones take more dispatches.
+    /// Capped by the device's `max_binding_array_elements_per_shader_stage` over the roles.
+    pub max_array_buffers: u32,
     /// Elements of work a workgroup takes per tile, rounded up to whole rounds of the
     /// workgroup (256 elements), at most 2^30. `None` picks by adapter: [`TILE_LEN`] on a GPU, which
     /// wants many workgroups in flight, and [`CPU_TILE_LEN`] on a CPU adapter, whose
@@ -131,7 +157,15 @@ pub struct KernelOptions {
 
 impl Default for KernelOptions {
     fn default() -> KernelOptions {
-        KernelOptions { subgroups: true, native_f16: true, max_slots: 16, vec4: true, tile_len: None }
+        KernelOptions {
+            subgroups: true,
+            native_f16: true,
+            max_slots: 16,
+            vec4: true,
+            tile_len: None,
+            binding_arrays: None,
+            max_array_buffers: *ARRAY_LENGTHS.last().expect("lengths"),
+        }
     }
 }
 
@@ -147,6 +181,11 @@ pub struct Kernels {
     vec4: bool,
     /// Elements per tile, whole rounds of the workgroup.
     tile_len: u64,
+    /// [`KernelOptions::binding_arrays`] as asked for.
+    binding_arrays: Option<bool>,
+    /// Whether the device has [`BINDING_ARRAY_FEATURES`].
+    has_binding_arrays: bool,
+    max_array_buffers: u32,
     cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
 }
 
@@ -212,7 +251,20 @@ impl Kernels {
             None => TILE_LEN,
         };
         let tile_len = tile_len.clamp(1, 1 << 30).next_multiple_of(WORKGROUP_SIZE);
-        Arc::new(Kernels { device: device.clone(), lost, subgroups, native_f16, max_slots, vec4, tile_len, cache })
+        let has_binding_arrays = features.contains(BINDING_ARRAY_FEATURES);
+        Arc::new(Kernels {
+            device: device.clone(),
+            lost,
+            subgroups,
+            native_f16,
+            max_slots,
+            vec4,
+            tile_len,
+            binding_arrays: options.binding_arrays,
+            has_binding_arrays,
+            max_array_buffers: options.max_array_buffers.max(1),
+            cache,
+        })
     }
 
     /// Records that the device was lost (for trainers that replaced the lost callback).
@@ -241,7 +293,28 @@ impl Kernels {
             max_slots: self.max_slots,
             vec4: self.vec4,
             tile_len: Some(self.tile_len as u32),
+            binding_arrays: self.binding_arrays,
+            max_array_buffers: self.max_array_buffers,
         }
+    }
+
+    /// Whether bindings here take binding arrays: `Some(true)` always, `None` where a binding
+    /// needs more than one buffer per role ([`KernelOptions::binding_arrays`]), `Some(false)`
+    /// never. Refused where the option forces them and the device lacks the features.
+    pub(crate) fn binding_arrays(&self) -> Result<Option<bool>> {
+        match self.binding_arrays {
+            Some(true) if !self.has_binding_arrays => Err(crate::Error::MissingFeatures {
+                what: "binding arrays of the user's buffers (KernelOptions::binding_arrays = Some(true))",
+                missing: format!("{:?}", BINDING_ARRAY_FEATURES - self.device.features()),
+            }),
+            None if !self.has_binding_arrays => Ok(Some(false)),
+            other => Ok(other),
+        }
+    }
+
+    /// Whether the device has what binding arrays need ([`BINDING_ARRAY_FEATURES`]).
+    pub fn has_binding_arrays(&self) -> bool {
+        self.has_binding_arrays
     }
 
     /// Elements of work per tile (`KernelOptions::tile_len`, as chosen for this adapter).
@@ -343,6 +416,19 @@ impl Kernels {
         counts
     }
 
+    /// The binding-array lengths bindings of `variant` may use here, shortest first: those of
+    /// [`ARRAY_LENGTHS`] below the most that [`KernelOptions::max_array_buffers`] and the
+    /// device's `max_binding_array_elements_per_shader_stage` (shared by the variant's arrays)
+    /// allow, and that most.
+    pub(crate) fn array_lengths(&self, variant: Variant) -> Vec<u32> {
+        let arrays = variant.bindings().iter().filter(|b| b.1).count().max(1) as u32;
+        let elements = self.device.limits().max_binding_array_elements_per_shader_stage;
+        let most = self.max_array_buffers.min(elements / arrays).clamp(1, u16::MAX as u32);
+        let mut lengths: Vec<u32> = ARRAY_LENGTHS.into_iter().filter(|&n| n < most).collect();
+        lengths.push(most);
+        lengths
+    }
+
     /// The variant's pipelines, compiled on first use; refused where the device's limits do not
     /// allow its bindings.
     pub(crate) fn compile(&self, variant: Variant) -> Result<Arc<VariantKernels>> {
@@ -363,10 +449,17 @@ impl Kernels {
     /// pool binds at most 8 (PCGrad with Adam), as its moments are planes of one buffer too. A hierarchy of k auxiliary losses with
     /// one slot binds 6 with its gradients and averages as planes ([`Variant::gradient_planes`],
     /// [`Variant::state_planes`]), k + 6 with its averages alone as planes, 2k + 5 without.
+    /// With binding arrays, the user's roles are arrays instead, which count against
+    /// `max_binding_array_elements_per_shader_stage` ([`Kernels::array_elements`]).
     pub(crate) fn storage_buffers(variant: Variant) -> u32 {
-        let slots = variant.slots as u32;
+        let slots = if variant.array_buffers > 0 { 0 } else { variant.slots as u32 };
         let roles: u32 = variant.bindings().iter().map(|&(_, user, _)| if user { slots } else { 1 }).sum();
         3 + roles
+    }
+
+    /// Buffers a stage binds through binding arrays: each user-owned role's array.
+    pub(crate) fn array_elements(variant: Variant) -> u32 {
+        variant.bindings().iter().filter(|b| b.1).count() as u32 * variant.array_buffers as u32
     }
 
     /// Refuses `variant` where the device allows fewer storage buffers per stage than it binds
@@ -397,6 +490,11 @@ impl Kernels {
         let workgroup = WORKGROUP_SIZE as u32;
         let counts = [
             (bindings, limits.max_bindings_per_bind_group, "max_bindings_per_bind_group"),
+            (
+                Kernels::array_elements(variant),
+                limits.max_binding_array_elements_per_shader_stage,
+                "max_binding_array_elements_per_shader_stage",
+            ),
             (workgroup, limits.max_compute_invocations_per_workgroup, "max_compute_invocations_per_workgroup"),
             (workgroup, limits.max_compute_workgroup_size_x, "max_compute_workgroup_size_x"),
             (16 * workgroup, limits.max_compute_workgroup_storage_size, "max_compute_workgroup_storage_size"),
@@ -431,6 +529,13 @@ impl Kernels {
         });
         let mut entries = vec![storage_entry(slot::TILES, true)];
         for (binding, user, writable) in variant.bindings() {
+            if user && variant.array_buffers > 0 {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    count: std::num::NonZeroU32::new(variant.array_buffers as u32),
+                    ..storage_entry(binding, !writable)
+                });
+                continue;
+            }
             let copies = if user { variant.slots as u32 } else { 1 };
             entries.extend((0..copies).map(|s| storage_entry(slot_binding(binding, s), !writable)));
         }

@@ -88,7 +88,7 @@ pub use diagnostics::{DiagnosticsRing, StepDiagnostics};
 pub use dtype::{DType, ElementTypes};
 pub use error::{Error, Result};
 pub use kernels::{KernelOptions, Kernels};
-pub use kernels::{CPU_TILE_LEN, TILE_LEN};
+pub use kernels::{BINDING_ARRAY_FEATURES, CPU_TILE_LEN, TILE_LEN};
 pub use layout::{Layout, Leaf, LeafBuffer, Role};
 pub use optimizer::{OptKind, Optimizer, Rule};
 pub use pool::GradientPool;

@@ -407,7 +407,7 @@ impl Grouping {
         // Each record holds the offsets up to the highest binding, then the length.
         let offsets = roles.iter().map(|r| r.binding as usize).max().unwrap_or(0);
         let len_at = offsets.max(LEN_AT);
-        let segment_words = (len_at + 1).max(SEGMENT_WORDS);
+        let segment_words = (len_at + 2).max(SEGMENT_WORDS);
         let device_limits = device.limits();
         let alignment = device_limits.min_storage_buffer_offset_alignment as u64;
         // Tile offsets are u32 element indices, so windows stop at 4 GiB whatever the device allows.
@@ -434,8 +434,39 @@ impl Grouping {
     }
 }
 
+/// How a dispatch binds each per-slot role's windows: `slots` of them, the unused ones a
+/// placeholder, as that many bindings, or as one binding array of that length
+/// (`Variant::array_buffers`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotBinding {
+    pub slots: u32,
+    pub array: bool,
+}
+
+impl SlotBinding {
+    /// Slots whose segments a stage walks in loops of their own: each slot with separate
+    /// bindings (its loop reads its own), all together with binding arrays (each segment
+    /// names its element).
+    fn walks(self) -> u32 {
+        if self.array {
+            1
+        } else {
+            self.slots
+        }
+    }
+
+    /// The walk that takes `segment`.
+    fn walk_of(self, segment: &Segment) -> u32 {
+        if self.array {
+            0
+        } else {
+            segment.slot
+        }
+    }
+}
+
 impl Plan {
-    /// Builds the dispatches of `grouping` for `roles` (as grouped), each binding `slots`
+    /// Builds the dispatches of `grouping` for `roles` (as grouped), each binding `binding.slots`
     /// slots of every per-slot role (at least [`Grouping::slots_used`]; the unused ones a
     /// placeholder), with tiles of `tile_len` elements (whole rounds of the workgroup) and
     /// partial sums of `partial_bytes` per tile.
@@ -446,10 +477,11 @@ impl Plan {
         layout: &wgpu::BindGroupLayout,
         roles: &[RoleLeaves],
         grouping: Grouping,
-        slots: u32,
+        binding: SlotBinding,
         tile_len: u64,
         partial_bytes: u64,
     ) -> Result<Plan> {
+        let (slots, walks) = (binding.slots, binding.walks());
         // Loop iterations a tile of one slot may cost each invocation: every wide segment
         // costs at least one, so such a tile holds at most this many of them, or one full one
         // (and a workgroup's worth of narrow ones costs the longest of them, [`TileCost`]).
@@ -488,10 +520,10 @@ impl Plan {
             // Every slot's segment loop costs a tile at least one round, run or not (a CPU
             // driver runs an empty loop's body once with its lanes masked off), so a tile of
             // many slots holds that many times the work, to keep that cost per element.
-            let tile_rounds = tile_rounds_per_slot * slots as u64;
+            let tile_rounds = tile_rounds_per_slot * walks as u64;
             // A tile's records fit one binding window with its header and bounds, whatever the
             // device's limit (narrow segments can be many: up to a workgroup's worth per round).
-            let most_segments = (words_per_window - HEADER_WORDS - 2 * slots as usize - 1) / segment_words;
+            let most_segments = (words_per_window - HEADER_WORDS - 2 * walks as usize - 1) / segment_words;
             let mut cost = TileCost::default();
             for (i, segment) in segments.iter().enumerate() {
                 let with = cost.with(segment.len as u64, narrow_max);
@@ -506,19 +538,20 @@ impl Plan {
                     }
                 }
             }
-            // Per slot the wide segments, then the narrow ones by length, so that the
+            // Per walk the wide segments, then the narrow ones by length, so that the
             // invocations that walk narrow ones side by side take about as long each.
             let narrow = |segment: &Segment| segment.len as u64 <= narrow_max;
+            let walk = |segment: &Segment| binding.walk_of(segment);
             for tile in &tiles {
                 segments[tile.clone()].sort_by_key(|segment| {
-                    (segment.slot, narrow(segment), if narrow(segment) { segment.len } else { 0 })
+                    (walk(segment), narrow(segment), if narrow(segment) { segment.len } else { 0 })
                 });
             }
             let mut first_tile = 0;
             while first_tile < tiles.len() {
                 let mut last_tile = first_tile;
                 let words = |first: usize, last: usize| {
-                    let bounds = 2 * (last - first + 1) * slots as usize + 1;
+                    let bounds = 2 * (last - first + 1) * walks as usize + 1;
                     HEADER_WORDS + bounds + (tiles[last].end - tiles[first].start) * segment_words
                 };
                 while last_tile + 1 < tiles.len()
@@ -532,25 +565,25 @@ impl Plan {
                 table.resize(table.len().next_multiple_of((alignment / 4).max(1) as usize), 0);
                 let base = table.len();
                 let first_segment = chunk[0].start;
-                let segments_at = HEADER_WORDS + 2 * count * slots as usize + 1;
+                let segments_at = HEADER_WORDS + 2 * count * walks as usize + 1;
                 table.extend([count as u32, tile_count as u32, segments_at as u32]);
-                // Per tile and slot, where the slot's segments start and where its narrow ones
-                // start (a tile's are in slot order, the wide ones first).
+                // Per tile and walk, where the walk's segments start and where its narrow ones
+                // start (a tile's are in walk order, the wide ones first).
                 for tile in chunk {
                     let in_tile = &segments[tile.clone()];
-                    for s in 0..slots {
+                    for s in 0..walks {
                         let at = |before: &dyn Fn(&Segment) -> bool| {
                             (tile.start + in_tile.partition_point(before) - first_segment) as u32
                         };
-                        table.push(at(&|segment| segment.slot < s));
-                        table.push(at(&|segment| segment.slot < s || (segment.slot == s && !narrow(segment))));
+                        table.push(at(&|segment| walk(segment) < s));
+                        table.push(at(&|segment| walk(segment) < s || (walk(segment) == s && !narrow(segment))));
                     }
                 }
                 table.push((chunk[count - 1].end - first_segment) as u32);
                 for segment in &segments[first_segment..chunk[count - 1].end] {
                     let start = table.len();
                     table.extend(&segment.offsets[..len_at]);
-                    table.push(segment.len);
+                    table.extend([segment.len, segment.slot]);
                     table.resize(start + segment_words, 0);
                 }
                 regions.push((g, base, table.len() - base, count as u64));
@@ -594,6 +627,33 @@ impl Plan {
                 .iter()
                 .map(|&(g, first_word, words, count)| {
                     let group = &groups[g];
+                    // Per binding of the roles, the windows it binds (a copy per slot, or the
+                    // elements of its array), kept for the entries that borrow them.
+                    let windows: Vec<(u32, Vec<wgpu::BufferBinding>)> = bindings
+                        .first
+                        .iter()
+                        .zip(&group.windows)
+                        .map(|(&first, windows)| {
+                            let r = &roles[first];
+                            let copies = if r.per_slot { slots } else { 1 };
+                            let bound = (0..copies as usize).map(|s| match windows.get(s) {
+                                // Whole vec4s where possible, for the vec4 variants; a wider
+                                // range of the same buffer binds the same way.
+                                Some(w) => wgpu::BufferBinding {
+                                    buffer: &w.buffer,
+                                    offset: w.start,
+                                    size: NonZeroU64::new(w.vec4_end(&limits).unwrap_or(w.end) - w.start),
+                                },
+                                None => wgpu::BufferBinding {
+                                    buffer: &placeholders.as_ref().expect("made for unused slots")
+                                        [r.writable as usize],
+                                    offset: 0,
+                                    size: NonZeroU64::new(PLACEHOLDER_BYTES),
+                                },
+                            });
+                            (r.bound_at, bound.collect())
+                        })
+                        .collect();
                     let mut entries = vec![wgpu::BindGroupEntry {
                         binding: slot::TILES,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -602,28 +662,16 @@ impl Plan {
                             size: NonZeroU64::new(words as u64 * 4),
                         }),
                     }];
-                    for (&first, windows) in bindings.first.iter().zip(&group.windows) {
-                        let r = &roles[first];
-                        let copies = if r.per_slot { slots } else { 1 };
-                        for s in 0..copies {
-                            let (buffer, offset, size) = match windows.get(s as usize) {
-                                // Whole vec4s where possible, for the vec4 variants; a
-                                // wider range of the same buffer binds the same way.
-                                Some(w) => (&w.buffer, w.start, w.vec4_end(&limits).unwrap_or(w.end) - w.start),
-                                None => {
-                                    let placeholders = placeholders.as_ref().expect("made for unused slots");
-                                    (&placeholders[r.writable as usize], 0, PLACEHOLDER_BYTES)
-                                }
-                            };
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: slot_binding(r.bound_at, s),
-                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer,
-                                    offset,
-                                    size: NonZeroU64::new(size),
-                                }),
-                            });
+                    for ((at, bound), &first) in windows.iter().zip(&bindings.first) {
+                        if binding.array && roles[first].per_slot {
+                            let resource = wgpu::BindingResource::BufferArray(bound);
+                            entries.push(wgpu::BindGroupEntry { binding: *at, resource });
+                            continue;
                         }
+                        entries.extend(bound.iter().enumerate().map(|(s, window)| wgpu::BindGroupEntry {
+                            binding: slot_binding(*at, s as u32),
+                            resource: wgpu::BindingResource::Buffer(window.clone()),
+                        }));
                     }
                     let x = count.min(limits.max_per_dimension);
                     Dispatch {

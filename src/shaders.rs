@@ -117,6 +117,12 @@ pub struct Variant {
     /// bindings, so leaves in that many distinct buffers share a dispatch without a branch per
     /// element.
     pub slots: u8,
+    /// With binding arrays (`Features::BUFFER_BINDING_ARRAY` and its storage and
+    /// non-uniform-indexing companions): each user-owned role is one
+    /// `binding_array<_, array_buffers>` of windows into the user's buffers instead of a
+    /// binding per slot, each segment names its element, and the segment loop is not copied
+    /// (`slots` is then 1). 0: separate bindings, one per slot.
+    pub array_buffers: u16,
     /// f32 roles are declared as `array<vec4<f32>>`, and segments whose offsets are all
     /// multiples of 4 elements move whole vec4s (only where [`Variant::vec4_able`], and only
     /// for bindings whose every window is a whole number of vec4s, so that a single element
@@ -171,6 +177,7 @@ impl Variant {
         write_out: true,
         project_first: false,
         slots: 1,
+        array_buffers: 0,
         vec4: false,
         gradient_planes: false,
         state_planes: false,
@@ -556,6 +563,10 @@ impl Variant {
             assert!(self.vec4_able(), "{self:?} has no vec4 form");
             defines.insert("VEC4");
         }
+        if self.array_buffers > 0 {
+            assert_eq!(self.slots, 1, "{self:?}: binding arrays take the place of slots");
+            defines.insert("BINDING_ARRAYS");
+        }
         defines
     }
 
@@ -631,8 +642,17 @@ impl Variant {
         let roles = self.roles();
         let mut defines = self.defines();
         defines.insert("SHARDED");
-        let mut source = preprocess_slots(Stage::Finalize.name(), &defines, &roles, &self.slot_copies());
-        if roles.iter().any(|r| r.2 == Storage::F16) {
+        let source = preprocess_slots(Stage::Finalize.name(), &defines, &roles, &self.slot_copies());
+        self.with_enables(source)
+    }
+
+    /// `source` after the extensions it needs: `f16` for f16 arrays, `wgpu_binding_array` for
+    /// binding arrays.
+    fn with_enables(self, mut source: String) -> String {
+        if self.array_buffers > 0 {
+            source.insert_str(0, "enable wgpu_binding_array;\n");
+        }
+        if self.roles().iter().any(|r| r.2 == Storage::F16) {
             source.insert_str(0, "enable f16;\n");
         }
         source
@@ -642,7 +662,7 @@ impl Variant {
     pub fn source(self, stage: Stage) -> String {
         let roles = self.roles();
         let slots = self.slot_copies();
-        let mut source = match self.kind {
+        let source = match self.kind {
             Kind::Hierarchy(k) => {
                 let file = format!("hierarchy_{}", stage.name());
                 let mut text = hierarchy_prelude(k as u32, self.project_first, self.extras, stage, &slots);
@@ -651,14 +671,11 @@ impl Variant {
             }
             _ => preprocess_slots(stage.name(), &self.defines(), &roles, &slots),
         };
-        if roles.iter().any(|r| r.2 == Storage::F16) {
-            source.insert_str(0, "enable f16;\n");
-        }
-        source
+        self.with_enables(source)
     }
 
     fn slot_copies(self) -> SlotCopies {
-        SlotCopies { count: self.slots as u32, roles: self.slot_roles() }
+        SlotCopies { count: self.slots as u32, roles: self.slot_roles(), array_buffers: self.array_buffers as u32 }
     }
 }
 
@@ -695,6 +712,8 @@ const PER_SLOT_FUNCTIONS: [&str; 9] = [
 pub(crate) struct SlotCopies {
     count: u32,
     roles: Vec<&'static str>,
+    /// The length of the roles' binding arrays ([`Variant::array_buffers`]; 0: none).
+    array_buffers: u32,
 }
 
 impl SlotCopies {
@@ -795,9 +814,10 @@ pub mod hierarchy_slots {
     pub fn len_at(k: u32) -> u32 {
         out(k).max(super::SEGMENT_LEN_AT)
     }
-    /// Words of one segment record.
+    /// Words of one segment record: the offsets, the length, the slot (the buffers' index in
+    /// binding arrays).
     pub fn segment_words(k: u32) -> u32 {
-        (len_at(k) + 1).max(12)
+        (len_at(k) + 2).max(12)
     }
     /// Entries of the Gram matrix's lower triangle (and of the products `<g_i, e_j>`, j < i).
     pub fn gram(k: u32) -> u32 {
@@ -948,7 +968,7 @@ type Role = (&'static str, u32, Storage, bool);
 /// ROLE, BINDING, ACCESS and FORMAT filled in; nothing for a role the variant does not bind)
 /// and conditional blocks, for a variant of one slot.
 pub fn preprocess(entry: &str, defines: &HashSet<&str>, roles: &[Role]) -> String {
-    preprocess_slots(entry, defines, roles, &SlotCopies { count: 1, roles: Vec::new() })
+    preprocess_slots(entry, defines, roles, &SlotCopies { count: 1, roles: Vec::new(), array_buffers: 0 })
 }
 
 /// [`preprocess`] with slots (`SLOTS`, a constant of the source): a per-slot role's `#storage`
@@ -1037,19 +1057,28 @@ fn expand<'a>(
                 if writable {
                     local.insert("WRITABLE");
                 }
+                let array = slots.array_buffers > 0 && slots.roles.contains(&role);
+                if array {
+                    local.insert("BINDING_ARRAY");
+                }
                 let mut text = String::new();
                 expand(template, &local, roles, slots, &mut HashSet::new(), &mut text);
                 let access = if writable { "read_write" } else { "read" };
                 let copies = if slots.roles.contains(&role) { slots.count } else { 1 };
                 let in_slot = |name: &str, s: u32| if s == 0 { name.to_string() } else { format!("{name}_s{s}") };
                 for s in 0..copies {
+                    // ELEMENTS: the role's elements, in the array of the segment's buffer
+                        // with binding arrays (`buffer_index` in `shaders/bindings.wgsl`).
                     let text = text
+                        .replace("ELEMENTS", if array { "ARRAY[buffer_index].data" } else { "ARRAY" })
+                        .replace("BUFFERS", &slots.array_buffers.to_string())
                         .replace("ARRAY", &in_slot(owner.0, s))
                         .replace("ROLE", &in_slot(role, s))
                         .replace("BINDING", &slot_binding(binding, s).to_string())
                         .replace("ACCESS", access)
                         .replace("FORMAT", format);
-                    let declares = |line: &&str| owner.0 == role || !line.starts_with("@group");
+                    let declares =
+                        |line: &&str| owner.0 == role || !(line.starts_with("@group") || line.starts_with("struct "));
                     out.extend(text.lines().filter(declares).flat_map(|line| [line, "\n"]));
                 }
             }

@@ -10,7 +10,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::{slot, Kernels, VariantFlags, VariantKernels};
 use crate::layout::{Layout, LeafBuffer, Packing, Role};
-use crate::plan::{Grouping, Plan, RoleLeaves, PARTIAL_BYTES};
+use crate::plan::{Grouping, Plan, RoleLeaves, SlotBinding, PARTIAL_BYTES};
 use crate::pool::GradientPool;
 use crate::readback;
 use crate::scalars::{StepDiagnostics, SCALARS_BYTES};
@@ -91,6 +91,7 @@ impl std::fmt::Debug for StepBindings {
             .field("dispatches", &self.plan.dispatches.len())
             .field("tiles", &self.plan.tile_count)
             .field("vec4", &self.kernels.variant.vec4)
+            .field("binding_arrays", &self.binding_arrays())
             .field("storage_buffers", &self.storage_buffers())
             .finish()
     }
@@ -114,8 +115,15 @@ impl StepBindings {
         self.kernels.variant.vec4
     }
 
+    /// Whether the user's buffers are bound as one binding array per role (the path
+    /// [`crate::KernelOptions::binding_arrays`] chose), else as slots.
+    pub fn binding_arrays(&self) -> bool {
+        self.kernels.variant.array_buffers > 0
+    }
+
     /// Storage buffers each stage over tiles binds (`max_storage_buffers_per_shader_stage`
-    /// must allow them): levels bound as planes of one buffer count once.
+    /// must allow them): levels bound as planes of one buffer count once; binding arrays
+    /// ([`StepBindings::binding_arrays`]) count against another limit and not here.
     pub fn storage_buffers(&self) -> u32 {
         crate::kernels::Kernels::storage_buffers(self.kernels.variant)
     }
@@ -809,8 +817,9 @@ impl BloopState {
         Ok(bindings)
     }
 
-    /// Groups the leaves, picks the smallest slot count that holds each group's buffers (within
-    /// what the kernels and the device allow), and builds the dispatches with that variant.
+    /// Groups the leaves, picks the smallest slot count (or binding-array length) that holds
+    /// each group's buffers (within what the kernels and the device allow), and builds the
+    /// dispatches with that variant.
     fn finish_bindings(
         &self,
         variant: Variant,
@@ -819,18 +828,33 @@ impl BloopState {
         output: &[LeafBuffer],
     ) -> Result<StepBindings> {
         self.kernels.check_limits(variant)?;
-        let counts = self.kernels.slot_counts(variant);
+        let arrays = self.kernels.binding_arrays()?;
+        let counts = match arrays {
+            Some(false) => self.kernels.slot_counts(variant),
+            _ => self.kernels.array_lengths(Variant { array_buffers: 1, ..variant }),
+        };
         let most = counts.last().copied().unwrap_or(1);
         let grouping = Grouping::new(&self.device, roles, most)?;
         let used = grouping.slots_used();
         let slots = counts.into_iter().find(|&s| s >= used).unwrap_or(most);
+        // Chosen by the features: binding arrays only where one slot would not hold the
+        // buffers (with one, the slots' kernels are the same and index no array).
+        let binding = match arrays {
+            Some(array) => SlotBinding { slots, array },
+            None if used > 1 => SlotBinding { slots, array: true },
+            None => SlotBinding { slots: 1, array: false },
+        };
         // Vector loads where the variant has them (`Kernels::describe`) and every window holds
         // whole vec4s.
         let vec4 = variant.vec4 && grouping.vec4_ready();
-        let kernels = self.kernels.compile(Variant { slots: slots as u8, vec4, ..variant })?;
+        let variant = match binding.array {
+            true => Variant { array_buffers: slots as u16, vec4, ..variant },
+            false => Variant { slots: binding.slots as u8, vec4, ..variant },
+        };
+        let kernels = self.kernels.compile(variant)?;
         let tile_len = self.kernels.tile_len();
         let plan =
-            Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, slots, tile_len, partial_bytes)?;
+            Plan::new(&self.device, &self.queue, &kernels.group1, roles, grouping, binding, tile_len, partial_bytes)?;
         let state_group = gpu_scope(&self.device, "building the state's bind group", || {
             let partials = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bloop partials"),

@@ -130,6 +130,9 @@ pub struct GuardedBuffer {
     pub buffer: wgpu::Buffer,
     pub len: u64,
     pub owned: Vec<(u64, u64)>,
+    /// The buffer's device and queue, for reading it back.
+    device: wgpu::Device,
+    queue: wgpu::Queue,
 }
 
 impl GuardedBuffer {
@@ -141,7 +144,7 @@ impl GuardedBuffer {
             mapped_at_creation: false,
         });
         queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&vec![GUARD; len as usize]));
-        GuardedBuffer { buffer, len, owned: Vec::new() }
+        GuardedBuffer { buffer, len, owned: Vec::new(), device: device.clone(), queue: queue.clone() }
     }
 
     pub fn leaf(&mut self, offset: u64, len: u64) -> LeafBuffer {
@@ -151,8 +154,7 @@ impl GuardedBuffer {
 
     /// Elements outside the leaves that no longer hold the guard value.
     pub fn corrupted(&self) -> usize {
-        let gpu = gpu();
-        let all = &read_leaves(&gpu.device, &gpu.queue, &[LeafBuffer::new(&self.buffer, 0, self.len)]).unwrap()[0];
+        let all = &read_leaves(&self.device, &self.queue, &[LeafBuffer::new(&self.buffer, 0, self.len)]).unwrap()[0];
         let mut inside = vec![false; all.len()];
         for &(o, n) in &self.owned {
             inside[o as usize..(o + n) as usize].fill(true);
