@@ -24,7 +24,10 @@ pub const BINDING_ARRAY_FEATURES: wgpu::Features = wgpu::Features::BUFFER_BINDIN
 /// and the device's limit, and that most): a binding takes the shortest that holds its
 /// windows, as slots do ([`SLOT_COUNTS`]), so that a step does not carry thousands of unused
 /// entries per dispatch, which wgpu tracks on every bind.
-pub(crate) const ARRAY_LENGTHS: [u32; 3] = [16, 256, 4096];
+pub(crate) const ARRAY_LENGTHS: [u32; 3] = [16, 256, MAX_ARRAY_BUFFERS];
+
+/// The longest binding array ([`KernelOptions::max_array_buffers`] is capped here).
+pub(crate) const MAX_ARRAY_BUFFERS: u32 = 4096;
 
 /// Elements per tile on a GPU (`KernelOptions::tile_len`): 16 per invocation of a
 /// 256-invocation workgroup, enough to amortise the workgroup reduction while keeping
@@ -164,7 +167,7 @@ impl Default for KernelOptions {
             vec4: true,
             tile_len: None,
             binding_arrays: None,
-            max_array_buffers: *ARRAY_LENGTHS.last().expect("lengths"),
+            max_array_buffers: MAX_ARRAY_BUFFERS,
         }
     }
 }
@@ -262,7 +265,7 @@ impl Kernels {
             tile_len,
             binding_arrays: options.binding_arrays,
             has_binding_arrays,
-            max_array_buffers: options.max_array_buffers.max(1),
+            max_array_buffers: options.max_array_buffers.clamp(1, MAX_ARRAY_BUFFERS),
             cache,
         })
     }
@@ -424,7 +427,7 @@ impl Kernels {
     pub(crate) fn array_lengths(&self, variant: Variant) -> Vec<u32> {
         let arrays = variant.bindings().iter().filter(|b| b.1).count().max(1) as u32;
         let elements = self.device.limits().max_binding_array_elements_per_shader_stage;
-        let most = self.max_array_buffers.min(elements / arrays).clamp(1, u16::MAX as u32);
+        let most = self.max_array_buffers.min(elements / arrays).max(1);
         let mut lengths: Vec<u32> = ARRAY_LENGTHS.into_iter().filter(|&n| n < most).collect();
         lengths.push(most);
         lengths

@@ -645,8 +645,7 @@ impl Plan {
                                     size: NonZeroU64::new(w.vec4_end(&limits).unwrap_or(w.end) - w.start),
                                 },
                                 None => wgpu::BufferBinding {
-                                    buffer: &placeholders.as_ref().expect("made for unused slots")
-                                        [r.writable as usize],
+                                    buffer: &placeholders.as_ref().expect("made for unused slots")[r.writable as usize],
                                     offset: 0,
                                     size: NonZeroU64::new(PLACEHOLDER_BYTES),
                                 },

@@ -244,6 +244,8 @@ pub struct Axes {
     pub project_first: Vec<bool>,
     /// [`Variant::slots`].
     pub slots: Vec<u8>,
+    /// [`Variant::array_buffers`].
+    pub array_buffers: Vec<u16>,
     /// [`Variant::vec4`].
     pub vec4: Vec<bool>,
     /// [`Variant::gradient_planes`] and [`Variant::state_planes`].
@@ -275,6 +277,7 @@ impl Axes {
             write_out: both.clone(),
             project_first: both.clone(),
             slots: (1..=crate::kernels::MAX_SLOTS as u8).collect(),
+            array_buffers: (0..=crate::kernels::MAX_ARRAY_BUFFERS as u16).collect(),
             vec4: both,
             planes: vec![Planes::NONE, Planes::STATE, Planes::BOTH, Planes { gradients: true, state: false }],
         }
@@ -293,6 +296,7 @@ impl Axes {
             write_out: vec![v.write_out],
             project_first: vec![v.project_first],
             slots: vec![v.slots],
+            array_buffers: vec![v.array_buffers],
             vec4: vec![v.vec4],
             planes: vec![Planes { gradients: v.gradient_planes, state: v.state_planes }],
         }
@@ -310,6 +314,7 @@ impl Axes {
             && self.write_out.contains(&v.write_out)
             && self.project_first.contains(&v.project_first)
             && self.slots.contains(&v.slots)
+            && self.array_buffers.contains(&v.array_buffers)
             && self.vec4.contains(&v.vec4)
             && self.planes.contains(&Planes { gradients: v.gradient_planes, state: v.state_planes })
     }
@@ -327,6 +332,7 @@ impl Axes {
             self.write_out.len(),
             self.project_first.len(),
             self.slots.len(),
+            self.array_buffers.len(),
             self.vec4.len(),
             self.planes.len(),
         ];
@@ -334,13 +340,13 @@ impl Axes {
         (0..count)
             .map(move |index| {
                 // The index's digits in the mixed radix of the axes' lengths, kind slowest.
-                let mut digits = [0; 11];
+                let mut digits = [0; 12];
                 let mut rest = index;
                 for (digit, &length) in digits.iter_mut().zip(&lengths).rev() {
                     *digit = rest % length;
                     rest /= length;
                 }
-                let [kind, inputs_writable, subgroups, sums, storages, optimizer, write_out, project_first, slots, vec4, planes] =
+                let [kind, inputs_writable, subgroups, sums, storages, optimizer, write_out, project_first, slots, array_buffers, vec4, planes] =
                     digits;
                 let (sums, planes) = (self.sums[sums], self.planes[planes]);
                 Variant {
@@ -354,6 +360,7 @@ impl Axes {
                     write_out: self.write_out[write_out],
                     project_first: self.project_first[project_first],
                     slots: self.slots[slots],
+                    array_buffers: self.array_buffers[array_buffers],
                     vec4: self.vec4[vec4],
                     gradient_planes: planes.gradients,
                     state_planes: planes.state,
@@ -399,7 +406,13 @@ impl Variant {
     /// The variants the cross-compilation test walks: every list below, each variant once.
     pub fn all() -> Vec<Variant> {
         let mut all = Variant::plain_lists();
-        for list in [Variant::with_optimizers(), Variant::with_slots(), Variant::with_vec4(), Variant::with_planes()] {
+        for list in [
+            Variant::with_optimizers(),
+            Variant::with_slots(),
+            Variant::with_vec4(),
+            Variant::with_planes(),
+            Variant::with_binding_arrays(),
+        ] {
             all.extend(list);
         }
         let mut seen = HashSet::new();
@@ -533,6 +546,54 @@ impl Variant {
         ])
     }
 
+    /// The variants of [`Variant::all`] with binding arrays (of 16 buffers; the length is a
+    /// constant of the code and nothing else): each two-loss kind with read-only and writable
+    /// inputs, both reductions and each guard and sums setting; the paper's order; each 16-bit
+    /// storage; vector loads; each fused f32 optimizer, and Adam in packed f16; levels as
+    /// planes and averages alone as planes; hierarchies of 1, 2 and 8 losses in f32 and 16-bit
+    /// storage.
+    pub fn with_binding_arrays() -> Vec<Variant> {
+        let base = Axes { array_buffers: vec![16], ..Axes::plain() };
+        let either = vec![false, true];
+        let packed_f16 = Storages::uniform(Storage::PackedF16);
+        let hierarchies = vec![Kind::Hierarchy(1), Kind::Hierarchy(2), Kind::Hierarchy(MAX_LEVELS)];
+        Axes::pick(&[
+            Axes {
+                kinds: TWO_LOSS.to_vec(),
+                inputs_writable: either.clone(),
+                subgroups: either.clone(),
+                sums: SUMS.to_vec(),
+                ..base.clone()
+            },
+            Axes { kinds: WITH_AVERAGES.to_vec(), project_first: vec![true], ..base.clone() },
+            Axes { storages: HALVES.map(Storages::uniform).to_vec(), inputs_writable: either.clone(), ..base.clone() },
+            Axes { kinds: VEC4_KINDS.to_vec(), vec4: vec![true], inputs_writable: either.clone(), ..base.clone() },
+            Axes { kinds: TWO_LOSS.to_vec(), optimizers: f32_optimizers(), ..base.clone() },
+            Axes {
+                optimizers: vec![Some(OptVariant {
+                    kind: OptKind::Adam,
+                    params: Storage::PackedF16,
+                    state: Storage::PackedF16,
+                })],
+                storages: vec![packed_f16],
+                ..base.clone()
+            },
+            Axes { kinds: TWO_LOSS.to_vec(), planes: vec![Planes::BOTH, Planes::STATE], ..base.clone() },
+            Axes {
+                kinds: hierarchies.clone(),
+                project_first: either.clone(),
+                planes: vec![Planes::NONE, Planes::STATE, Planes::BOTH],
+                ..base.clone()
+            },
+            Axes {
+                kinds: hierarchies,
+                storages: HALVES.map(Storages::uniform).to_vec(),
+                inputs_writable: either,
+                ..base
+            },
+        ])
+    }
+
     /// The variants of [`Variant::all`] with more than one slot: each two-loss kind with 4
     /// slots and read-only inputs and with 16 and writable inputs; mixing without sums; the
     /// paper's order; 16-bit storage; each optimizer (Adam also in packed f16); hierarchies of
@@ -635,6 +696,7 @@ impl Variant {
             && !(native && packed)
             && !(matches!(self.kind, Kind::Hierarchy(_)) && self.optimizer.is_some())
             && (self.extras || !self.guard)
+            && (self.array_buffers == 0 || self.slots == 1)
     }
 
     /// The stages this variant runs, in order: mixing needs no reduction unless the guard or
@@ -1240,7 +1302,7 @@ fn expand<'a>(
                 let in_slot = |name: &str, s: u32| if s == 0 { name.to_string() } else { format!("{name}_s{s}") };
                 for s in 0..copies {
                     // ELEMENTS: the role's elements, in the array of the segment's buffer
-                        // with binding arrays (`buffer_index` in `shaders/bindings.wgsl`).
+                    // with binding arrays (`buffer_index` in `shaders/bindings.wgsl`).
                     let text = text
                         .replace("ELEMENTS", if array { "ARRAY[buffer_index].data" } else { "ARRAY" })
                         .replace("BUFFERS", &slots.array_buffers.to_string())

@@ -100,7 +100,13 @@ fn check_on(
     (count, bindings.dispatch_count(), bindings.binding_arrays())
 }
 
-fn check(kernels: &Arc<Kernels>, seed: u64, config: Config, arrangement: Arrangement, in_place: bool) -> (usize, usize) {
+fn check(
+    kernels: &Arc<Kernels>,
+    seed: u64,
+    config: Config,
+    arrangement: Arrangement,
+    in_place: bool,
+) -> (usize, usize) {
     let (count, dispatches, arrays) = check_on(gpu(), kernels, seed, config, arrangement, in_place);
     assert!(arrays, "forced binding arrays, seed {seed}, {config:?}, {arrangement:?}");
     (count, dispatches)

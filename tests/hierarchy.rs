@@ -440,8 +440,10 @@ fn leaves_too_large_for_one_window_of_planes_bind_each_level_alone() {
     }))
     .unwrap();
     let limit = small.device.limits().max_storage_buffers_per_shader_stage as usize;
-    let one_slot = bloop::KernelOptions { max_slots: 1, ..Default::default() };
-    for kernels in [Kernels::new(&small.device), Kernels::with_options(&small.device, one_slot)] {
+    // Slots: WebGPU has no binding arrays.
+    let slots = bloop::KernelOptions { binding_arrays: Some(false), ..Default::default() };
+    let one_slot = bloop::KernelOptions { max_slots: 1, ..slots };
+    for kernels in [Kernels::with_options(&small.device, slots), Kernels::with_options(&small.device, one_slot)] {
         for k in [2, 3] {
             // With one slot: scalars, partials, table, output, a binding per gradient, and the
             // averages as planes only where two (24 KB) fit 16 KiB. With more, windows of one

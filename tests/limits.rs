@@ -67,7 +67,7 @@ fn steps_split_over_binding_windows_match_the_reference() {
     // slots of one dispatch, and as one dispatch each.
     let gpu = small_device(2 << 20);
     assert_eq!(gpu.device.limits().max_storage_buffer_binding_size, BINDING_LIMIT);
-    let fallback = bloop::KernelOptions { max_slots: 1, ..Default::default() };
+    let fallback = bloop::KernelOptions { max_slots: 1, binding_arrays: Some(false), ..Default::default() };
     for kernels in [Kernels::new(&gpu.device), Kernels::with_options(&gpu.device, fallback)] {
         for (i, method) in [Method::Bloop, Method::PcGrad, Method::Mixed].into_iter().enumerate() {
             run(&gpu, &kernels, method, Arrangement::Pool { in_place: false }, 10 + i as u64);

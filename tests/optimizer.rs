@@ -475,13 +475,24 @@ fn half_params_in_user_buffers() {
 fn user_buffers_over_more_buffers_than_slots_and_the_fallback() {
     // One buffer per leaf and role: 4 slots (fewer than the leaves, so several dispatches
     // each binding 4 buffers of each user role, the last ones placeholders) and one buffer
-    // per dispatch; parameters in f32 and in 16 bits.
+    // per dispatch; parameters in f32 and in 16 bits. Where the device has binding arrays,
+    // also through arrays of every leaf and of 4.
     let mut rng = SplitMix64::new(8);
-    for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
-        let max_slots = if i % 2 == 0 { 4 } else { 1 };
-        let kernels =
-            bloop::Kernels::with_options(&gpu().device, bloop::KernelOptions { max_slots, ..Default::default() });
-        let method = [Method::Bloop, Method::PcGrad, Method::Mixed][i % 3];
+    let arrays = gpu().device.features().contains(bloop::BINDING_ARRAY_FEATURES);
+    let paths: &[Option<bool>] = if arrays { &[Some(false), Some(true)] } else { &[Some(false)] };
+    let optimizers = optimizers(&mut rng);
+    for (i, (optimizer, &binding_arrays)) in
+        optimizers.iter().flat_map(|o| paths.iter().map(move |p| (*o, p))).enumerate()
+    {
+        let trial = i / paths.len();
+        let options = bloop::KernelOptions {
+            max_slots: if trial.is_multiple_of(2) { 4 } else { 1 },
+            binding_arrays,
+            max_array_buffers: if trial.is_multiple_of(2) { 4 } else { 4096 },
+            ..Default::default()
+        };
+        let kernels = bloop::Kernels::with_options(&gpu().device, options);
+        let method = [Method::Bloop, Method::PcGrad, Method::Mixed][trial % 3];
         check_trial_on(&kernels, 800 + i as u64, method, optimizer, Path::PerLeaf, ElementTypes::default(), F32_BOUND);
         let optimizer = optimizer.params_type(DType::Bf16).state_type(DType::F16);
         let types = ElementTypes::all(DType::F16);

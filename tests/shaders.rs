@@ -24,6 +24,13 @@ fn validated(source: &str, what: &str, variant: &Variant) -> (naga::Module, naga
     if uses(Storage::PackedF16) {
         capabilities |= Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     }
+    // Binding arrays (`bloop::BINDING_ARRAY_FEATURES`): of buffers, of storage buffers, indexed
+    // per invocation.
+    if variant.array_buffers > 0 {
+        capabilities |= Capabilities::BUFFER_BINDING_ARRAY
+            | Capabilities::STORAGE_BUFFER_BINDING_ARRAY
+            | Capabilities::STORAGE_BUFFER_BINDING_ARRAY_NON_UNIFORM_INDEXING;
+    }
     let info = Validator::new(naga::valid::ValidationFlags::all(), capabilities)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(operations)
@@ -32,9 +39,13 @@ fn validated(source: &str, what: &str, variant: &Variant) -> (naga::Module, naga
     (module, info)
 }
 
-fn each_stage(mut check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInfo)) -> usize {
+/// Runs `check` on every stage of every variant `backend_has` keeps.
+fn each_stage_of(
+    backend_has: impl Fn(&Variant) -> bool,
+    mut check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInfo),
+) -> usize {
     let mut count = 0;
-    for variant in Variant::all() {
+    for variant in Variant::all().into_iter().filter(|v| backend_has(v)) {
         for &stage in variant.stages() {
             let what = format!("{variant:?} {stage:?}");
             let (module, info) = validated(&variant.source(stage), &what, &variant);
@@ -45,6 +56,16 @@ fn each_stage(mut check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInf
         }
     }
     count
+}
+
+fn each_stage(check: impl FnMut(&str, &naga::Module, &naga::valid::ModuleInfo)) -> usize {
+    each_stage_of(|_| true, check)
+}
+
+/// wgpu has `BUFFER_BINDING_ARRAY` on Vulkan only: the variants with binding arrays are built
+/// for SPIR-V alone.
+fn without_binding_arrays(variant: &Variant) -> bool {
+    variant.array_buffers == 0
 }
 
 #[test]
@@ -82,6 +103,13 @@ fn every_variant_translates_to_spirv() {
     // and the two-loss computations with levels as planes, as a pool binds them, or the averages
     // alone, as user buffers do: read-only and writable inputs and each guard and sums setting
     // (3 stages each for the reducing kinds, 1 + 2 + 3 for mixing).
+    // Binding arrays: each two-loss kind with read-only and writable inputs, both reductions and
+    // each guard and sums setting (3 x 4 x 3 x 3 + 4 x (1 + 2 + 3)); the paper's order (3 x 3);
+    // three 16-bit storages with both inputs (6 x 3); vector loads in three kinds with both
+    // inputs (6 x 3); four kinds with three f32 optimizers (12 x 3); Adam in packed f16 (3);
+    // four kinds with levels as planes or averages alone (8 x 3); hierarchies of 1, 2 and 8 in
+    // both orders with three plane settings (18 x 3) and in three 16-bit storages with both
+    // inputs (18 x 3).
     assert_eq!(
         count,
         4 * (3 * 9 + 6)
@@ -94,12 +122,13 @@ fn every_variant_translates_to_spirv() {
             + 3 * 3 * 2 * 3
             + 5 * 13 * 3
             + 2 * 2 * (3 * 3 * 3 + (1 + 2 + 3))
+            + (3 * 4 * 3 * 3 + 4 * (1 + 2 + 3) + 3 * 3 + 6 * 3 + 6 * 3 + 12 * 3 + 3 + 8 * 3 + 18 * 3 + 18 * 3)
     );
 }
 
 #[test]
 fn every_variant_translates_to_msl() {
-    each_stage(|what, module, info| {
+    each_stage_of(without_binding_arrays, |what, module, info| {
         // simd_sum needs MSL 2.1; wgpu's Metal backend targets newer versions anyway.
         let options = naga::back::msl::Options { lang_version: (2, 1), ..Default::default() };
         let (msl, _) = naga::back::msl::write_string(module, info, &options, &Default::default())
@@ -110,7 +139,7 @@ fn every_variant_translates_to_msl() {
 
 #[test]
 fn every_variant_translates_to_hlsl() {
-    each_stage(|what, module, info| {
+    each_stage_of(without_binding_arrays, |what, module, info| {
         // Wave intrinsics need shader model 6.0, which wgpu's DX12 backend requires anyway.
         let options =
             naga::back::hlsl::Options { shader_model: naga::back::hlsl::ShaderModel::V6_0, ..Default::default() };
@@ -172,6 +201,10 @@ fn every_sharded_finalize_translates_to_every_backend() {
         let names: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["finalize", "decide_global"], "{what}");
         naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap_or_else(|e| panic!("{what}: {e}"));
+        count += 1;
+        if !without_binding_arrays(&variant) {
+            continue;
+        }
         let msl = naga::back::msl::Options { lang_version: (2, 1), ..Default::default() };
         naga::back::msl::write_string(&module, &info, &msl, &Default::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -181,11 +214,11 @@ fn every_sharded_finalize_translates_to_every_backend() {
         naga::back::hlsl::Writer::new(&mut out, &hlsl, &Default::default())
             .write(&module, &info, None)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        count += 1;
     }
     // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit
-    // ones, one with slots, 4 with vector loads and 4 with levels as planes.
-    assert_eq!(count, shardable.len() - 4 - 24 - 1 - 4 - 4);
+    // ones, one with slots, 4 with vector loads, 4 with levels as planes and 4 with binding
+    // arrays.
+    assert_eq!(count, shardable.len() - 4 - 24 - 1 - 4 - 4 - 4);
 }
 
 #[test]
@@ -214,6 +247,43 @@ fn hierarchy_stages_are_unrolled_per_level() {
         let apply = v.source(Stage::Apply);
         assert!(apply.contains(&format!("store_e{}(", k - 1)), "k = {k}");
     }
+}
+
+#[test]
+fn binding_arrays_index_the_segments_buffer() {
+    // One array per user-owned role at its slot-0 binding, indexed with the buffer the segment
+    // names; one segment loop (no copies per slot); the state's roles stay plain; the index
+    // decorated NonUniform in SPIR-V (narrow segments are walked one per invocation).
+    let all = Variant::all();
+    let adam = all
+        .iter()
+        .find(|v| {
+            v.array_buffers == 16
+                && v.optimizer.is_some_and(|o| o.kind == bloop::OptKind::Adam && o.params == Storage::F32)
+        })
+        .unwrap();
+    let apply = adam.source(Stage::Apply);
+    assert!(apply.starts_with("enable wgpu_binding_array;") && !apply.contains('#'));
+    assert!(apply.contains("@binding(1) var<storage, read> g_main: binding_array<g_main_buffer, 16>;"), "{apply}");
+    assert!(apply.contains("@binding(6) var<storage, read_write> weights: binding_array<weights_buffer, 16>;"));
+    assert!(apply.contains("return g_main[buffer_index].data[i];") && apply.contains("buffer_index = table[at + 9u];"));
+    assert!(apply.contains("@binding(7) var<storage, read_write> opt_m: array<f32>;"));
+    assert!(
+        apply.contains("const SLOTS: u32 = 1u;")
+            && !apply.contains("fn element_s1(")
+            && !apply.contains("@binding(33)")
+    );
+    assert_eq!(apply.matches("let walk = slot_walk(tile, ").count(), 2);
+    let k8 = all.iter().find(|v| v.kind == bloop::shaders::Kind::Hierarchy(8) && v.array_buffers > 0).unwrap();
+    let accumulate = k8.source(Stage::Accumulate);
+    assert!(
+        accumulate.contains("g8[buffer_index].data") && accumulate.contains("buffer_index = table[at + LEN_AT + 1u];")
+    );
+    let (module, info) = validated(&apply, "adam with binding arrays", adam);
+    let words = naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap();
+    // OpDecorate (opcode 71, 3 words) of an id with NonUniform (5300).
+    let non_uniform = words.windows(3).filter(|w| w[0] == (3 << 16 | 71) && w[2] == 5300).count();
+    assert!(non_uniform > 0, "no NonUniform decoration");
 }
 
 #[test]

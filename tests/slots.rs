@@ -20,8 +20,13 @@ use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
 
 const BOUND: f64 = 1e-5;
 
+/// Slots, not binding arrays (`tests/binding_arrays.rs`), even where the device has them.
 fn kernels_with(max_slots: u32) -> Arc<Kernels> {
-    Kernels::with_options(&gpu().device, KernelOptions { max_slots, ..Default::default() })
+    Kernels::with_options(&gpu().device, KernelOptions { max_slots, ..slots_only() })
+}
+
+fn slots_only() -> KernelOptions {
+    KernelOptions { binding_arrays: Some(false), ..Default::default() }
 }
 
 /// `count` leaves of 1 to 6000 elements (some past one tile), never a multiple of 4.
@@ -139,7 +144,7 @@ fn write(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
 fn hierarchies_over_one_buffer_per_leaf() {
     // k + 1 gradients and the output in a buffer per leaf each; f32 and 16-bit storage; the
     // most slots the device allows, 4, and the fallback.
-    let packed = Kernels::with_options(&gpu().device, KernelOptions { native_f16: false, ..Default::default() });
+    let packed = Kernels::with_options(&gpu().device, KernelOptions { native_f16: false, ..slots_only() });
     let cases: [(usize, Arc<Kernels>, DType); 5] = [
         (2, kernels_with(16), DType::F32),
         (3, kernels_with(4), DType::F32),
@@ -232,7 +237,7 @@ fn slots_stay_within_the_device_limits() {
             ..limits
         }))
         .unwrap();
-        let kernels = Kernels::new(&limited.device);
+        let kernels = Kernels::with_options(&limited.device, slots_only());
         let config = Config::new(Method::Bloop).ema(0.5).lambda(0.9);
         let init = normal_leaves(&mut rng, &lengths, 1.0);
         let inits = bloop::EmaInits { main: EmaInit::Values(init.clone()), aux: EmaInit::Zeros };
