@@ -355,6 +355,8 @@ impl Kernels {
             .into_iter()
             .filter(|v| v.subgroups == self.subgroups && v.storages == f32_only && v.optimizer.is_none())
             .filter(|v| self.vec4 || !v.vec4)
+            // A pool's one buffer per role never needs binding arrays.
+            .filter(|v| v.array_buffers == 0)
             .map(|v| Variant { gradient_planes: true, state_planes: true, ..v })
             .collect();
         variants.dedup();

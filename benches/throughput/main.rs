@@ -76,6 +76,12 @@ struct Cli {
     /// Scalar loads and stores everywhere (`KernelOptions::vec4` off), to compare.
     #[arg(long)]
     no_vec4: bool,
+    /// How the user-buffer arrangements bind their buffers (`KernelOptions::binding_arrays`):
+    /// `auto` by the device's features, `on` binding arrays, `off` slots, `both` each
+    /// arrangement twice in the same rounds (`per-leaf/arrays`, `per-leaf/slots`, ...). The
+    /// pool keeps the default.
+    #[arg(long, value_enum, default_value = "auto")]
+    binding_arrays: BindingArrays,
     /// Elements per workgroup's tile (`KernelOptions::tile_len`) [default: by adapter, 4096 on
     /// a GPU and 16384 on a CPU adapter].
     #[arg(long)]
@@ -87,6 +93,27 @@ struct Cli {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// `--binding-arrays`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BindingArrays {
+    Auto,
+    On,
+    Off,
+    Both,
+}
+
+impl BindingArrays {
+    /// The paths each arrangement is timed with: the option, and what its path name gets.
+    fn paths(self) -> &'static [(Option<bool>, &'static str)] {
+        match self {
+            BindingArrays::Auto => &[(None, "")],
+            BindingArrays::On => &[(Some(true), "")],
+            BindingArrays::Off => &[(Some(false), "")],
+            BindingArrays::Both => &[(Some(true), "/arrays"), (Some(false), "/slots")],
+        }
+    }
 }
 
 struct Args {
@@ -102,6 +129,7 @@ struct Args {
     max_slots: u32,
     vec4: bool,
     tile_len: Option<u32>,
+    binding_arrays: BindingArrays,
 }
 
 impl Args {
@@ -121,6 +149,7 @@ impl Args {
             max_slots: cli.max_slots.unwrap_or(bloop::KernelOptions::default().max_slots),
             vec4: !cli.no_vec4,
             tile_len: cli.tile_len,
+            binding_arrays: cli.binding_arrays,
         }
     }
 }
@@ -615,6 +644,14 @@ fn workloads(args: &Args) -> bloop::Result<Vec<Workload>> {
     Ok(list)
 }
 
+/// An arrangement's path name with its binding path's suffix (a few per run, kept for the rows).
+fn path_name(name: &'static str, suffix: &str) -> &'static str {
+    if suffix.is_empty() {
+        return name;
+    }
+    Box::leak(format!("{name}{suffix}").into_boxed_str())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.layouts_json {
@@ -640,24 +677,32 @@ fn write_layouts(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = GpuContext::from_env()?;
     let clock = Clock::new(&gpu);
-    let kernels = Kernels::with_options(
-        &gpu.device,
-        bloop::KernelOptions {
-            max_slots: args.max_slots,
-            vec4: args.vec4,
-            tile_len: args.tile_len,
-            ..Default::default()
-        },
-    );
+    let options = bloop::KernelOptions {
+        max_slots: args.max_slots,
+        vec4: args.vec4,
+        tile_len: args.tile_len,
+        ..Default::default()
+    };
+    let kernels = Kernels::with_options(&gpu.device, options);
+    // The user-buffer arrangements' kernels, per binding path (`--binding-arrays`).
+    let arrangement_kernels: Vec<(std::sync::Arc<Kernels>, &str)> = args
+        .binding_arrays
+        .paths()
+        .iter()
+        .map(|&(binding_arrays, suffix)| {
+            (Kernels::with_options(&gpu.device, bloop::KernelOptions { binding_arrays, ..options }), suffix)
+        })
+        .collect();
     let info = gpu.adapter.get_info();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "adapter: {}; timing: {}; reduction: {}; loads: {}; tiles of {} elements; host threads: {threads}",
+        "adapter: {}; timing: {}; reduction: {}; loads: {}; tiles of {} elements; binding arrays: {}; host threads: {threads}",
         gpu.describe(),
         clock.name(),
         if kernels.uses_subgroups() { "subgroups" } else { "shared-memory tree" },
         if args.vec4 { "vec4 where aligned" } else { "scalar" },
-        kernels.tile_len()
+        kernels.tile_len(),
+        if kernels.has_binding_arrays() { "available" } else { "none" },
     );
     println!(
         "{:<18} {:>10} {:<17} {:<8} {:>5} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6} {:>9} {:>9}",
@@ -762,14 +807,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             };
             // The pool and every arrangement, timed in turn so that their ratios hold on a
             // machine whose speed drifts.
-            let mut paths: Vec<(&str, BloopState, bloop::StepBindings)> = std::iter::once(None)
-                .chain(data.arrangements.iter().map(Some))
-                .map(|arrangement| {
-                    let state = BloopState::new(&kernels, &gpu.queue, layout, config, EmaInits::zeros())?;
+            let arrangements = data
+                .arrangements
+                .iter()
+                .flat_map(|a| arrangement_kernels.iter().map(move |(kernels, suffix)| (Some(a), kernels, *suffix)));
+            let mut paths: Vec<(&str, BloopState, bloop::StepBindings)> = std::iter::once((None, &kernels, ""))
+                .chain(arrangements)
+                .map(|(arrangement, kernels, suffix)| {
+                    let state = BloopState::new(kernels, &gpu.queue, layout, config, EmaInits::zeros())?;
                     let (path, bindings) = match arrangement {
                         None => ("pool", state.bind_pool(&data.pool)?),
                         Some(a) => (
-                            a.name,
+                            path_name(a.name, suffix),
                             state.bind_external(&ExternalGradients {
                                 main: &a.main,
                                 aux: &a.aux,
