@@ -232,6 +232,16 @@ fn segment(index: u32) -> Segment {
 }
 
 #ifdef HIERARCHY
+#ifdef BINDING_ARRAYS
+// A wide segment's record (index below the walk's y): its first word and length, the same for
+// every invocation (`wide_then_narrow` in `src/shaders.rs`).
+fn wide_record(index: u32) -> vec2<u32> {
+    let at = segment_at(index);
+    buffer_index = table[at + LEN_AT + 1u];
+    return vec2<u32>(at, table[at + LEN_AT]);
+}
+#endif
+
 // As `walk_segment` for a hierarchy's records: the first word of this invocation's record and
 // its length (0 past the walk's end); with binding arrays, `buffer_index` points at its
 // buffers.

@@ -1011,10 +1011,42 @@ impl SlotCopies {
     }
 
     /// `body` once per slot, one after the other, each in a block of its own and reading its
-    /// own slot's bindings.
+    /// own slot's bindings. With binding arrays, the one walk is split in two instead
+    /// ([`wide_then_narrow`]).
     fn each(&self, body: &str) -> String {
+        if self.array_buffers > 0 {
+            return wide_then_narrow(&self.rename(body, 0));
+        }
         (0..self.count).map(|s| format!("{{\n{}}}\n", self.rename(body, s))).collect()
     }
+}
+
+/// A walk over a tile's segments (an `#each_slot` block) as two loops: the wide segments, each
+/// walked by the whole workgroup, at segment indices every invocation shares, then the narrow
+/// ones. With binding arrays, the buffer a wide segment's elements come from is then the same
+/// for every invocation, and the driver sees it so (a CPU driver loads and stores whole vectors
+/// through one base address, not lane by lane, which it does for an index that differs between
+/// lanes, as the narrow walk's does).
+fn wide_then_narrow(body: &str) -> String {
+    let swap = |text: &str, pairs: &[(&str, &str)]| {
+        pairs.iter().fold(text.to_string(), |text, (from, to)| {
+            assert!(text.contains(from), "a segment walk without `{from}`:\n{text}");
+            text.replace(from, to)
+        })
+    };
+    let wide = swap(
+        body,
+        &[
+            ("k < walk.z; k = walk_next(walk, k)", "k < walk.y; k = k + 1u"),
+            ("walk_lane(walk, k, lid)", "vec2<u32>(lid, WORKGROUP_SIZE)"),
+        ],
+    );
+    let wide = match wide.contains("walk_record(") {
+        true => swap(&wide, &[("walk_record(walk, k, lid)", "wide_record(k)")]),
+        false => swap(&wide, &[("walk_segment(walk, k, lid)", "segment(k)")]),
+    };
+    let narrow = swap(body, &[("var k = walk.x;", "var k = walk.y;")]);
+    format!("{{\n{wide}}}\n{{\n{narrow}}}\n")
 }
 
 /// Where a segment record's length word is, at the least: after the offsets of the eight
