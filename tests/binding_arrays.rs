@@ -127,6 +127,8 @@ fn configs() -> [Config; 6] {
 fn one_buffer_per_leaf_takes_one_dispatch() {
     // Every leaf's gradients and output in buffers of their own: one dispatch per stage for
     // all of them, or one per `max` leaves where the arrays are shorter than that.
+    let limit = gpu().device.limits().max_binding_array_elements_per_shader_stage;
+    eprintln!("max_binding_array_elements_per_shader_stage: {limit}");
     for (i, config) in configs().into_iter().enumerate() {
         for max in [4096, 16, 4] {
             let Some(kernels) = forced(max) else { return };
