@@ -7,7 +7,15 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::SHADER_F16)
     .union(wgpu::Features::SUBGROUP)
-    .union(crate::kernels::BINDING_ARRAY_FEATURES);
+    .union(BINDING_ARRAY_FEATURES);
+
+/// The features binding arrays of storage buffers indexed per segment need
+/// ([`crate::KernelOptions::binding_arrays`]): arrays of buffers, of storage buffers, and
+/// indexing them with values that differ between invocations (narrow segments are walked one
+/// per invocation).
+pub const BINDING_ARRAY_FEATURES: wgpu::Features = wgpu::Features::BUFFER_BINDING_ARRAY
+    .union(wgpu::Features::STORAGE_RESOURCE_BINDING_ARRAY)
+    .union(wgpu::Features::SAMPLED_TEXTURE_AND_STORAGE_BUFFER_ARRAY_NON_UNIFORM_INDEXING);
 
 /// An adapter with its device and queue. Every entry point of the library takes a plain
 /// `wgpu::Device` / `wgpu::Queue`, so a trainer that already has them never needs this.

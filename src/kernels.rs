@@ -9,25 +9,15 @@ use crate::error::Result;
 use crate::optimizer::Optimizer;
 use crate::shaders::{slot_binding, Axes, Kind, OptVariant, Planes, Stage, Storage, Storages, Variant, SLOT_COUNTS};
 
-/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
-/// slot) costs more compile time than the dispatches saved are worth.
-pub(crate) const MAX_SLOTS: u32 = 16;
+pub(crate) use crate::shaders::{MAX_ARRAY_BUFFERS, MAX_SLOTS};
 
-/// The features binding arrays of storage buffers indexed per segment need: arrays of
-/// buffers, of storage buffers, and indexing them with values that differ between invocations
-/// (narrow segments are walked one per invocation).
-pub const BINDING_ARRAY_FEATURES: wgpu::Features = wgpu::Features::BUFFER_BINDING_ARRAY
-    .union(wgpu::Features::STORAGE_RESOURCE_BINDING_ARRAY)
-    .union(wgpu::Features::SAMPLED_TEXTURE_AND_STORAGE_BUFFER_ARRAY_NON_UNIFORM_INDEXING);
+use crate::context::BINDING_ARRAY_FEATURES;
 
 /// The binding-array lengths variants are compiled for (below [`KernelOptions::max_array_buffers`]
 /// and the device's limit, and that most): a binding takes the shortest that holds its
 /// windows, as slots do ([`SLOT_COUNTS`]), so that a step does not carry thousands of unused
 /// entries per dispatch, which wgpu tracks on every bind.
 pub(crate) const ARRAY_LENGTHS: [u32; 3] = [16, 256, MAX_ARRAY_BUFFERS];
-
-/// The longest binding array ([`KernelOptions::max_array_buffers`] is capped here).
-pub(crate) const MAX_ARRAY_BUFFERS: u32 = 4096;
 
 /// Elements per tile on a GPU (`KernelOptions::tile_len`): 16 per invocation of a
 /// 256-invocation workgroup, enough to amortise the workgroup reduction while keeping

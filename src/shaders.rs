@@ -276,8 +276,8 @@ impl Axes {
             optimizers,
             write_out: both.clone(),
             project_first: both.clone(),
-            slots: (1..=crate::kernels::MAX_SLOTS as u8).collect(),
-            array_buffers: (0..=crate::kernels::MAX_ARRAY_BUFFERS as u16).collect(),
+            slots: (1..=MAX_SLOTS as u8).collect(),
+            array_buffers: (0..=MAX_ARRAY_BUFFERS as u16).collect(),
             vec4: both,
             planes: vec![Planes::NONE, Planes::STATE, Planes::BOTH, Planes { gradients: true, state: false }],
         }
@@ -912,6 +912,13 @@ impl Variant {
         SlotCopies { count: self.slots as u32, roles: self.slot_roles(), array_buffers: self.array_buffers as u32 }
     }
 }
+
+/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
+/// slot) costs more compile time than the dispatches saved are worth.
+pub(crate) const MAX_SLOTS: u32 = 16;
+
+/// The longest binding array (`KernelOptions::max_array_buffers` is capped here).
+pub(crate) const MAX_ARRAY_BUFFERS: u32 = 4096;
 
 /// The slot counts variants are compiled for, with the most the device's limits allow (9 for
 /// BLOOP at 32 storage buffers per stage): a binding picks the smallest that holds the distinct
