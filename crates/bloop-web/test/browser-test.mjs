@@ -2,7 +2,8 @@
 //
 //   node browser-test.mjs --native SUMMARY.json [--bench-sizes K,...] [--screenshot PATH]
 //
-// Serves ../www from 127.0.0.1, opens it, runs the default sweep (every method over the lambda
+// Serves ../www from 127.0.0.1, opens it, starts a long training and checks that its losses
+// show while it runs and that the stop button ends it, runs the default sweep (every method over the lambda
 // grid) for the epochs and seed of SUMMARY.json (the native example's `summary.json` from
 // `cargo run --release --example quadratics -- --epochs N --seed S`), and checks that every
 // run's final and best main and aux losses equal the native ones within 1e-4 relative, and
@@ -69,6 +70,19 @@ await runInBrowser(www, 900, async (page, url) => {
   const state = await page.evaluate(() => document.body.dataset.state);
   if (state !== 'idle') throw new Error(`the page did not start: ${await page.evaluate(() => window.bloopDemo.error)}`);
   console.log(`adapter: ${await page.$eval('#adapter', (p) => p.textContent)}`);
+
+  // A long training shows its losses while it runs (the readbacks land without waiting for the
+  // end), and the stop button ends it.
+  await fill(page, 'epochs', 100000);
+  await page.click('#train');
+  await page.waitForFunction(() => /epoch [1-9]/.test(document.getElementById('status').textContent),
+    { timeout: 120_000, polling: 100 });
+  const shown = await page.$eval('#status', (p) => p.textContent);
+  await page.click('#stop');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle', { timeout: 120_000 });
+  const stopped = await page.$eval('#status', (p) => p.textContent);
+  check(stopped === 'stopped', `the stop button: the status says "${stopped}"`);
+  console.log(`a training of 100000 epochs showed "${shown}" while it ran, then "${stopped}"`);
 
   // The default sweep at the native run's epochs and seed.
   await fill(page, 'epochs', native.epochs);
