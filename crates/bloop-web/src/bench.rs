@@ -23,12 +23,18 @@ const METHODS: [(&str, Method); 4] = [
     ("mixed", Method::Mixed),
 ];
 
-/// Warm-up rounds before the timed ones (pipelines compiled, buffers resident).
+/// Warm-up rounds before the timed ones (pipelines compiled, buffers resident); the first
+/// records one step of each, which sizes the submits.
 const WARM_UP: usize = 2;
+
+/// The longest a submit should take, in ms: a browser may take a long submit for a hung GPU
+/// and lose the device, so large sizes on a slow adapter get fewer steps per submit.
+const SUBMIT_BUDGET_MS: f64 = 500.0;
 
 #[derive(Clone, Copy)]
 pub struct Timing {
-    /// Steps (or copies) recorded into one submit.
+    /// Steps (or copies) recorded into one submit, at most: fewer where a submit would take
+    /// longer than [`SUBMIT_BUDGET_MS`].
     pub steps_per_submit: usize,
     /// Timed rounds; each times the copy kernel, the pool's step and the user buffers' step.
     pub reps: usize,
@@ -81,7 +87,6 @@ pub async fn run(
     stop: &Cell<bool>,
 ) -> bloop::Result<Option<Vec<Row>>> {
     let info = gpu.adapter.get_info();
-    let clock = format!("wall time over {} steps per submit", timing.steps_per_submit);
     let mut rng = SplitMix64::new(1);
     let mut rows = Vec::new();
     for &k in log2_sizes {
@@ -108,11 +113,11 @@ pub async fn run(
             let user_bindings = user_state.bind_external(&gradients)?;
             // One run of each per round, so a drifting machine moves all three alike.
             let (mut copy_ms, mut pool_ms, mut user_ms) = (Vec::new(), Vec::new(), Vec::new());
+            let mut steps = 1;
             for round in 0..WARM_UP + timing.reps {
                 if stop.get() {
                     return Ok(None);
                 }
-                let steps = timing.steps_per_submit;
                 let c = time_submit(gpu, steps, &mut |e| copy.record(e, None)).await;
                 let mut failed = Ok(());
                 let mut pool_step = |e: &mut wgpu::CommandEncoder| {
@@ -124,12 +129,17 @@ pub async fn run(
                 };
                 let u = time_submit(gpu, steps, &mut user_step).await;
                 failed.map_err(|message| bloop::Error::Gpu { during: "recording a timed step", message })?;
+                if round == 0 {
+                    let slowest = c.max(p).max(u).max(1e-3);
+                    steps = ((SUBMIT_BUDGET_MS / slowest) as usize).clamp(1, timing.steps_per_submit);
+                }
                 if round >= WARM_UP {
                     copy_ms.push(c);
                     pool_ms.push(p);
                     user_ms.push(u);
                 }
             }
+            let clock = format!("wall time over {steps} steps per submit");
             let setting = Setting {
                 adapter: &info,
                 clock: &clock,
