@@ -23,8 +23,8 @@ const METHODS: [(&str, Method); 4] = [
     ("mixed", Method::Mixed),
 ];
 
-/// Warm-up rounds before the timed ones (pipelines compiled, buffers resident); the first
-/// records one step of each, which sizes the submits.
+/// Warm-up rounds before the timed ones, one step of each: the first compiles the pipelines,
+/// the second's times size the submits.
 const WARM_UP: usize = 2;
 
 /// The longest a submit should take, in ms: a browser may take a long submit for a hung GPU
@@ -129,7 +129,8 @@ pub async fn run(
                 };
                 let u = time_submit(gpu, steps, &mut user_step).await;
                 failed.map_err(|message| bloop::Error::Gpu { during: "recording a timed step", message })?;
-                if round == 0 {
+                // Round 0 compiles the pipelines; round 1's single steps size the submits.
+                if round == 1 {
                     let slowest = c.max(p).max(u).max(1e-3);
                     steps = ((SUBMIT_BUDGET_MS / slowest) as usize).clamp(1, timing.steps_per_submit);
                 }

@@ -125,7 +125,7 @@ await runInBrowser(www, 900, async (page, url) => {
   // The benchmark panel at a small size.
   await fill(page, 'sizes', benchSizes);
   await fill(page, 'steps', 10);
-  await fill(page, 'rounds', 3);
+  await fill(page, 'rounds', 5);
   await page.click('#bench');
   await waitFor(page, 'bench');
   const json = await page.$eval('#bench-json', (t) => t.value);

@@ -1,7 +1,9 @@
 // Line and point plots drawn as SVG, with log axes: enough for the page's two figures.
 
 const NS = 'http://www.w3.org/2000/svg';
-const MARGIN = { left: 64, right: 16, top: 28, bottom: 44 };
+// The legend runs across the top, between the title and the frame, clear of the data.
+const MARGIN = { left: 64, right: 16, top: 46, bottom: 44 };
+const LEGEND_WIDTH = 130;
 
 function element(name, attributes, parent) {
   const node = document.createElementNS(NS, name);
@@ -49,7 +51,11 @@ function ticks({ lo, hi, log }) {
 export function formatNumber(v) {
   if (v === 0) return '0';
   const magnitude = Math.abs(v);
-  if (magnitude >= 1e4 || magnitude < 1e-2) return v.toExponential(magnitude >= 1e4 ? 0 : 1).replace('e+', 'e');
+  if (magnitude >= 1e4 || magnitude < 1e-2) {
+    // A power of ten as 1e4, anything between with a digit more (3.2e4).
+    const digits = Math.abs(Math.log10(magnitude) - Math.round(Math.log10(magnitude))) < 1e-9 ? 0 : 1;
+    return v.toExponential(digits).replace('e+', 'e');
+  }
   return Number(v.toPrecision(3)).toString();
 }
 
@@ -59,7 +65,7 @@ export function plot(svg, { title, xLabel, yLabel, xLog = false, yLog = false, s
   const [, , width, height] = svg.getAttribute('viewBox').split(' ').map(Number);
   const inner = { w: width - MARGIN.left - MARGIN.right, h: height - MARGIN.top - MARGIN.bottom };
   const points = series.flatMap((s) => s.points.filter(([x, y]) => usable(x, xLog) && usable(y, yLog)));
-  const xAxis = axis(points.map(([x]) => (xLog ? x : x)), xLog);
+  const xAxis = axis(points.map(([x]) => x), xLog);
   const yAxis = axis(points.map(([, y]) => y), yLog);
   const scale = (a, v, size, flip) => {
     const t = ((a.log ? Math.log10(v) : v) - a.lo) / (a.hi - a.lo);
@@ -99,8 +105,8 @@ export function plot(svg, { title, xLabel, yLabel, xLog = false, yLog = false, s
     if (s.markers) {
       for (const [x, y] of kept) element('circle', { cx: sx(x), cy: sy(y), r: 3.5, fill: s.color }, body);
     }
-    const ly = MARGIN.top + 14 + i * 16;
-    const lx = MARGIN.left + inner.w - 130;
+    const ly = MARGIN.top - 8;
+    const lx = MARGIN.left + i * LEGEND_WIDTH;
     element('line', { x1: lx, x2: lx + 18, y1: ly - 4, y2: ly - 4, stroke: s.color, class: 'legend' }, svg);
     text(svg, lx + 24, ly, s.name);
   });
