@@ -9,9 +9,7 @@ use crate::error::Result;
 use crate::optimizer::Optimizer;
 use crate::shaders::{slot_binding, Axes, Kind, OptVariant, Planes, Stage, Storage, Storages, Variant, SLOT_COUNTS};
 
-/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
-/// slot) costs more compile time than the dispatches saved are worth.
-pub(crate) const MAX_SLOTS: u32 = 16;
+pub(crate) use crate::shaders::MAX_SLOTS;
 
 /// Elements per tile on a GPU (`KernelOptions::tile_len`): 16 per invocation of a
 /// 256-invocation workgroup, enough to amortise the workgroup reduction while keeping

@@ -268,7 +268,7 @@ impl Axes {
             optimizers,
             write_out: both.clone(),
             project_first: both.clone(),
-            slots: (1..=crate::kernels::MAX_SLOTS as u8).collect(),
+            slots: (1..=MAX_SLOTS as u8).collect(),
             vec4: both,
             planes: vec![Planes::NONE, Planes::STATE, Planes::BOTH, Planes { gradients: true, state: false }],
         }
@@ -833,6 +833,10 @@ impl Variant {
         SlotCopies { count: self.slots as u32, roles: self.slot_roles() }
     }
 }
+
+/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
+/// slot) costs more compile time than the dispatches saved are worth.
+pub(crate) const MAX_SLOTS: u32 = 16;
 
 /// The slot counts variants are compiled for, with the most the device's limits allow (9 for
 /// BLOOP at 32 storage buffers per stage): a binding picks the smallest that holds the distinct
