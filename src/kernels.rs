@@ -7,11 +7,9 @@ use crate::context::gpu_scope;
 use crate::dtype::ElementTypes;
 use crate::error::Result;
 use crate::optimizer::Optimizer;
-use crate::shaders::{slot_binding, Kind, OptVariant, Stage, Storage, Storages, Variant, SLOT_COUNTS};
+use crate::shaders::{slot_binding, Axes, Kind, OptVariant, Planes, Stage, Storage, Storages, Variant, SLOT_COUNTS};
 
-/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
-/// slot) costs more compile time than the dispatches saved are worth.
-pub(crate) const MAX_SLOTS: u32 = 16;
+pub(crate) use crate::shaders::MAX_SLOTS;
 
 /// Elements per tile on a GPU (`KernelOptions::tile_len`): 16 per invocation of a
 /// 256-invocation workgroup, enough to amortise the workgroup reduction while keeping
@@ -292,7 +290,8 @@ impl Kernels {
     }
 
     /// The one-slot variant of a config on this device, with an optimizer fused into the apply
-    /// stage or not, and the direction written or not (not compiled yet).
+    /// stage or not, and the direction written or not (not compiled yet): one value on each axis
+    /// of the table of variants ([`Axes::table`]), which [`Kernels::compile`] checks.
     pub(crate) fn describe(
         &self,
         kind: Kind,
@@ -323,8 +322,8 @@ impl Kernels {
             optimizer,
             write_out,
             project_first,
-            gradient_planes: true,
-            state_planes: true,
+            gradient_planes: Planes::BOTH.gradients,
+            state_planes: Planes::BOTH.state,
             ..Variant::PLAIN
         };
         Variant { vec4: self.vec4 && variant.vec4_able(), ..variant }
@@ -352,6 +351,12 @@ impl Kernels {
         if let Some(kernels) = cache.get(&variant) {
             return Ok(kernels.clone());
         }
+        // Every variant asked for is one of the table's, so the cross-compilation test's lists
+        // (boxes of the same table) speak of what runs.
+        assert!(
+            variant.buildable() && Axes::table().contains(variant),
+            "bloop: {variant:?} is outside the table of variants"
+        );
         let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || self.build(variant))?);
         cache.insert(variant, kernels.clone());
         Ok(kernels)

@@ -157,6 +157,219 @@ impl Stage {
     }
 }
 
+/// The guard and the gradients' sums, one axis: the guard needs the sums, diagnostics alone
+/// ask for the sums only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sums {
+    /// [`Variant::guard`].
+    pub guard: bool,
+    /// [`Variant::extras`].
+    pub extras: bool,
+}
+
+impl Sums {
+    /// Neither the guard nor the sums.
+    pub const NONE: Sums = Sums { guard: false, extras: false };
+    /// The sums for diagnostics, without the guard.
+    pub const DIAGNOSTICS: Sums = Sums { guard: false, extras: true };
+    /// The guard and its sums.
+    pub const GUARD: Sums = Sums { guard: true, extras: true };
+}
+
+/// Which levels are planes of one binding, one axis ([`Variant::gradient_planes`],
+/// [`Variant::state_planes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Planes {
+    /// The gradients are planes of one binding.
+    pub gradients: bool,
+    /// The averages (and an optimizer's moments) are planes of one binding.
+    pub state: bool,
+}
+
+impl Planes {
+    /// One binding per level.
+    pub const NONE: Planes = Planes { gradients: false, state: false };
+    /// The state's levels as planes, the gradients in the user's buffers.
+    pub const STATE: Planes = Planes { gradients: false, state: true };
+    /// Both, as a pool's bindings have them.
+    pub const BOTH: Planes = Planes { gradients: true, state: true };
+}
+
+const TWO_LOSS: [Kind; 4] = [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed];
+/// The computations that keep averages of the main gradient (the paper's order applies).
+const WITH_AVERAGES: [Kind; 3] = [Kind::Project, Kind::RatioOnly, Kind::PcGrad];
+const VEC4_KINDS: [Kind; 3] = [Kind::Project, Kind::RatioOnly, Kind::Mixed];
+/// The hierarchy depths the lists compile: 1 to 4 and the largest.
+const LISTED_HIERARCHIES: [Kind; 5] =
+    [Kind::Hierarchy(1), Kind::Hierarchy(2), Kind::Hierarchy(3), Kind::Hierarchy(4), Kind::Hierarchy(MAX_LEVELS)];
+const MAX_LEVELS: u8 = crate::config::MAX_LEVELS as u8;
+const HALVES: [Storage; 3] = [Storage::F16, Storage::PackedF16, Storage::PackedBf16];
+const STORAGES: [Storage; 4] = [Storage::F32, Storage::F16, Storage::PackedF16, Storage::PackedBf16];
+const OPT_KINDS: [OptKind; 3] = [OptKind::Sgd, OptKind::Momentum, OptKind::Adam];
+const SUMS: [Sums; 3] = [Sums::NONE, Sums::DIAGNOSTICS, Sums::GUARD];
+const GUARD_OR_NOT: [Sums; 2] = [Sums::NONE, Sums::GUARD];
+
+/// Each fused optimizer with f32 parameters and state.
+fn f32_optimizers() -> Vec<Option<OptVariant>> {
+    OPT_KINDS.iter().map(|&kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 })).collect()
+}
+
+/// A box of the table of variants: for each axis of [`Variant`], the values taken. The table
+/// ([`Axes::table`]) takes every value on every axis; each list of variants ([`Variant::all`]
+/// and its parts) is the union of a few boxes inside it, filtered by [`Variant::buildable`]; the
+/// kernels compile only variants of the table ([`Axes::contains`]).
+#[derive(Clone, Debug)]
+pub struct Axes {
+    /// The computation, hierarchy depth included.
+    pub kinds: Vec<Kind>,
+    /// [`Variant::inputs_writable`].
+    pub inputs_writable: Vec<bool>,
+    /// [`Variant::subgroups`].
+    pub subgroups: Vec<bool>,
+    /// The guard and the sums.
+    pub sums: Vec<Sums>,
+    /// [`Variant::storages`].
+    pub storages: Vec<Storages>,
+    /// [`Variant::optimizer`].
+    pub optimizers: Vec<Option<OptVariant>>,
+    /// [`Variant::write_out`].
+    pub write_out: Vec<bool>,
+    /// The order: [`Variant::project_first`].
+    pub project_first: Vec<bool>,
+    /// [`Variant::slots`].
+    pub slots: Vec<u8>,
+    /// [`Variant::vec4`].
+    pub vec4: Vec<bool>,
+    /// [`Variant::gradient_planes`] and [`Variant::state_planes`].
+    pub planes: Vec<Planes>,
+}
+
+impl Axes {
+    /// Every value of every axis: the variants a device may be asked to compile.
+    pub fn table() -> Axes {
+        let both = vec![false, true];
+        let storages = STORAGES
+            .iter()
+            .flat_map(|&gradients| {
+                STORAGES.iter().flat_map(move |&output| STORAGES.map(|ema| Storages { gradients, output, ema }))
+            })
+            .collect();
+        let optimizers = std::iter::once(None)
+            .chain(OPT_KINDS.iter().flat_map(|&kind| {
+                STORAGES.iter().flat_map(move |&params| STORAGES.map(|state| Some(OptVariant { kind, params, state })))
+            }))
+            .collect();
+        Axes {
+            kinds: TWO_LOSS.into_iter().chain((1..=MAX_LEVELS).map(Kind::Hierarchy)).collect(),
+            inputs_writable: both.clone(),
+            subgroups: both.clone(),
+            sums: SUMS.to_vec(),
+            storages,
+            optimizers,
+            write_out: both.clone(),
+            project_first: both.clone(),
+            slots: (1..=MAX_SLOTS as u8).collect(),
+            vec4: both,
+            planes: vec![Planes::NONE, Planes::STATE, Planes::BOTH, Planes { gradients: true, state: false }],
+        }
+    }
+
+    /// The box of one variant, [`Variant::PLAIN`], which the lists widen axis by axis.
+    pub fn plain() -> Axes {
+        let v = Variant::PLAIN;
+        Axes {
+            kinds: vec![v.kind],
+            inputs_writable: vec![v.inputs_writable],
+            subgroups: vec![v.subgroups],
+            sums: vec![Sums { guard: v.guard, extras: v.extras }],
+            storages: vec![v.storages],
+            optimizers: vec![v.optimizer],
+            write_out: vec![v.write_out],
+            project_first: vec![v.project_first],
+            slots: vec![v.slots],
+            vec4: vec![v.vec4],
+            planes: vec![Planes { gradients: v.gradient_planes, state: v.state_planes }],
+        }
+    }
+
+    /// Whether `variant` lies in this box.
+    pub fn contains(&self, variant: Variant) -> bool {
+        let v = variant;
+        self.kinds.contains(&v.kind)
+            && self.inputs_writable.contains(&v.inputs_writable)
+            && self.subgroups.contains(&v.subgroups)
+            && self.sums.contains(&Sums { guard: v.guard, extras: v.extras })
+            && self.storages.contains(&v.storages)
+            && self.optimizers.contains(&v.optimizer)
+            && self.write_out.contains(&v.write_out)
+            && self.project_first.contains(&v.project_first)
+            && self.slots.contains(&v.slots)
+            && self.vec4.contains(&v.vec4)
+            && self.planes.contains(&Planes { gradients: v.gradient_planes, state: v.state_planes })
+    }
+
+    /// The buildable variants of this box, every combination of its axes' values (the table
+    /// itself has hundreds of millions: walk boxes, not the table).
+    pub fn variants(&self) -> impl Iterator<Item = Variant> + '_ {
+        let lengths = [
+            self.kinds.len(),
+            self.inputs_writable.len(),
+            self.subgroups.len(),
+            self.sums.len(),
+            self.storages.len(),
+            self.optimizers.len(),
+            self.write_out.len(),
+            self.project_first.len(),
+            self.slots.len(),
+            self.vec4.len(),
+            self.planes.len(),
+        ];
+        let count: usize = lengths.iter().product();
+        (0..count)
+            .map(move |index| {
+                // The index's digits in the mixed radix of the axes' lengths, kind slowest.
+                let mut digits = [0; 11];
+                let mut rest = index;
+                for (digit, &length) in digits.iter_mut().zip(&lengths).rev() {
+                    *digit = rest % length;
+                    rest /= length;
+                }
+                let [kind, inputs_writable, subgroups, sums, storages, optimizer, write_out, project_first, slots, vec4, planes] =
+                    digits;
+                let (sums, planes) = (self.sums[sums], self.planes[planes]);
+                Variant {
+                    kind: self.kinds[kind],
+                    inputs_writable: self.inputs_writable[inputs_writable],
+                    subgroups: self.subgroups[subgroups],
+                    guard: sums.guard,
+                    extras: sums.extras,
+                    storages: self.storages[storages],
+                    optimizer: self.optimizers[optimizer],
+                    write_out: self.write_out[write_out],
+                    project_first: self.project_first[project_first],
+                    slots: self.slots[slots],
+                    vec4: self.vec4[vec4],
+                    gradient_planes: planes.gradients,
+                    state_planes: planes.state,
+                }
+            })
+            .filter(|v| v.buildable())
+    }
+
+    /// The buildable variants of the union of `boxes`, each once, in the boxes' order.
+    pub fn pick(boxes: &[Axes]) -> Vec<Variant> {
+        let mut seen = HashSet::new();
+        boxes.iter().flat_map(Axes::variants).filter(|v| seen.insert(*v)).collect()
+    }
+}
+
+impl Storages {
+    /// `storage` in every role.
+    pub const fn uniform(storage: Storage) -> Storages {
+        Storages { gradients: storage, output: storage, ema: storage }
+    }
+}
+
 impl Variant {
     /// Projecting (BLOOP) in f32 with the guard, read-only inputs, subgroups and one slot: the
     /// defaults of the lists below where a field is not named.
@@ -176,159 +389,103 @@ impl Variant {
         state_planes: false,
     };
 
-    /// Every variant the library can build; the cross-compilation test walks this list.
+    /// The variants the cross-compilation test walks: every list below, each variant once.
     pub fn all() -> Vec<Variant> {
-        let kinds = [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed];
-        let mut all = Vec::new();
-        let f32_only = Storages::default();
-        for kind in kinds {
-            for inputs_writable in [false, true] {
-                for subgroups in [false, true] {
-                    // The guard needs the extra sums; diagnostics alone ask for the sums only.
-                    for (guard, extras) in [(false, false), (false, true), (true, true)] {
-                        all.push(Variant {
-                            kind,
-                            inputs_writable,
-                            subgroups,
-                            guard,
-                            extras,
-                            storages: f32_only,
-                            optimizer: None,
-                            write_out: true,
-                            project_first: false,
-                            ..Variant::PLAIN
-                        });
-                    }
-                }
-                // 16-bit storage, each kind of it in each role, with the default guard.
-                for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
-                    for storages in [
-                        Storages { gradients: half, output: half, ema: Storage::F32 },
-                        Storages { gradients: half, output: half, ema: half },
-                        Storages { gradients: half, output: Storage::F32, ema: Storage::F32 },
-                        Storages { gradients: Storage::F32, output: half, ema: Storage::F32 },
-                    ] {
-                        for guard in [false, true] {
-                            all.push(Variant {
-                                kind,
-                                inputs_writable,
-                                subgroups: true,
-                                guard,
-                                extras: guard,
-                                storages,
-                                optimizer: None,
-                                write_out: true,
-                                project_first: false,
-                                ..Variant::PLAIN
-                            });
-                        }
-                    }
-                }
-            }
+        let mut all = Variant::plain_lists();
+        for list in [Variant::with_optimizers(), Variant::with_slots(), Variant::with_vec4(), Variant::with_planes()] {
+            all.extend(list);
         }
-        // Defaults of the variants below that a field does not name.
-        let plain = Variant::PLAIN;
-        // Hierarchies of 1 to 4 auxiliary losses (and the largest), f32 with and without the
-        // guard and in both orders; 16-bit storage with the guard.
-        let f32_only = Storages::default();
-        for k in [1u8, 2, 3, 4, crate::config::MAX_LEVELS as u8] {
-            let kind = Kind::Hierarchy(k);
-            for inputs_writable in [false, true] {
-                for subgroups in [false, true] {
-                    for (guard, extras) in [(false, false), (true, true)] {
-                        for project_first in [false, true] {
-                            let storages = f32_only;
-                            all.push(Variant {
-                                kind,
-                                inputs_writable,
-                                subgroups,
-                                guard,
-                                extras,
-                                storages,
-                                project_first,
-                                ..plain
-                            });
-                        }
-                    }
-                }
-            }
-            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
-                for storages in [
-                    Storages { gradients: half, output: half, ema: Storage::F32 },
-                    Storages { gradients: half, output: half, ema: half },
-                ] {
-                    let (inputs_writable, subgroups, guard, extras, project_first) = (false, true, true, true, false);
-                    all.push(Variant {
-                        kind,
-                        inputs_writable,
-                        subgroups,
-                        guard,
-                        extras,
-                        storages,
-                        project_first,
-                        ..plain
-                    });
-                }
-            }
-        }
-        // The paper's order, for every kind that keeps averages: f32 with and without the guard,
-        // and 16-bit storage (pairs of stores) with it.
-        for kind in [Kind::Project, Kind::RatioOnly, Kind::PcGrad] {
-            for inputs_writable in [false, true] {
-                for subgroups in [false, true] {
-                    for guard in [false, true] {
-                        let storages = f32_only;
-                        let project_first = true;
-                        all.push(Variant {
-                            kind,
-                            inputs_writable,
-                            subgroups,
-                            guard,
-                            extras: guard,
-                            storages,
-                            project_first,
-                            ..plain
-                        });
-                    }
-                }
-            }
-            for half in [Storage::F16, Storage::PackedBf16] {
-                let storages = Storages { gradients: half, output: half, ema: half };
-                let (inputs_writable, subgroups, guard, extras, project_first) = (false, true, true, true, true);
-                all.push(Variant { kind, inputs_writable, subgroups, guard, extras, storages, project_first, ..plain });
-            }
-        }
-        all.extend(Variant::with_optimizers());
-        all.extend(Variant::with_slots());
-        all.extend(Variant::with_vec4());
-        all.extend(Variant::with_planes());
+        let mut seen = HashSet::new();
+        all.retain(|v| seen.insert(*v));
         all
     }
 
-    /// The variants of [`Variant::all`] that bind levels as planes of one buffer: hierarchies
-    /// of 1 to 4 and 8 losses with gradients and averages as planes (f32 in both orders, with
-    /// and without the guard, writable inputs; 16-bit storage; 4 slots), and with the averages
-    /// alone as planes.
+    /// Per computation, without an optimizer, one slot, scalar loads, one binding per level:
+    /// f32 with every input, reduction and guard setting; 16-bit storage (each kind of it in
+    /// each role mix) with the guard off and on; the paper's order for the kinds with
+    /// averages; hierarchies of 1 to 4 and 8 losses in both orders, and in 16-bit storage.
+    fn plain_lists() -> Vec<Variant> {
+        let plain = Axes::plain();
+        let two_loss = Axes { kinds: TWO_LOSS.to_vec(), ..plain.clone() };
+        let with_averages = Axes { kinds: WITH_AVERAGES.to_vec(), project_first: vec![true], ..plain.clone() };
+        let hierarchies = Axes { kinds: LISTED_HIERARCHIES.to_vec(), ..plain.clone() };
+        let uniform_half = |halves: &[Storage]| halves.iter().map(|&h| Storages::uniform(h)).collect::<Vec<_>>();
+        let half_mixes: Vec<Storages> = HALVES
+            .iter()
+            .flat_map(|&h| {
+                [
+                    Storages { gradients: h, output: h, ema: Storage::F32 },
+                    Storages::uniform(h),
+                    Storages { gradients: h, output: Storage::F32, ema: Storage::F32 },
+                    Storages { gradients: Storage::F32, output: h, ema: Storage::F32 },
+                ]
+            })
+            .collect();
+        let either = vec![false, true];
+        Axes::pick(&[
+            Axes {
+                inputs_writable: either.clone(),
+                subgroups: either.clone(),
+                sums: SUMS.to_vec(),
+                ..two_loss.clone()
+            },
+            Axes {
+                inputs_writable: either.clone(),
+                storages: half_mixes.clone(),
+                sums: GUARD_OR_NOT.to_vec(),
+                ..two_loss
+            },
+            Axes {
+                inputs_writable: either.clone(),
+                subgroups: either.clone(),
+                sums: GUARD_OR_NOT.to_vec(),
+                ..with_averages.clone()
+            },
+            Axes { storages: uniform_half(&[Storage::F16, Storage::PackedBf16]), ..with_averages },
+            Axes {
+                inputs_writable: either.clone(),
+                subgroups: either.clone(),
+                sums: GUARD_OR_NOT.to_vec(),
+                project_first: either,
+                ..hierarchies.clone()
+            },
+            Axes {
+                storages: half_mixes
+                    .into_iter()
+                    .filter(|s| s.gradients == s.output && s.gradients != Storage::F32)
+                    .collect(),
+                ..hierarchies
+            },
+        ])
+    }
+
+    /// The variants of [`Variant::all`] that bind levels as planes of one buffer, as a pool's
+    /// bindings do: each two-loss computation with gradients and averages as planes, or the
+    /// averages alone (user buffers), with read-only and writable inputs and each guard and
+    /// sums setting; hierarchies of 1 to 4 and 8 losses with gradients and averages as planes
+    /// (f32 in both orders, with and without the guard, writable inputs; 16-bit storage; 4
+    /// slots), and with the averages alone as planes.
     pub fn with_planes() -> Vec<Variant> {
-        let base = Variant { gradient_planes: true, state_planes: true, ..Variant::PLAIN };
-        let mut all = Vec::new();
-        for k in [1u8, 2, 3, 4, crate::config::MAX_LEVELS as u8] {
-            let kind = Kind::Hierarchy(k);
-            for (guard, extras) in [(false, false), (true, true)] {
-                for project_first in [false, true] {
-                    all.push(Variant { kind, guard, extras, project_first, ..base });
-                }
-            }
-            all.push(Variant { kind, inputs_writable: true, subgroups: false, ..base });
-            all.push(Variant { kind, gradient_planes: false, ..base });
-            all.push(Variant { kind, slots: 4, ..base });
-            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
-                let storages = Storages { gradients: half, output: half, ema: half };
-                all.push(Variant { kind, storages, ..base });
-                all.push(Variant { kind, storages, inputs_writable: true, ..base });
-            }
-        }
-        all
+        let both = Axes { planes: vec![Planes::BOTH], ..Axes::plain() };
+        let hierarchies = Axes { kinds: LISTED_HIERARCHIES.to_vec(), ..both.clone() };
+        Axes::pick(&[
+            Axes {
+                kinds: TWO_LOSS.to_vec(),
+                inputs_writable: vec![false, true],
+                sums: SUMS.to_vec(),
+                planes: vec![Planes::BOTH, Planes::STATE],
+                ..both.clone()
+            },
+            Axes { sums: GUARD_OR_NOT.to_vec(), project_first: vec![false, true], ..hierarchies.clone() },
+            Axes { inputs_writable: vec![true], subgroups: vec![false], ..hierarchies.clone() },
+            Axes { planes: vec![Planes::STATE], ..hierarchies.clone() },
+            Axes { slots: vec![4], ..hierarchies.clone() },
+            Axes {
+                storages: HALVES.iter().map(|&h| Storages::uniform(h)).collect(),
+                inputs_writable: vec![false, true],
+                ..hierarchies
+            },
+        ])
     }
 
     /// Whether this variant has vector loads and stores (`vec4`): f32 storage in every role
@@ -345,40 +502,28 @@ impl Variant {
     /// paper's order for those with averages; with 4 and 16 slots; and with each fused f32
     /// optimizer, the direction written or not.
     pub fn with_vec4() -> Vec<Variant> {
-        let base = Variant { vec4: true, ..Variant::PLAIN };
-        let mut all = Vec::new();
-        for kind in [Kind::Project, Kind::RatioOnly, Kind::Mixed] {
-            for inputs_writable in [false, true] {
-                for subgroups in [false, true] {
-                    for (guard, extras) in [(false, false), (false, true), (true, true)] {
-                        all.push(Variant { kind, inputs_writable, subgroups, guard, extras, ..base });
-                    }
-                    if kind != Kind::Mixed {
-                        for guard in [false, true] {
-                            let project_first = true;
-                            all.push(Variant {
-                                kind,
-                                inputs_writable,
-                                subgroups,
-                                guard,
-                                extras: guard,
-                                project_first,
-                                ..base
-                            });
-                        }
-                    }
-                }
-            }
-            all.push(Variant { kind, slots: 4, ..base });
-            all.push(Variant { kind, inputs_writable: true, subgroups: false, slots: 16, ..base });
-            // Fused optimizers in f32, the direction written or not.
-            for opt in [OptKind::Sgd, OptKind::Momentum, OptKind::Adam] {
-                let optimizer = Some(OptVariant { kind: opt, params: Storage::F32, state: Storage::F32 });
-                all.push(Variant { kind, optimizer, ..base });
-                all.push(Variant { kind, optimizer, write_out: false, inputs_writable: true, slots: 4, ..base });
-            }
-        }
-        all
+        let base = Axes { kinds: VEC4_KINDS.to_vec(), vec4: vec![true], ..Axes::plain() };
+        let both_inputs_and_reductions =
+            Axes { inputs_writable: vec![false, true], subgroups: vec![false, true], ..base.clone() };
+        Axes::pick(&[
+            Axes { sums: SUMS.to_vec(), ..both_inputs_and_reductions.clone() },
+            Axes {
+                kinds: vec![Kind::Project, Kind::RatioOnly],
+                sums: GUARD_OR_NOT.to_vec(),
+                project_first: vec![true],
+                ..both_inputs_and_reductions
+            },
+            Axes { slots: vec![4], ..base.clone() },
+            Axes { inputs_writable: vec![true], subgroups: vec![false], slots: vec![16], ..base.clone() },
+            Axes { optimizers: f32_optimizers(), ..base.clone() },
+            Axes {
+                optimizers: f32_optimizers(),
+                write_out: vec![false],
+                inputs_writable: vec![true],
+                slots: vec![4],
+                ..base
+            },
+        ])
     }
 
     /// The variants of [`Variant::all`] with more than one slot: each two-loss kind with 4
@@ -386,33 +531,46 @@ impl Variant {
     /// paper's order; 16-bit storage; each optimizer (Adam also in packed f16); hierarchies of
     /// 2 (also in packed f16) and 8 losses.
     pub fn with_slots() -> Vec<Variant> {
-        let base = Variant { slots: 4, ..Variant::PLAIN };
-        let mut all = Vec::new();
-        for kind in [Kind::Project, Kind::RatioOnly, Kind::PcGrad, Kind::Mixed] {
-            all.push(Variant { kind, ..base });
-            all.push(Variant { kind, inputs_writable: true, subgroups: false, slots: 16, ..base });
-        }
-        all.push(Variant { kind: Kind::Mixed, guard: false, extras: false, ..base });
-        all.push(Variant { project_first: true, ..base });
-        let packed = Storages { gradients: Storage::PackedBf16, output: Storage::PackedBf16, ema: Storage::PackedBf16 };
-        all.push(Variant { storages: packed, ..base });
-        let f16 = Storages { gradients: Storage::F16, output: Storage::F16, ema: Storage::F32 };
-        all.push(Variant { kind: Kind::PcGrad, storages: f16, ..base });
-        let f32_opt = |kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 });
-        all.push(Variant { optimizer: f32_opt(OptKind::Adam), ..base });
-        all.push(Variant { kind: Kind::Mixed, optimizer: f32_opt(OptKind::Sgd), write_out: false, ..base });
-        all.push(Variant { kind: Kind::PcGrad, optimizer: f32_opt(OptKind::Momentum), ..base });
-        let half = Storage::PackedF16;
-        let optimizer = Some(OptVariant { kind: OptKind::Adam, params: half, state: half });
-        all.push(Variant { storages: Storages { gradients: half, output: half, ema: half }, optimizer, ..base });
-        all.push(Variant { kind: Kind::Hierarchy(2), ..base });
-        all.push(Variant {
-            kind: Kind::Hierarchy(2),
-            storages: Storages { gradients: half, output: half, ema: half },
-            ..base
-        });
-        all.push(Variant { kind: Kind::Hierarchy(8), project_first: true, slots: 16, ..base });
-        all
+        let base = Axes { slots: vec![4], ..Axes::plain() };
+        let f32_opt = |kind| vec![Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 })];
+        let packed_f16 = Storages::uniform(Storage::PackedF16);
+        Axes::pick(&[
+            Axes { kinds: TWO_LOSS.to_vec(), ..base.clone() },
+            Axes {
+                kinds: TWO_LOSS.to_vec(),
+                inputs_writable: vec![true],
+                subgroups: vec![false],
+                slots: vec![16],
+                ..base.clone()
+            },
+            Axes { kinds: vec![Kind::Mixed], sums: vec![Sums::NONE], ..base.clone() },
+            Axes { project_first: vec![true], ..base.clone() },
+            Axes { storages: vec![Storages::uniform(Storage::PackedBf16)], ..base.clone() },
+            Axes {
+                kinds: vec![Kind::PcGrad],
+                storages: vec![Storages { gradients: Storage::F16, output: Storage::F16, ema: Storage::F32 }],
+                ..base.clone()
+            },
+            Axes { optimizers: f32_opt(OptKind::Adam), ..base.clone() },
+            Axes {
+                kinds: vec![Kind::Mixed],
+                optimizers: f32_opt(OptKind::Sgd),
+                write_out: vec![false],
+                ..base.clone()
+            },
+            Axes { kinds: vec![Kind::PcGrad], optimizers: f32_opt(OptKind::Momentum), ..base.clone() },
+            Axes {
+                storages: vec![packed_f16],
+                optimizers: vec![Some(OptVariant {
+                    kind: OptKind::Adam,
+                    params: Storage::PackedF16,
+                    state: Storage::PackedF16,
+                })],
+                ..base.clone()
+            },
+            Axes { kinds: vec![Kind::Hierarchy(2)], storages: vec![Storages::default(), packed_f16], ..base.clone() },
+            Axes { kinds: vec![Kind::Hierarchy(8)], project_first: vec![true], slots: vec![16], ..base },
+        ])
     }
 
     /// The optimizer variants of [`Variant::all`]: each optimizer kind with projecting, PCGrad
@@ -420,42 +578,56 @@ impl Variant {
     /// writable inputs; ratio_only with and without the guard; mixing with diagnostics only;
     /// and parameters and state in each 16-bit storage.
     pub fn with_optimizers() -> Vec<Variant> {
-        let mut all = Vec::new();
-        let f32_opt = |kind| Some(OptVariant { kind, params: Storage::F32, state: Storage::F32 });
-        let base = Variant::PLAIN;
-        for opt in [OptKind::Sgd, OptKind::Momentum, OptKind::Adam] {
-            for kind in [Kind::Project, Kind::PcGrad, Kind::Mixed] {
-                for (guard, extras) in [(false, false), (true, true)] {
-                    for write_out in [true, false] {
-                        for subgroups in [true, false] {
-                            all.push(Variant {
-                                kind,
-                                guard,
-                                extras,
-                                write_out,
-                                subgroups,
-                                optimizer: f32_opt(opt),
-                                ..base
-                            });
-                        }
-                    }
-                }
-            }
-            all.push(Variant { inputs_writable: true, optimizer: f32_opt(opt), ..base });
-            all.push(Variant { kind: Kind::RatioOnly, optimizer: f32_opt(opt), ..base });
+        let base = Axes { optimizers: f32_optimizers(), ..Axes::plain() };
+        let mut boxes: Vec<Axes> = HALVES
+            .iter()
+            .map(|&h| Axes {
+                storages: vec![Storages::uniform(h)],
+                optimizers: OPT_KINDS
+                    .iter()
+                    .flat_map(|&kind| {
+                        [(h, h), (h, Storage::F32), (Storage::F32, h)]
+                            .map(|(params, state)| Some(OptVariant { kind, params, state }))
+                    })
+                    .collect(),
+                ..base.clone()
+            })
+            .collect();
+        boxes.extend([
+            Axes {
+                kinds: vec![Kind::Project, Kind::PcGrad, Kind::Mixed],
+                sums: GUARD_OR_NOT.to_vec(),
+                write_out: vec![true, false],
+                subgroups: vec![true, false],
+                ..base.clone()
+            },
+            Axes { inputs_writable: vec![true], ..base.clone() },
             // The other stage sets: ratio_only writing its average in the first pass (no
             // guard), and mixing summing for diagnostics only.
-            all.push(Variant { kind: Kind::RatioOnly, guard: false, extras: false, optimizer: f32_opt(opt), ..base });
-            all.push(Variant { kind: Kind::Mixed, guard: false, extras: true, optimizer: f32_opt(opt), ..base });
-            for half in [Storage::F16, Storage::PackedF16, Storage::PackedBf16] {
-                let storages = Storages { gradients: half, output: half, ema: half };
-                for (params, state) in [(half, half), (half, Storage::F32), (Storage::F32, half)] {
-                    let optimizer = Some(OptVariant { kind: opt, params, state });
-                    all.push(Variant { storages, optimizer, ..base });
-                }
-            }
+            Axes { kinds: vec![Kind::RatioOnly], sums: GUARD_OR_NOT.to_vec(), ..base.clone() },
+            Axes { kinds: vec![Kind::Mixed], sums: vec![Sums::DIAGNOSTICS], ..base },
+        ]);
+        Axes::pick(&boxes)
+    }
+
+    /// Whether the generated code exists for this combination: the direction may go unwritten
+    /// only where an optimizer consumes it, vector loads only where [`Variant::vec4_able`],
+    /// f16 either native or packed in one variant (a device has `SHADER_F16` or not), no
+    /// optimizer fused into a hierarchy's stages, and the guard only with its sums.
+    pub fn buildable(self) -> bool {
+        let storages = [self.storages.gradients, self.storages.output, self.storages.ema]
+            .into_iter()
+            .chain(self.optimizer.into_iter().flat_map(|o| [o.params, o.state]));
+        let (mut native, mut packed) = (false, false);
+        for storage in storages {
+            native |= storage == Storage::F16;
+            packed |= storage == Storage::PackedF16;
         }
-        all
+        (self.write_out || self.optimizer.is_some())
+            && (!self.vec4 || self.vec4_able())
+            && !(native && packed)
+            && !(matches!(self.kind, Kind::Hierarchy(_)) && self.optimizer.is_some())
+            && (self.extras || !self.guard)
     }
 
     /// The stages this variant runs, in order: mixing needs no reduction unless the guard or
@@ -661,6 +833,10 @@ impl Variant {
         SlotCopies { count: self.slots as u32, roles: self.slot_roles() }
     }
 }
+
+/// The most slots a variant has: past this, the shaders' size (a copy of the segment loop per
+/// slot) costs more compile time than the dispatches saved are worth.
+pub(crate) const MAX_SLOTS: u32 = 16;
 
 /// The slot counts variants are compiled for, with the most the device's limits allow (9 for
 /// BLOOP at 32 storage buffers per stage): a binding picks the smallest that holds the distinct

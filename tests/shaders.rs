@@ -2,7 +2,7 @@
 //! wgpu) to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), so a shader that would break on a
 //! backend this machine lacks fails here.
 
-use bloop::shaders::{Stage, Storage, Variant};
+use bloop::shaders::{Axes, Stage, Storage, Variant};
 
 fn validated(source: &str, what: &str, variant: &Variant) -> (naga::Module, naga::valid::ModuleInfo) {
     use naga::valid::{Capabilities, SubgroupOperationSet, Validator};
@@ -78,7 +78,10 @@ fn every_variant_translates_to_spirv() {
     // with each fused f32 optimizer, the direction written or not (18 variants, 3 stages).
     // Levels as planes of one buffer: hierarchies of 1, 2, 3, 4 and 8 aux losses in 13
     // variants each (both guard settings in both orders, writable inputs, averages alone as
-    // planes, 4 slots, and three 16-bit storages with read-only and writable inputs), 3 stages.
+    // planes, 4 slots, and three 16-bit storages with read-only and writable inputs), 3 stages;
+    // and the two-loss computations with levels as planes, as a pool binds them, or the averages
+    // alone, as user buffers do: read-only and writable inputs and each guard and sums setting
+    // (3 stages each for the reducing kinds, 1 + 2 + 3 for mixing).
     assert_eq!(
         count,
         4 * (3 * 9 + 6)
@@ -90,6 +93,7 @@ fn every_variant_translates_to_spirv() {
             + (2 * 22 * 3 + (4 * (1 + 2 + 3) + 3 + 3))
             + 3 * 3 * 2 * 3
             + 5 * 13 * 3
+            + 2 * 2 * (3 * 3 * 3 + (1 + 2 + 3))
     );
 }
 
@@ -180,8 +184,8 @@ fn every_sharded_finalize_translates_to_every_backend() {
         count += 1;
     }
     // Every variant but mixing without sums has a finalize stage: all but 4 f32 and 24 16-bit
-    // ones, one with slots and 4 with vector loads.
-    assert_eq!(count, shardable.len() - 4 - 24 - 1 - 4);
+    // ones, one with slots, 4 with vector loads and 4 with levels as planes.
+    assert_eq!(count, shardable.len() - 4 - 24 - 1 - 4 - 4);
 }
 
 #[test]
@@ -299,4 +303,45 @@ fn the_vector_form_of_each_element_function_is_the_scalar_one_four_wide() {
     let scalar_only = all.iter().find(|v| !v.vec4 && v.slots == 4 && v.optimizer.is_some()).unwrap();
     let source = scalar_only.source(Stage::Apply);
     assert!(source.contains("fn element(") && !source.contains("fn element4") && !source.contains("struct Element4"));
+}
+
+#[test]
+fn every_list_is_a_part_of_the_table() {
+    let table = Axes::table();
+    assert!(table.contains(Variant::PLAIN) && Axes::plain().variants().eq([Variant::PLAIN]));
+    let lists = [
+        ("all", Variant::all()),
+        ("with_optimizers", Variant::with_optimizers()),
+        ("with_slots", Variant::with_slots()),
+        ("with_vec4", Variant::with_vec4()),
+        ("with_planes", Variant::with_planes()),
+    ];
+    let all: std::collections::HashSet<Variant> = lists[0].1.iter().copied().collect();
+    assert_eq!(all.len(), lists[0].1.len(), "all lists each variant once");
+    for (name, list) in &lists {
+        assert!(!list.is_empty(), "{name}");
+        for &v in list {
+            assert!(table.contains(v) && v.buildable() && all.contains(&v), "{name}: {v:?}");
+        }
+    }
+    // What `buildable` rules out: an unwritten direction with nothing to consume it, vector
+    // loads of 16-bit storage, native and packed f16 in one variant, the guard without its sums.
+    let unbuildable = [
+        Variant { write_out: false, ..Variant::PLAIN },
+        Variant { vec4: true, storages: bloop::shaders::Storages::uniform(Storage::PackedBf16), ..Variant::PLAIN },
+        Variant {
+            storages: bloop::shaders::Storages {
+                gradients: Storage::F16,
+                output: Storage::PackedF16,
+                ema: Storage::F32,
+            },
+            ..Variant::PLAIN
+        },
+        Variant { guard: true, extras: false, ..Variant::PLAIN },
+    ];
+    for v in unbuildable {
+        assert!(!v.buildable(), "{v:?}");
+    }
+    // Depths and slot counts the lists leave out are still in the table (a device may pick them).
+    assert!(table.contains(Variant { kind: bloop::shaders::Kind::Hierarchy(6), slots: 3, ..Variant::PLAIN }));
 }
