@@ -10,7 +10,9 @@
 // that the page ranks BLOOP's point at each lambda exactly as the native run does (first at
 // the same lambdas, beaten by the same methods elsewhere). Then runs the benchmark panel at
 // the given sizes (default 2^12) and checks that its JSON parses, has the bench's fields and
-// a row per method and path. Saves a screenshot of the page (default web-demo.png). Exits 1
+// a row per method and path. Saves a screenshot of the page (default web-demo.png). Last,
+// opens the page with WebGPU hidden (no navigator.gpu; no adapter) and checks that it says
+// "WebGPU is not available" with the hint. Exits 1
 // when a check fails, 2 when the page cannot run (no WebGPU, an error), 1 after TIMEOUT_S
 // seconds (default 900).
 import { readFileSync } from 'node:fs';
@@ -153,6 +155,28 @@ await runInBrowser(www, 900, async (page, url) => {
   }
 
   await page.screenshot({ path: screenshot, fullPage: true });
+
+  // Without WebGPU (no navigator.gpu; an adapter request that finds none) the page says so,
+  // with the reason and the hint.
+  const withoutWebGpu = {
+    'no navigator.gpu': () => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }),
+    'no adapter': () => {
+      GPU.prototype.requestAdapter = async () => null;
+    },
+  };
+  for (const [what, hide] of Object.entries(withoutWebGpu)) {
+    const bare = await page.browser().newPage();
+    await bare.evaluateOnNewDocument(hide);
+    await bare.goto(url);
+    await bare.waitForFunction(() => document.body.dataset.state !== 'loading', { timeout: 120_000 });
+    const said = await bare.$eval('#no-webgpu', (d) => (d.hidden ? '' : d.innerText));
+    // The reason is the browser's, not the native build's advice to install a Vulkan driver.
+    check(said.includes('WebGPU is not available') && said.includes('--enable-unsafe-webgpu') &&
+      !said.includes('Vulkan driver'), `${what}: the page says "${said}"`);
+    console.log(`${what}: ${said.split('\n')[0]}`);
+    await bare.close();
+  }
+
   console.log(`screenshot: ${screenshot}`);
   for (const failure of failures) console.error(`FAILED: ${failure}`);
   if (failures.length === 0) console.log('web demo: every check passed');
