@@ -2,8 +2,8 @@
 # The web demo's CI test: the native quadratic example for EPOCHS epochs (default 20) at seed 0
 # writes target/web-demo/native/summary.json; build.sh builds the page; browser-test.mjs runs
 # the page's default sweep and benchmark panel in headless Chromium, compares the page's losses
-# and BLOOP's standings with the native run's, and saves target/web-demo/web-demo.png (the
-# screenshot docs/web-demo.png is). Needs what crates/bloop-wasm/js/build.sh needs (the wasm32
+# and BLOOP's standings with the native run's, saves target/web-demo/web-demo.png (the
+# screenshot docs/web-demo.png is), and checks the page without WebGPU. Needs what crates/bloop-wasm/js/build.sh needs (the wasm32
 # target, the wasm-bindgen CLI), `npm ci --prefix crates/bloop-wasm/js` (puppeteer-core),
 # Debian's chromium and a Vulkan adapter for the native run.
 set -euo pipefail
