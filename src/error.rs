@@ -342,6 +342,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The hint printed when there is no adapter at all: CI machines and containers usually have
 /// no GPU, and Mesa's CPU Vulkan driver is the easiest way to get a correct (slow) one.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) const NO_ADAPTER_HINT: &str = "Install a Vulkan driver; without a GPU, Mesa's \
 CPU driver lavapipe works (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`). \
 WGPU_BACKEND and WGPU_ADAPTER_NAME select among several adapters.";
+
+/// On wasm the only back-end is the host's WebGPU, where no driver can be installed from here:
+/// the hint says where WebGPU is off instead.
+#[cfg(target_arch = "wasm32")]
+pub(crate) const NO_ADAPTER_HINT: &str = "The host's WebGPU offered no adapter: a browser may \
+have WebGPU off or the GPU blocklisted (on Linux, Chromium needs --enable-unsafe-webgpu), and \
+Node's `webgpu` package needs a driver that its back-end supports.";

@@ -98,3 +98,21 @@ pub use readback::read_leaves_async;
 pub use reference::{ReferenceOptimizer, ReferenceState};
 pub use sharded::{balanced_shards, GlobalSums, ShardedBindings, ShardedState};
 pub use state::{BloopState, EmaRole, ExternalGradients, Output, StepBindings};
+
+/// The README's and the guide's Rust examples, compiled as doc tests so they cannot drift from
+/// the API (`no_run`: they need a GPU). The burn and MPI pages are the adapters' crates' own.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/buffers.md")]
+    struct Buffers;
+    #[doc = include_str!("../docs/methods.md")]
+    struct Methods;
+    #[doc = include_str!("../docs/half-precision.md")]
+    struct HalfPrecision;
+    #[doc = include_str!("../docs/optimizer.md")]
+    struct Optimizer;
+    #[doc = include_str!("../docs/guard-diagnostics-checkpoints.md")]
+    struct GuardDiagnosticsCheckpoints;
+}

@@ -5,8 +5,11 @@ mod common;
 #[path = "../examples/quadratics/experiment.rs"]
 #[allow(dead_code)] // the example uses the rest
 mod experiment;
+#[path = "../examples/quadratics/trainer.rs"]
+mod trainer;
 
-use experiment::{batch_order, run_cpu, run_gpu, run_gpu_with, runs_at, Problem, Run, SgdStep};
+use experiment::{batch_order, run_cpu, runs_at, Problem, Run};
+use trainer::{run_gpu, run_gpu_with, SgdStep};
 
 /// GPU losses are f32 sums over f32 parameters; the reference is f64 throughout.
 const TOLERANCE: f64 = 1e-3;
@@ -88,4 +91,44 @@ fn fused_sgd_matches_the_separate_kernel() {
         }
     }
     eprintln!("fused against separate SGD: worst relative loss difference {worst:.2e}");
+}
+
+#[test]
+fn standings_rank_bloop_against_the_other_fronts() {
+    use experiment::{bloop_standings, fronts, Standing};
+    // mixed's front runs from (aux 1, main 100) to (aux 10, main 10): at aux 5 it is at main 20
+    // (log-log), so bloop at main 15 ranks first there and at main 25 does not.
+    let mixed = [("mixed", (1.0, 100.0)), ("mixed", (10.0, 10.0))];
+    let standing = |point| bloop_standings(&fronts(mixed.into_iter().chain([("bloop", point)])))[0].clone();
+    assert_eq!(standing((5.0, 15.0)), Standing::First);
+    assert_eq!(standing((5.0, 25.0)), Standing::BeatenBy(vec!["mixed"]));
+    // Below the front's lowest aux loss and lower on main: first; past its end: not comparable.
+    assert_eq!(standing((0.5, 50.0)), Standing::First);
+    assert_eq!(standing((20.0, 5.0)), Standing::NotComparable);
+    assert!(bloop_standings(&fronts(mixed)).is_empty());
+}
+
+#[test]
+fn training_stops_when_after_submit_says_so() {
+    let epochs = 30;
+    let problem = Problem::generate(0);
+    let order = batch_order(1, epochs);
+    let runs = runs_at(1.0);
+    let plan = trainer::Plan {
+        problem: &problem,
+        order: &order,
+        runs: &runs,
+        epochs,
+        sgd_step: SgdStep::Fused,
+        epochs_per_submit: 10,
+    };
+    let mut submits = 0;
+    let stop_after_two = || {
+        submits += 1;
+        std::future::ready(Ok(submits < 2))
+    };
+    let trained =
+        pollster::block_on(trainer::train(common::gpu(), &common::kernels(), plan, |_, _| {}, stop_after_two));
+    assert!(trained.unwrap().is_none());
+    assert_eq!(submits, 2);
 }

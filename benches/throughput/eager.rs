@@ -5,6 +5,8 @@
 
 use bloop::{Config, Method};
 
+pub use super::copy::{grid, storage};
+
 const SOURCE: &str = include_str!("eager.wgsl");
 const SCALARS: u64 = 16;
 
@@ -50,30 +52,11 @@ struct OpSpec {
 }
 
 /// A compute-stage storage buffer entry of a bind group layout (shared with the copy kernel).
-pub fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
 pub struct Eager {
     pipelines: [wgpu::ComputePipeline; 4],
     ops: Vec<(usize, wgpu::BindGroup, [u32; 2])>,
     /// Bytes the operator sequence reads and writes per element.
     pub bytes_per_element: u64,
-}
-
-/// A dispatch of `workgroups` workgroups laid out in 2D where one dimension's `max` is too few.
-pub fn grid(workgroups: u64, max: u64) -> [u32; 2] {
-    let x = workgroups.clamp(1, max);
-    [x as u32, workgroups.div_ceil(x).max(1) as u32]
 }
 
 struct Program {

@@ -97,7 +97,7 @@ pub fn measure(
         pools.push(pool);
     }
     let workload = Workload { name: format!("{leaves} x {leaf_len}"), layout: many };
-    let copy_kernel = CopyKernel::new(gpu, leaves * leaf_len);
+    let copy_kernel = CopyKernel::new(&gpu.device, leaves * leaf_len);
     let copy_gbps =
         copy_kernel.gbps(clock.stats(gpu, reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
     let context = Context { gpu, info, clock, reps, workload: &workload, copy_kernel: &copy_kernel, copy_gbps };

@@ -14,6 +14,7 @@
 //! leaf of the same size (`leaves.rs`). Writes a table to stdout, `DIR/throughput.json`,
 //! `DIR/optimizer.json`, `DIR/leaves.json` and `DIR/throughput.svg`.
 
+mod copy;
 mod cpu;
 mod eager;
 mod hierarchy;
@@ -21,6 +22,7 @@ mod layouts;
 mod leaves;
 mod optimizer;
 mod plot;
+mod report;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -33,7 +35,8 @@ use bloop::{
     BloopState, Config, DType, ElementTypes, EmaInits, ExternalGradients, GpuContext, GradientPool, Kernels, Layout,
     LeafBuffer, Method, Output,
 };
-use serde::Serialize;
+use copy::CopyKernel;
+use report::{Baseline, Row, Setting, Stats, Timed};
 
 /// Throughput of one full step of every method against a copy kernel on the same adapter, with
 /// the unfused baseline and host implementations beside it.
@@ -248,66 +251,6 @@ impl Clock {
     }
 }
 
-/// The median over rounds of `times[r] / base[r]`: how many times the base's time a recording
-/// takes, from runs taken in the same rounds ([`Clock::interleaved`]).
-fn paired_ratio(times: &[f64], base: &[f64]) -> f64 {
-    let mut ratios: Vec<f64> = times.iter().zip(base).map(|(t, b)| t / b).collect();
-    ratios.sort_by(f64::total_cmp);
-    ratios[ratios.len() / 2]
-}
-
-/// The unfused baseline's time and bytes, and the host baselines' times.
-type Baseline = (Stats, u64, Option<f64>, Option<f64>);
-
-#[derive(Clone, Copy, Debug, Serialize)]
-struct Stats {
-    median_ms: f64,
-    min_ms: f64,
-    max_ms: f64,
-}
-
-impl Stats {
-    fn of(mut ms: Vec<f64>) -> Stats {
-        ms.sort_by(f64::total_cmp);
-        Stats { median_ms: ms[ms.len() / 2], min_ms: ms[0], max_ms: ms[ms.len() - 1] }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-struct Row {
-    adapter: String,
-    backend: String,
-    clock: &'static str,
-    method: &'static str,
-    guard: bool,
-    dtype: &'static str,
-    ema_dtype: &'static str,
-    layout: String,
-    leaves: usize,
-    path: &'static str,
-    elements: u64,
-    bytes_per_element: u64,
-    #[serde(flatten)]
-    stats: Stats,
-    elements_per_s: f64,
-    gbps: f64,
-    /// The copy kernel's GB/s (its median run, timed before the methods).
-    copy_gbps: f64,
-    /// The step's GB/s over the copy kernel's: the median over rounds of runs of both taken side
-    /// by side ([`Clock::interleaved`]).
-    roofline_fraction: f64,
-    unfused_median_ms: f64,
-    unfused_bytes_per_element: u64,
-    fused_speedup: f64,
-    cpu_f32_threads_ms: Option<f64>,
-    cpu_f64_reference_ms: Option<f64>,
-    /// Dispatches of each stage over tiles, per step.
-    dispatches: usize,
-    /// This path's time over the pool's: the median of the ratios of runs taken in turn
-    /// ([`Clock::interleaved`]).
-    pool_ratio: f64,
-}
-
 /// What every row of one workload shares, and how its paths are timed.
 struct Context<'a> {
     gpu: &'a GpuContext,
@@ -321,59 +264,20 @@ struct Context<'a> {
     copy_gbps: f64,
 }
 
-/// One path of a step, timed in turn with the pool's path and the copy kernel.
-struct Timed<'a> {
-    path: &'static str,
-    times: &'a [f64],
-    pool_times: &'a [f64],
-    copy_times: &'a [f64],
-    dispatches: usize,
+impl Context<'_> {
+    fn setting(&self) -> Setting<'_> {
+        Setting {
+            adapter: self.info,
+            clock: self.clock.name(),
+            layout_name: &self.workload.name,
+            layout: &self.workload.layout,
+            copy_bytes: self.copy_kernel.bytes,
+            copy_gbps: self.copy_gbps,
+        }
+    }
 }
 
 impl Row {
-    /// The row of `timed`, a path of the step `config` under the name `method`; `baseline`
-    /// where the method has the unfused and host ones.
-    fn new(context: &Context, method: &'static str, config: &Config, timed: &Timed, baseline: Option<Baseline>) -> Row {
-        let elements = context.workload.layout.total_elements();
-        let stats = Stats::of(timed.times.to_vec());
-        let bytes = config.bytes_per_element();
-        let seconds = stats.median_ms / 1e3;
-        let gbps = (bytes * elements) as f64 / seconds / 1e9;
-        // Per round, the step's GB/s over the copy kernel's; the median of those.
-        let step_bytes = (bytes * elements) as f64 / context.copy_kernel.bytes as f64;
-        let (unfused, unfused_bytes, cpu32, cpu64) = match baseline {
-            Some((unfused, bytes, cpu32, cpu64)) => (unfused.median_ms, bytes, cpu32, cpu64),
-            // NaN is written as null.
-            None => (f64::NAN, 0, None, None),
-        };
-        Row {
-            adapter: context.info.name.clone(),
-            backend: format!("{:?}", context.info.backend),
-            clock: context.clock.name(),
-            method,
-            guard: config.guard,
-            dtype: config.types.gradients.name(),
-            ema_dtype: config.types.ema.name(),
-            layout: context.workload.name.clone(),
-            leaves: context.workload.layout.len(),
-            path: timed.path,
-            elements,
-            bytes_per_element: bytes,
-            stats,
-            elements_per_s: elements as f64 / seconds,
-            gbps,
-            copy_gbps: context.copy_gbps,
-            roofline_fraction: paired_ratio(timed.copy_times, timed.times) * step_bytes,
-            unfused_median_ms: unfused,
-            unfused_bytes_per_element: unfused_bytes,
-            fused_speedup: unfused / stats.median_ms,
-            cpu_f32_threads_ms: cpu32,
-            cpu_f64_reference_ms: cpu64,
-            dispatches: timed.dispatches,
-            pool_ratio: paired_ratio(timed.times, timed.pool_times),
-        }
-    }
-
     /// The row as a line of the table `run` prints (`-` where there is no value).
     fn line(&self) -> String {
         let opt = |v: Option<f64>, digits: usize| {
@@ -435,7 +339,7 @@ fn path_rows(
                 copy_times: &copy_times,
                 dispatches: bindings.dispatch_count(),
             };
-            Row::new(context, method, config, &timed, baseline)
+            Row::new(&context.setting(), method, config, &timed, baseline)
         })
         .collect()
 }
@@ -497,12 +401,7 @@ const PAGE_BYTES: u64 = 8 << 20;
 const PAGE_ALIGN: u64 = 256;
 
 fn storage_buffer(gpu: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
-    gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: size.next_multiple_of(4).max(4),
-        usage: bloop::pool::POOL_USAGE,
-        mapped_at_creation: false,
-    })
+    copy::storage_buffer(&gpu.device, label, size)
 }
 
 impl Buffers {
@@ -558,69 +457,6 @@ impl Buffers {
             fill(gpu, &a.aux, rng);
         }
         Buffers { pool, arrangements }
-    }
-}
-
-/// The roofline: a vec4 copy of `elements` f32 from one buffer to another.
-struct CopyKernel {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    workgroups: [u32; 2],
-    /// Bytes one run reads and writes.
-    bytes: u64,
-}
-
-impl CopyKernel {
-    fn new(gpu: &GpuContext, elements: u64) -> CopyKernel {
-        let device = &gpu.device;
-        let n = elements.next_multiple_of(4);
-        let (src, dst) = (storage_buffer(gpu, "copy src", n * 4), storage_buffer(gpu, "copy dst", n * 4));
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("copy"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("copy.wgsl").into()),
-        });
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: None,
-            entries: &[eager::storage(0, true), eager::storage(1, false)],
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: None,
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("copy"),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some("copy"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        // The bind group holds the buffers alive.
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
-            ],
-        });
-        let max = device.limits().max_compute_workgroups_per_dimension as u64;
-        let workgroups = eager::grid((n / 4).div_ceil(256), max);
-        CopyKernel { pipeline, bind_group, workgroups, bytes: n * 8 }
-    }
-
-    fn record(&self, encoder: &mut wgpu::CommandEncoder, timestamps: Option<wgpu::ComputePassTimestampWrites>) {
-        let mut pass = encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: timestamps });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], 1);
-    }
-
-    /// GB/s of a run that took `ms`.
-    fn gbps(&self, ms: f64) -> f64 {
-        self.bytes as f64 / (ms * 1e6)
     }
 }
 
@@ -732,7 +568,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for workload in step_workloads {
         let layout = &workload.layout;
         let elements = layout.total_elements();
-        let copy_kernel = CopyKernel::new(&gpu, elements);
+        let copy_kernel = CopyKernel::new(&gpu.device, elements);
         let copy =
             copy_kernel.gbps(clock.stats(&gpu, args.reps, &mut |encoder, t| copy_kernel.record(encoder, t)).median_ms);
         let context = Context {

@@ -7,10 +7,14 @@
 //! `--separate-sgd` writes the direction and takes the step in a WGSL kernel of the trainer's,
 //! for comparison). The same runs go through the f64
 //! host reference for comparison. Prints the table, writes `pareto.csv`, `curves.csv`,
-//! `pareto.svg` and `curves.svg` into DIR (default `target/quadratics`).
+//! `pareto.svg`, `curves.svg` and `summary.json` (each grid run's final and best losses and
+//! how BLOOP's points stand, also what the web demo's browser test compares against) into DIR
+//! (default `target/quadratics`).
 
 mod experiment;
 mod plots;
+mod summary;
+mod trainer;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,7 +22,11 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use experiment::{batch_order, lambda_grid, run_cpu, run_gpu_with, runs_at, History, Problem, Run, SgdStep};
+use experiment::{
+    batch_order, bloop_standings, fronts, lambda_grid, run_cpu, runs_at, History, Problem, Run, Standing,
+};
+use summary::{RunResult, Summary};
+use trainer::{run_gpu_with, SgdStep};
 
 /// The paper's quadratic experiment on the GPU: every method over the lambda grid, with the f64
 /// host reference beside it.
@@ -40,30 +48,6 @@ struct Args {
     /// instead of fusing it into the library's direction pass (for comparison: same results).
     #[arg(long)]
     separate_sgd: bool,
-}
-
-/// How a point (aux, main) compares with another method's curve of (aux, main) points:
-/// `Some(true)` if the curve does better at the same aux loss (interpolated in log-log) or has a
-/// point at most as high on both losses; `Some(false)` if the point is lower than the curve at
-/// the same aux loss, or lower on both losses than the curve's lowest-aux point; `None` if the
-/// curve never reaches that aux loss and does not dominate the point.
-fn beaten_by(curve: &[(f64, f64)], (aux, main): (f64, f64)) -> Option<bool> {
-    let mut points: Vec<(f64, f64)> =
-        curve.iter().copied().filter(|(a, m)| a.is_finite() && m.is_finite() && *a > 0.0 && *m > 0.0).collect();
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if points.iter().any(|&(a, m)| a <= aux && m <= main) {
-        return Some(true);
-    }
-    let interpolated = points.windows(2).find(|w| w[0].0 <= aux && aux <= w[1].0).map(|w| {
-        let (a0, a1) = (w[0].0.ln(), w[1].0.ln());
-        let t = if a1 > a0 { (aux.ln() - a0) / (a1 - a0) } else { 0.0 };
-        (w[0].1.ln() + t * (w[1].1.ln() - w[0].1.ln())).exp()
-    });
-    match (interpolated, points.first()) {
-        (Some(other), _) => Some(other <= main),
-        (None, Some(&(lowest_aux, its_main))) if aux < lowest_aux && main < its_main => Some(false),
-        _ => None,
-    }
 }
 
 fn main() -> ExitCode {
@@ -128,7 +112,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "{:<16} {:>9} {:>12} {:>12} {:>12} {:>12} {:>9}",
         "method", "lambda", "main", "aux", "ref main", "ref aux", "rel diff"
     );
-    let mut pareto: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    let mut results = Vec::new();
     for (k, ((lambda, run), (g, c))) in runs.iter().zip(gpu_histories.iter().zip(&cpu_histories)).enumerate() {
         if k >= 4 * grid.len() {
             break;
@@ -140,38 +124,33 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             run.name, lambda, gm, ga, cm, ca, diff
         );
         csv += &format!("{},{lambda},{gm},{ga},{cm},{ca}\n", run.name);
-        match pareto.iter_mut().find(|(n, _)| *n == run.name) {
-            Some((_, points)) => points.push((ga, gm)),
-            None => pareto.push((run.name, vec![(ga, gm)])),
-        }
+        results.push(RunResult::new(run, g));
     }
     std::fs::write(args.out.join("pareto.csv"), csv)?;
+    let pareto = fronts(results.iter().map(|r| (r.method, (r.best_aux, r.best_main))));
 
     // Where bloop's points lie against the other methods' curves at the same aux loss.
     let (_, bloop) = pareto.iter().find(|(n, _)| *n == "bloop").ok_or("the grid has no bloop run")?;
-    let (mut lower, mut comparable) = (0, 0);
-    for (i, &point) in bloop.iter().enumerate() {
-        let verdicts: Vec<(&str, Option<bool>)> =
-            pareto.iter().filter(|(n, _)| *n != "bloop").map(|(n, c)| (*n, beaten_by(c, point))).collect();
-        let beaten: Vec<&str> = verdicts.iter().filter(|(_, v)| *v == Some(true)).map(|(n, _)| *n).collect();
-        if verdicts.iter().all(|(_, v)| v.is_none()) {
-            println!("  lambda {:.3e}: no other method reaches aux loss {:.3e}", grid[i], point.0);
-            continue;
-        }
-        comparable += 1;
-        if beaten.is_empty() {
-            lower += 1;
-        } else {
-            println!(
-                "  lambda {:.3e}: bloop (aux {:.3e}, main {:.3e}) is not below {beaten:?}",
-                grid[i], point.0, point.1
-            );
+    for (standing, (lambda, point)) in bloop_standings(&pareto).iter().zip(grid.iter().zip(bloop)) {
+        match standing {
+            Standing::First => {}
+            Standing::NotComparable => {
+                println!("  lambda {lambda:.3e}: no other method reaches aux loss {:.3e}", point.0)
+            }
+            Standing::BeatenBy(beaten) => println!(
+                "  lambda {lambda:.3e}: bloop (aux {:.3e}, main {:.3e}) is not below {beaten:?}",
+                point.0, point.1
+            ),
         }
     }
+    let summary = Summary::new(gpu.adapter.get_info().name, args.seed, epochs, results);
     println!(
-        "bloop has the lowest main loss at comparable aux loss on {lower} of {comparable} comparable lambda points (of {})",
+        "bloop has the lowest main loss at comparable aux loss on {} of {} comparable lambda points (of {})",
+        summary.bloop_first,
+        summary.bloop_comparable,
         grid.len()
     );
+    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
 
     let curves: Vec<(&str, &History, &History)> = runs[4 * grid.len()..]
         .iter()
@@ -189,6 +168,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let title = format!("{} epochs, {}", epochs, gpu.adapter.get_info().name);
     plots::pareto(&pareto, &title, &args.out.join("pareto.svg"))?;
     plots::curves(&curves.iter().map(|(n, g, _)| (*n, *g)).collect::<Vec<_>>(), &title, &args.out.join("curves.svg"))?;
-    println!("wrote pareto.csv, curves.csv, pareto.svg and curves.svg to {}", args.out.display());
+    println!("wrote pareto.csv, curves.csv, pareto.svg, curves.svg and summary.json to {}", args.out.display());
     Ok(())
 }

@@ -672,3 +672,8 @@ fn hold(leaf: &ParamLeaf, primitive: Primitive, cube: CubeTensor, role: &'static
     }
     Ok(Held { primitive, cube, resource })
 }
+
+/// The guide's burn page, whose example compiles as a doc test (`no_run`: it needs a GPU).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/burn.md")]
+struct Guide;

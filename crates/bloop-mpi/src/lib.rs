@@ -116,3 +116,9 @@ impl Collective for MpiCollective {
         Ok(all)
     }
 }
+
+/// The guide's sharding page, whose example compiles as a doc test (`no_run`: it needs a GPU
+/// and MPI).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/sharding.md")]
+struct Guide;
