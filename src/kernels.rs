@@ -138,7 +138,8 @@ pub struct KernelOptions {
     pub binding_arrays: Option<bool>,
     /// The most windows (a buffer, or a binding-sized part of one) of each user-owned role one
     /// binding array holds, and so one dispatch binds; further ones take more dispatches.
-    /// Capped by the device's `max_binding_array_elements_per_shader_stage` over the roles.
+    /// At most 4096, and capped by the device's `max_binding_array_elements_per_shader_stage`
+    /// shared by the roles' arrays.
     pub max_array_buffers: u32,
     /// Elements of work a workgroup takes per tile, rounded up to whole rounds of the
     /// workgroup (256 elements), at most 2^30. `None` picks by adapter: [`TILE_LEN`] on a GPU, which
