@@ -21,7 +21,7 @@ use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
 const BOUND: f64 = 1e-5;
 
 fn kernels_with(max_slots: u32) -> Arc<Kernels> {
-    Kernels::with_options(&gpu().device, KernelOptions { max_slots, ..Default::default() })
+    common::kernels_with_options(KernelOptions { max_slots, ..Default::default() })
 }
 
 /// `count` leaves of 1 to 6000 elements (some past one tile), never a multiple of 4.
@@ -139,7 +139,7 @@ fn write(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
 fn hierarchies_over_one_buffer_per_leaf() {
     // k + 1 gradients and the output in a buffer per leaf each; f32 and 16-bit storage; the
     // most slots the device allows, 4, and the fallback.
-    let packed = Kernels::with_options(&gpu().device, KernelOptions { native_f16: false, ..Default::default() });
+    let packed = common::kernels_with_options(KernelOptions { native_f16: false, ..Default::default() });
     let cases: [(usize, Arc<Kernels>, DType); 5] = [
         (2, kernels_with(16), DType::F32),
         (3, kernels_with(4), DType::F32),
