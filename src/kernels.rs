@@ -180,8 +180,15 @@ pub struct Kernels {
     /// Whether the device has [`BINDING_ARRAY_FEATURES`].
     has_binding_arrays: bool,
     max_array_buffers: u32,
-    cache: Mutex<HashMap<Variant, Arc<VariantKernels>>>,
+    /// Compiled variants, shared with the sets made by [`Kernels::with_other_options`]: a
+    /// variant's code depends on the variant alone, not on the options that chose it. One cell
+    /// per variant, so that different variants compile on different threads at once and one
+    /// variant only once.
+    cache: Arc<Mutex<HashMap<Variant, VariantCell>>>,
 }
+
+/// A variant's pipelines once compiled; locked while they compile.
+type VariantCell = Arc<Mutex<Option<Arc<VariantKernels>>>>;
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,17 +235,34 @@ impl Kernels {
     // the API keeps one type on every target.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn with_options(device: &wgpu::Device, options: KernelOptions) -> Arc<Kernels> {
-        let features = device.features();
-        let subgroups = options.subgroups && features.contains(wgpu::Features::SUBGROUP);
-        let native_f16 = options.native_f16 && features.contains(wgpu::Features::SHADER_F16);
         let lost = Arc::new(std::sync::OnceLock::new());
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             let _ = flag.set(format!("{reason:?}: {message}"));
         });
-        let max_slots = options.max_slots;
-        let cache = Mutex::new(HashMap::new());
-        let vec4 = options.vec4;
+        let cache = Arc::new(Mutex::new(HashMap::new()));
+        Kernels::sharing(device, lost, cache, options)
+    }
+
+    /// Kernels for the same device with other options, sharing this set's compiled variants
+    /// (and its device-lost state): a variant compiled by either is compiled for both. For
+    /// comparing options (tile lengths, slots, vector loads) without compiling a variant twice.
+    pub fn with_other_options(&self, options: KernelOptions) -> Arc<Kernels> {
+        Kernels::sharing(&self.device, self.lost.clone(), self.cache.clone(), options)
+    }
+
+    /// The set for `options` on `device` over the variant cache `cache`.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    fn sharing(
+        device: &wgpu::Device,
+        lost: Arc<std::sync::OnceLock<String>>,
+        cache: Arc<Mutex<HashMap<Variant, VariantCell>>>,
+        options: KernelOptions,
+    ) -> Arc<Kernels> {
+        let features = device.features();
+        let subgroups = options.subgroups && features.contains(wgpu::Features::SUBGROUP);
+        let native_f16 = options.native_f16 && features.contains(wgpu::Features::SHADER_F16);
+        let (max_slots, vec4) = (options.max_slots, options.vec4);
         let tile_len = match options.tile_len {
             Some(len) => len as u64,
             None if device.adapter_info().device_type == wgpu::DeviceType::Cpu => CPU_TILE_LEN,
@@ -331,9 +355,11 @@ impl Kernels {
         &self.device
     }
 
-    /// How many variants have been compiled so far.
+    /// How many variants have been compiled so far (by this set and those sharing its variants,
+    /// [`Kernels::with_other_options`]).
     pub fn compiled_variants(&self) -> usize {
-        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.values().filter(|cell| cell.lock().map(|c| c.is_some()).unwrap_or(false)).count()
     }
 
     /// Compiles every variant now instead of on first use (for start-up latency budgets), in
@@ -431,8 +457,9 @@ impl Kernels {
     pub(crate) fn compile(&self, variant: Variant) -> Result<Arc<VariantKernels>> {
         self.check_device()?;
         self.check_limits(variant)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(kernels) = cache.get(&variant) {
+        let cell = self.cache.lock().unwrap_or_else(|p| p.into_inner()).entry(variant).or_default().clone();
+        let mut compiled = cell.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kernels) = &*compiled {
             return Ok(kernels.clone());
         }
         // Every variant asked for is one of the table's, so the cross-compilation test's lists
@@ -442,7 +469,7 @@ impl Kernels {
             "bloop: {variant:?} is outside the table of variants"
         );
         let kernels = Arc::new(gpu_scope(&self.device, "compiling kernels", || self.build(variant))?);
-        cache.insert(variant, kernels.clone());
+        *compiled = Some(kernels.clone());
         Ok(kernels)
     }
 

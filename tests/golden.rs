@@ -43,7 +43,7 @@ fn gpu_matches_every_golden_case_through_external_buffers() {
 #[test]
 fn gpu_matches_every_golden_case_with_the_shared_memory_reduction() {
     // Adapters without subgroups reduce through a shared-memory tree instead.
-    let kernels = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    let kernels = common::kernels_with_options(bloop::KernelOptions { subgroups: false, ..Default::default() });
     assert!(!kernels.uses_subgroups());
     // and so do the default kernels on them (SwiftShader and GL here).
     let has_subgroups = common::gpu().device.features().contains(wgpu::Features::SUBGROUP);
@@ -122,7 +122,7 @@ fn unless_too_many_levels(result: bloop::Result<CaseReport>, case: &Case, contex
 fn hierarchies_match_the_extension_cases() {
     let cases = extension_cases(|name| name.starts_with("hierarchy"));
     assert_eq!(cases.len(), 5);
-    let tree = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    let tree = common::kernels_with_options(bloop::KernelOptions { subgroups: false, ..Default::default() });
     for (path, case) in cases {
         let report = run_reference(&case).unwrap();
         assert!(report.worst() < 1e-8, "{}: {report:?}", path.display());

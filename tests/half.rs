@@ -14,10 +14,10 @@ use bloop::{DType, ElementTypes, KernelOptions, Kernels, Method};
 
 fn kernel_sets() -> Vec<(&'static str, std::sync::Arc<Kernels>)> {
     let device = &common::gpu().device;
-    let packed = Kernels::with_options(device, KernelOptions { native_f16: false, ..Default::default() });
+    let packed = common::kernels_with_options(KernelOptions { native_f16: false, ..Default::default() });
     assert!(!packed.uses_native_f16());
     let mut sets = vec![("packed f16", packed)];
-    let native = Kernels::new(device);
+    let native = common::kernels_with_options(KernelOptions::default());
     // A device without SHADER_F16 (SwiftShader, GL on llvmpipe) runs the packed fallback only.
     let has_f16 = device.features().contains(wgpu::Features::SHADER_F16);
     assert_eq!(native.uses_native_f16(), has_f16, "f16 arrays exactly where the device has SHADER_F16");

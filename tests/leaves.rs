@@ -21,7 +21,7 @@ use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
 const BOUND: f64 = 1e-5;
 
 fn kernels_with(tile_len: u32) -> Arc<Kernels> {
-    Kernels::with_options(&gpu().device, KernelOptions { tile_len: Some(tile_len), ..Default::default() })
+    common::kernels_with_options(KernelOptions { tile_len: Some(tile_len), ..Default::default() })
 }
 
 /// Tile lengths whose narrow segments are of at most 1, 4, 16 and 64 elements.

@@ -400,7 +400,7 @@ fn every_optimizer_matches_reference_through_user_buffers() {
 
 #[test]
 fn shared_memory_reduction_with_optimizers() {
-    let kernels = bloop::Kernels::with_subgroups(&gpu().device, false);
+    let kernels = common::kernels_with_options(bloop::KernelOptions { subgroups: false, ..Default::default() });
     let mut rng = SplitMix64::new(3);
     for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
         let path =
@@ -429,8 +429,7 @@ fn unguarded_ratio_only_and_mixing_with_diagnostics_only() {
 
 #[test]
 fn half_precision_params_and_state() {
-    let device = &gpu().device;
-    let packed = bloop::Kernels::with_options(device, bloop::KernelOptions { native_f16: false, ..Default::default() });
+    let packed = common::kernels_with_options(bloop::KernelOptions { native_f16: false, ..Default::default() });
     let mut sets = vec![packed];
     if kernels().uses_native_f16() {
         sets.push(kernels());
@@ -491,7 +490,7 @@ fn user_buffers_over_more_buffers_than_slots_and_the_fallback() {
             max_array_buffers: if trial.is_multiple_of(2) { 4 } else { 4096 },
             ..Default::default()
         };
-        let kernels = bloop::Kernels::with_options(&gpu().device, options);
+        let kernels = common::kernels_with_options(options);
         let method = [Method::Bloop, Method::PcGrad, Method::Mixed][trial % 3];
         check_trial_on(&kernels, 800 + i as u64, method, optimizer, Path::PerLeaf, ElementTypes::default(), F32_BOUND);
         let optimizer = optimizer.params_type(DType::Bf16).state_type(DType::F16);
@@ -740,8 +739,7 @@ fn fused_f32_optimizers_use_vector_loads_and_match_the_scalar_kernels() {
     // The pool's leaves are vec4-aligned in every role, so each f32 optimizer fused into a
     // projecting, ratio_only or mixing step takes the vector-load kernels; three steps against
     // the reference, and parameters and state against the scalar kernels on the same inputs.
-    let scalar =
-        bloop::Kernels::with_options(&gpu().device, bloop::KernelOptions { vec4: false, ..Default::default() });
+    let scalar = common::kernels_with_options(bloop::KernelOptions { vec4: false, ..Default::default() });
     let mut rng = SplitMix64::new(11);
     for (i, optimizer) in optimizers(&mut rng).into_iter().enumerate() {
         let method = [Method::Bloop, Method::Mixed, Method::DynamicBarrier][i % 3];

@@ -97,7 +97,7 @@ fn mixed_matches_reference_on_random_layouts() {
 
 #[test]
 fn shared_memory_reduction_matches_reference_on_random_layouts() {
-    let kernels = bloop::Kernels::with_subgroups(&common::gpu().device, false);
+    let kernels = common::kernels_with_options(bloop::KernelOptions { subgroups: false, ..Default::default() });
     for (i, method) in [Method::Bloop, Method::DynamicBarrier, Method::PcGrad, Method::Mixed].into_iter().enumerate() {
         for (j, arrangement) in [
             Arrangement::Pool { in_place: false },

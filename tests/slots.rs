@@ -22,7 +22,7 @@ const BOUND: f64 = 1e-5;
 
 /// Slots, not binding arrays (`tests/binding_arrays.rs`), even where the device has them.
 fn kernels_with(max_slots: u32) -> Arc<Kernels> {
-    Kernels::with_options(&gpu().device, KernelOptions { max_slots, ..slots_only() })
+    common::kernels_with_options(KernelOptions { max_slots, ..slots_only() })
 }
 
 fn slots_only() -> KernelOptions {
@@ -144,7 +144,7 @@ fn write(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
 fn hierarchies_over_one_buffer_per_leaf() {
     // k + 1 gradients and the output in a buffer per leaf each; f32 and 16-bit storage; the
     // most slots the device allows, 4, and the fallback.
-    let packed = Kernels::with_options(&gpu().device, KernelOptions { native_f16: false, ..slots_only() });
+    let packed = common::kernels_with_options(KernelOptions { native_f16: false, ..slots_only() });
     let cases: [(usize, Arc<Kernels>, DType); 5] = [
         (2, kernels_with(16), DType::F32),
         (3, kernels_with(4), DType::F32),

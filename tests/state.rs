@@ -103,6 +103,23 @@ fn states_on_one_device_share_compiled_kernels() {
 }
 
 #[test]
+fn kernels_with_other_options_share_compiled_variants() {
+    let kernels = Kernels::new(&gpu().device);
+    let _a = new_state(&kernels, Method::Bloop, EmaInits::zeros());
+    // Another tile length and fewer slots choose the same variant: compiled once for both.
+    let options = bloop::KernelOptions { tile_len: Some(1024), max_slots: 4, ..Default::default() };
+    let other = kernels.with_other_options(options);
+    assert_eq!((other.tile_len(), other.options().max_slots), (1024, 4));
+    assert_eq!(kernels.tile_len(), Kernels::new(&gpu().device).tile_len(), "the first set keeps its options");
+    let _b = new_state(&other, Method::Bloop, EmaInits::zeros());
+    assert_eq!((kernels.compiled_variants(), other.compiled_variants()), (1, 1));
+    // A variant that only a third set asks for (scalar loads) is compiled for all three.
+    let scalar = other.with_other_options(bloop::KernelOptions { vec4: false, ..Default::default() });
+    let _c = new_state(&scalar, Method::Bloop, EmaInits::zeros());
+    assert_eq!((kernels.compiled_variants(), scalar.compiled_variants()), (2, 2));
+}
+
+#[test]
 fn scalars_hold_the_ratio_of_the_last_step() {
     // e = (1, 0), g_aux = (3, 4), ema 0: r = <e, g_aux> / (<e, e> + eps) = 3 / (1 + 1e-7).
     let layout = Layout::from_lengths(&[2]).unwrap();

@@ -16,7 +16,7 @@ use common::{below, gpu, Arrangement};
 const BOUND: f64 = 1e-5;
 
 fn kernels_with(tile_len: Option<u32>, max_slots: u32) -> Arc<Kernels> {
-    Kernels::with_options(&gpu().device, KernelOptions { tile_len, max_slots, ..Default::default() })
+    common::kernels_with_options(KernelOptions { tile_len, max_slots, ..Default::default() })
 }
 
 #[test]

@@ -17,7 +17,7 @@ use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
 const BOUND: f64 = 1e-5;
 
 fn kernels_with(vec4: bool, max_slots: u32) -> Arc<Kernels> {
-    Kernels::with_options(&gpu().device, KernelOptions { vec4, max_slots, ..Default::default() })
+    common::kernels_with_options(KernelOptions { vec4, max_slots, ..Default::default() })
 }
 
 /// `count` leaves of 1 to 9000 elements (some past two tiles), about half of them multiples of

@@ -89,6 +89,14 @@ pub fn kernels() -> Arc<Kernels> {
         .clone()
 }
 
+/// Kernels with `options` on the test device, sharing the compiled variants of [`kernels`]:
+/// the tests that compare options (tile lengths, slots, vector loads, the reduction, 16-bit
+/// storage) would otherwise compile every variant they share once per set, and SwiftShader
+/// keeps no disk cache of its compiled shaders.
+pub fn kernels_with_options(options: bloop::KernelOptions) -> Arc<Kernels> {
+    kernels().with_other_options(options)
+}
+
 /// Written around leaves in user buffers; any change to it is a write outside the leaves.
 pub const GUARD: f32 = -7.25e13;
 
