@@ -187,6 +187,14 @@ pub struct Kernels {
     cache: Arc<Mutex<HashMap<Variant, VariantCell>>>,
 }
 
+/// Whether the library uses the binding arrays a device lists. SwiftShader (Chromium's, Vulkan
+/// 1.3, 2026-12) lists every feature they need, but its steps through them came out NaN where
+/// Mesa 25's lavapipe matched the f64 reference in every case of `tests/binding_arrays.rs`; it
+/// keeps the slots, and forcing the arrays there is refused.
+fn binding_arrays_trusted(adapter: &wgpu::AdapterInfo) -> bool {
+    !adapter.name.contains("SwiftShader")
+}
+
 /// A variant's pipelines once compiled; locked while they compile.
 type VariantCell = Arc<Mutex<Option<Arc<VariantKernels>>>>;
 
@@ -269,7 +277,8 @@ impl Kernels {
             None => TILE_LEN,
         };
         let tile_len = tile_len.clamp(1, 1 << 30).next_multiple_of(WORKGROUP_SIZE);
-        let has_binding_arrays = features.contains(BINDING_ARRAY_FEATURES);
+        let has_binding_arrays =
+            features.contains(BINDING_ARRAY_FEATURES) && binding_arrays_trusted(&device.adapter_info());
         Arc::new(Kernels {
             device: device.clone(),
             lost,
@@ -323,7 +332,14 @@ impl Kernels {
         match self.binding_arrays {
             Some(true) if !self.has_binding_arrays => Err(crate::Error::MissingFeatures {
                 what: "binding arrays of the user's buffers (KernelOptions::binding_arrays = Some(true))",
-                missing: format!("{:?}", BINDING_ARRAY_FEATURES - self.device.features()),
+                missing: match BINDING_ARRAY_FEATURES - self.device.features() {
+                    missing if missing.is_empty() => format!(
+                        "{BINDING_ARRAY_FEATURES:?} (listed by {}, whose binding arrays of storage buffers give \
+                         wrong values)",
+                        self.device.adapter_info().name
+                    ),
+                    missing => format!("{missing:?}"),
+                },
             }),
             None if !self.has_binding_arrays => Ok(Some(false)),
             other => Ok(other),

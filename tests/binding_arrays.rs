@@ -3,9 +3,10 @@
 //! `tests/slots.rs` (every method, hierarchies, f16 and bf16, in place, more buffers than one
 //! array holds, shared buffers and pooled pages with live data between, guards around every
 //! user range), against the f64 references, with the arrays forced. On a device without the
-//! features (lavapipe 22, SwiftShader, GL) forcing them is refused by name and the default
-//! takes the slots, as asserted here; on one with them (lavapipe 25) a device made without
-//! them checks the same.
+//! features (lavapipe 22, GL) forcing them is refused by name and the default takes the slots,
+//! as asserted here; on one with them (lavapipe 25) a device made without them checks the same.
+//! SwiftShader lists the features but its steps through them came out NaN, so the library does
+//! not use them there: the same refusal and fallback, asserted.
 
 mod common;
 
@@ -334,4 +335,30 @@ fn without_the_features_the_slots_are_taken() {
         let most = 16.min((limit - 4) / 3) as usize;
         assert_eq!(dispatches, leaves.div_ceil(most), "{config:?}");
     }
+}
+
+#[test]
+fn a_driver_whose_arrays_give_wrong_values_keeps_the_slots() {
+    // SwiftShader lists every binding-array feature, but its steps through them came out NaN:
+    // the library does not trust them there, the default takes the slots, forcing is refused.
+    let gpu = gpu();
+    let listed = gpu.device.features().contains(BINDING_ARRAY_FEATURES);
+    let name = gpu.adapter.get_info().name;
+    if !(listed && name.contains("SwiftShader")) {
+        eprintln!("{name} is not SwiftShader listing binding arrays: nothing to check");
+        return;
+    }
+    let forced = kernels_on(gpu, Some(true), 4096);
+    assert!(!forced.has_binding_arrays());
+    let mut rng = SplitMix64::new(900);
+    let layout = layout(&mut rng, 9);
+    let state = BloopState::new(&forced, &gpu.queue, &layout, configs()[0], bloop::EmaInits::zeros()).unwrap();
+    let leaves = Leaves::new(&mut rng, gpu, &layout, Arrangement::PerLeaf);
+    match state.bind_external(&leaves.gradients()) {
+        Err(bloop::Error::MissingFeatures { missing, .. }) => assert!(missing.contains("wrong values"), "{missing}"),
+        other => panic!("{other:?}"),
+    }
+    let chosen = kernels_on(gpu, None, 4096);
+    let (_, _, arrays) = check_on(gpu, &chosen, 901, configs()[0], Arrangement::PerLeaf, false);
+    assert!(!arrays, "the default took binding arrays on {name}");
 }

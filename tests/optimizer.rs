@@ -477,7 +477,7 @@ fn user_buffers_over_more_buffers_than_slots_and_the_fallback() {
     // per dispatch; parameters in f32 and in 16 bits. Where the device has binding arrays,
     // also through arrays of every leaf and of 4.
     let mut rng = SplitMix64::new(8);
-    let arrays = gpu().device.features().contains(bloop::BINDING_ARRAY_FEATURES);
+    let arrays = common::kernels().has_binding_arrays();
     let paths: &[Option<bool>] = if arrays { &[Some(false), Some(true)] } else { &[Some(false)] };
     let optimizers = optimizers(&mut rng);
     for (i, (optimizer, &binding_arrays)) in
