@@ -16,10 +16,12 @@ use bloop::hierarchy::HierarchyReference;
 use bloop::reference::{relative_error, widen};
 use bloop::rng::SplitMix64;
 use bloop::{
-    read_leaves, BloopState, Config, DType, ElementTypes, EmaInit, EmaRole, GpuContext, KernelOptions, Kernels, Layout,
-    LeafBuffer, Method, Output, BINDING_ARRAY_FEATURES,
+    read_leaves, BloopState, Config, DType, ElementTypes, EmaInit, EmaRole, GpuContext, KernelOptions, Kernels,
+    LeafBuffer, Output, BINDING_ARRAY_FEATURES,
 };
-use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
+use common::{
+    below, gpu, normal_leaves, odd_layout, per_leaf, rounded_leaves, varied_configs, write_leaves, Arrangement, Leaves,
+};
 
 const BOUND: f64 = 1e-5;
 
@@ -41,17 +43,6 @@ fn forced(max: u32) -> Option<Arc<Kernels>> {
     Some(kernels)
 }
 
-/// `count` leaves of 1 to 6000 elements (some past one tile), never a multiple of 4.
-fn layout(rng: &mut SplitMix64, count: usize) -> Layout {
-    let lengths: Vec<u64> = (0..count)
-        .map(|_| {
-            let n = if below(rng, 3) == 0 { 1 + below(rng, 16) } else { 1 + below(rng, 6000) };
-            n - (n % 4 == 0) as u64
-        })
-        .collect();
-    Layout::from_lengths(&lengths).unwrap()
-}
-
 /// Three steps of `config` over `arrangement` on `gpu` against the reference; returns the
 /// leaves and the bindings' dispatches per stage and path.
 fn check_on(
@@ -64,7 +55,7 @@ fn check_on(
 ) -> (usize, usize, bool) {
     let mut rng = SplitMix64::new(seed);
     let count = 5 + below(&mut rng, 40) as usize;
-    let layout = layout(&mut rng, count);
+    let layout = odd_layout(&mut rng, count);
     let lengths = layout.lengths();
     let main = normal_leaves(&mut rng, &lengths, 1.0);
     let aux = normal_leaves(&mut rng, &lengths, 1.0);
@@ -113,24 +104,13 @@ fn check(
     (count, dispatches)
 }
 
-fn configs() -> [Config; 6] {
-    [
-        Config::new(Method::Bloop).ema(0.3).lambda(0.8),
-        Config::new(Method::Bloop).ema(0.3).lambda(0.8).ratio_only(true).guard(false),
-        Config::new(Method::DynamicBarrier).ema(0.6).lambda(2.0).order(bloop::Order::ProjectFirst),
-        Config::new(Method::PcGrad).ema(0.2).lambda(0.5),
-        Config::new(Method::Mixed).lambda(0.5),
-        Config::new(Method::Mixed).lambda(0.5).guard(false),
-    ]
-}
-
 #[test]
 fn one_buffer_per_leaf_takes_one_dispatch() {
     // Every leaf's gradients and output in buffers of their own: one dispatch per stage for
     // all of them, or one per `max` leaves where the arrays are shorter than that.
     let limit = gpu().device.limits().max_binding_array_elements_per_shader_stage;
     eprintln!("max_binding_array_elements_per_shader_stage: {limit}");
-    for (i, config) in configs().into_iter().enumerate() {
+    for (i, config) in varied_configs().into_iter().enumerate() {
         for max in [4096, 16, 4] {
             let Some(kernels) = forced(max) else { return };
             let (leaves, dispatches) = check(&kernels, 100 + i as u64, config, Arrangement::PerLeaf, i % 2 == 1);
@@ -143,7 +123,7 @@ fn one_buffer_per_leaf_takes_one_dispatch() {
 fn more_buffers_than_the_arrays_hold_shared_buffers_and_pages() {
     // Pages shared by every role (inputs bound writable), leaves interleaved with live data, in
     // more pages than one array holds; a flat buffer and a pool through arrays of one.
-    for (i, config) in configs().into_iter().enumerate() {
+    for (i, config) in varied_configs().into_iter().enumerate() {
         for (max, arrangement, dispatches) in [
             // An element of the arrays holds one window of each role, so leaves whose main,
             // aux and output lie in another combination of pages take another element.
@@ -163,42 +143,6 @@ fn more_buffers_than_the_arrays_hold_shared_buffers_and_pages() {
         let Some(kernels) = forced(4096) else { return };
         check(&kernels, 300 + i as u64, config, Arrangement::ManyPages { pages: 6 }, true);
     }
-}
-
-/// Every leaf of `lengths` in a guarded buffer of its own, at a random word offset.
-fn per_leaf(rng: &mut SplitMix64, lengths: &[u64], dtype: DType, guarded: &mut Vec<GuardedBuffer>) -> Vec<LeafBuffer> {
-    lengths
-        .iter()
-        .map(|&n| {
-            let at = below(rng, 10);
-            let mut b = GuardedBuffer::new(&gpu().device, &gpu().queue, at + n + below(rng, 10) + 1);
-            // 16-bit leaves fill whole words but the last one (odd lengths).
-            b.owned.push((at, (n * dtype.size()).div_ceil(4)));
-            let leaf = LeafBuffer::typed(&b.buffer, at * 4, n, dtype);
-            guarded.push(b);
-            leaf
-        })
-        .collect()
-}
-
-fn write(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
-    for (leaf, v) in leaves.iter().zip(values) {
-        let mut bytes = leaf.dtype.encode(v);
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
-        gpu().queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
-    }
-}
-
-/// `n` leaves' values of `lengths`, rounded to `dtype`.
-fn rounded(rng: &mut SplitMix64, n: usize, lengths: &[u64], dtype: DType) -> Vec<Vec<Vec<f32>>> {
-    (0..n)
-        .map(|_| {
-            normal_leaves(rng, lengths, 1.0)
-                .into_iter()
-                .map(|l| l.into_iter().map(|x| dtype.round(x)).collect())
-                .collect()
-        })
-        .collect()
 }
 
 #[test]
@@ -226,12 +170,12 @@ fn hierarchies_over_one_buffer_per_leaf() {
     for (case, (k, kernels, dtype, in_place)) in cases.into_iter().enumerate() {
         let mut rng = SplitMix64::new(400 + case as u64);
         let count = 5 + below(&mut rng, 30) as usize;
-        let layout = layout(&mut rng, count);
+        let layout = odd_layout(&mut rng, count);
         let lengths = layout.lengths();
         let types = if dtype == DType::F32 { ElementTypes::default() } else { ElementTypes::all(dtype) };
         let lambdas: Vec<f64> = (0..k).map(|j| 0.7 / (j + 1) as f64).collect();
         let config = Config::hierarchy(&lambdas).ema(0.4).types(types);
-        let inits = rounded(&mut rng, k, &lengths, dtype);
+        let inits = rounded_leaves(&mut rng, k, &lengths, dtype);
         let inits_gpu = inits.iter().map(|v| EmaInit::Values(v.clone())).collect();
         let mut state = BloopState::new_hierarchy(&kernels, &gpu().queue, &layout, config, inits_gpu).unwrap();
         let mut reference = HierarchyReference::new(config, inits.iter().map(|v| widen(v)).collect());
@@ -247,12 +191,12 @@ fn hierarchies_over_one_buffer_per_leaf() {
         assert_eq!(bindings.dispatch_count(), count.div_ceil(max), "{context}");
         let bound = bloop::conformance::bound(types);
         for _ in 0..2 {
-            let values = rounded(&mut rng, k + 1, &lengths, dtype);
+            let values = rounded_leaves(&mut rng, k + 1, &lengths, dtype);
             for (leaves, v) in grads.iter().zip(&values) {
-                write(leaves, v);
+                write_leaves(leaves, v);
             }
             if !in_place {
-                write(&out, &lengths.iter().map(|&n| vec![f32::NAN; n as usize]).collect::<Vec<_>>());
+                write_leaves(&out, &lengths.iter().map(|&n| vec![f32::NAN; n as usize]).collect::<Vec<_>>());
             }
             let mut encoder = gpu().device.create_command_encoder(&Default::default());
             state.record_step(&mut encoder, &bindings).unwrap();
@@ -274,7 +218,7 @@ fn hierarchies_over_one_buffer_per_leaf() {
 fn the_default_takes_arrays_only_where_one_slot_would_not_do() {
     // Chosen by the features: a buffer per leaf through arrays, a pool through the one-slot
     // kernels (no array to index); `Some(false)` keeps the slots.
-    let config = configs()[0];
+    let config = varied_configs()[0];
     let chosen = kernels_on(gpu(), None, 4096);
     let has = chosen.has_binding_arrays();
     let (_, dispatches, arrays) = check_on(gpu(), &chosen, 600, config, Arrangement::PerLeaf, false);
@@ -315,8 +259,8 @@ fn without_the_features_the_slots_are_taken() {
     let forced = kernels_on(&lacking, Some(true), 4096);
     assert!(!forced.has_binding_arrays());
     let mut rng = SplitMix64::new(700);
-    let layout = layout(&mut rng, 9);
-    let config = configs()[0];
+    let layout = odd_layout(&mut rng, 9);
+    let config = varied_configs()[0];
     let state = BloopState::new(&forced, &lacking.queue, &layout, config, bloop::EmaInits::zeros()).unwrap();
     let leaves = Leaves::new(&mut rng, &lacking, &layout, Arrangement::PerLeaf);
     match state.bind_external(&leaves.gradients()) {
@@ -326,7 +270,7 @@ fn without_the_features_the_slots_are_taken() {
         other => panic!("{other:?}"),
     }
     let chosen = kernels_on(&lacking, None, 4096);
-    for (i, config) in configs().into_iter().enumerate() {
+    for (i, config) in varied_configs().into_iter().enumerate() {
         let (leaves, dispatches, arrays) =
             check_on(&lacking, &chosen, 800 + i as u64, config, Arrangement::PerLeaf, i % 2 == 1);
         assert!(!arrays, "{config:?}");
@@ -351,14 +295,14 @@ fn a_driver_whose_arrays_give_wrong_values_keeps_the_slots() {
     let forced = kernels_on(gpu, Some(true), 4096);
     assert!(!forced.has_binding_arrays());
     let mut rng = SplitMix64::new(900);
-    let layout = layout(&mut rng, 9);
-    let state = BloopState::new(&forced, &gpu.queue, &layout, configs()[0], bloop::EmaInits::zeros()).unwrap();
+    let layout = odd_layout(&mut rng, 9);
+    let state = BloopState::new(&forced, &gpu.queue, &layout, varied_configs()[0], bloop::EmaInits::zeros()).unwrap();
     let leaves = Leaves::new(&mut rng, gpu, &layout, Arrangement::PerLeaf);
     match state.bind_external(&leaves.gradients()) {
         Err(bloop::Error::MissingFeatures { missing, .. }) => assert!(missing.contains("wrong values"), "{missing}"),
         other => panic!("{other:?}"),
     }
     let chosen = kernels_on(gpu, None, 4096);
-    let (_, _, arrays) = check_on(gpu, &chosen, 901, configs()[0], Arrangement::PerLeaf, false);
+    let (_, _, arrays) = check_on(gpu, &chosen, 901, varied_configs()[0], Arrangement::PerLeaf, false);
     assert!(!arrays, "the default took binding arrays on {name}");
 }

@@ -13,10 +13,12 @@ use bloop::hierarchy::HierarchyReference;
 use bloop::reference::{relative_error, widen};
 use bloop::rng::SplitMix64;
 use bloop::{
-    read_leaves, BloopState, Config, DType, ElementTypes, EmaInit, EmaRole, GpuContext, KernelOptions, Kernels, Layout,
+    read_leaves, BloopState, Config, DType, ElementTypes, EmaInit, EmaRole, GpuContext, KernelOptions, Kernels,
     LeafBuffer, Method, Optimizer, Output,
 };
-use common::{below, gpu, normal_leaves, Arrangement, GuardedBuffer, Leaves};
+use common::{
+    below, gpu, normal_leaves, odd_layout, per_leaf, rounded_leaves, varied_configs, write_leaves, Arrangement, Leaves,
+};
 
 const BOUND: f64 = 1e-5;
 
@@ -27,17 +29,6 @@ fn kernels_with(max_slots: u32) -> Arc<Kernels> {
 
 fn slots_only() -> KernelOptions {
     KernelOptions { binding_arrays: Some(false), ..Default::default() }
-}
-
-/// `count` leaves of 1 to 6000 elements (some past one tile), never a multiple of 4.
-fn layout(rng: &mut SplitMix64, count: usize) -> Layout {
-    let lengths: Vec<u64> = (0..count)
-        .map(|_| {
-            let n = if below(rng, 3) == 0 { 1 + below(rng, 16) } else { 1 + below(rng, 6000) };
-            n - (n % 4 == 0) as u64
-        })
-        .collect();
-    Layout::from_lengths(&lengths).unwrap()
 }
 
 /// Three steps of `config` over `arrangement` against the reference; returns the leaves and
@@ -51,7 +42,7 @@ fn check(
 ) -> (usize, usize) {
     let mut rng = SplitMix64::new(seed);
     let count = 5 + below(&mut rng, 40) as usize;
-    let layout = layout(&mut rng, count);
+    let layout = odd_layout(&mut rng, count);
     let lengths = layout.lengths();
     let main = normal_leaves(&mut rng, &lengths, 1.0);
     let aux = normal_leaves(&mut rng, &lengths, 1.0);
@@ -67,23 +58,12 @@ fn check(
     (count, bindings.dispatch_count())
 }
 
-fn configs() -> [Config; 6] {
-    [
-        Config::new(Method::Bloop).ema(0.3).lambda(0.8),
-        Config::new(Method::Bloop).ema(0.3).lambda(0.8).ratio_only(true).guard(false),
-        Config::new(Method::DynamicBarrier).ema(0.6).lambda(2.0).order(bloop::Order::ProjectFirst),
-        Config::new(Method::PcGrad).ema(0.2).lambda(0.5),
-        Config::new(Method::Mixed).lambda(0.5),
-        Config::new(Method::Mixed).lambda(0.5).guard(false),
-    ]
-}
-
 #[test]
 fn one_buffer_per_leaf_takes_a_dispatch_per_slots_of_leaves() {
     // Every leaf's gradients and output in buffers of their own: each leaf takes a slot.
     let limit = gpu().device.limits().max_storage_buffers_per_shader_stage;
     eprintln!("max_storage_buffers_per_shader_stage: {limit}");
-    for (i, config) in configs().into_iter().enumerate() {
+    for (i, config) in varied_configs().into_iter().enumerate() {
         for slots in [16, 4, 1] {
             let kernels = kernels_with(slots);
             let (leaves, dispatches) = check(&kernels, 100 + i as u64, config, Arrangement::PerLeaf, i % 2 == 1);
@@ -99,7 +79,7 @@ fn one_buffer_per_leaf_takes_a_dispatch_per_slots_of_leaves() {
 fn more_buffers_than_slots_shared_buffers_and_pages() {
     // Pages shared by every role (inputs bound writable), leaves interleaved with live data, in
     // more pages than one dispatch's slots.
-    for (i, config) in configs().into_iter().enumerate() {
+    for (i, config) in varied_configs().into_iter().enumerate() {
         for (slots, arrangement) in [
             (4, Arrangement::ManyPages { pages: 7 }),
             (16, Arrangement::ManyPages { pages: 5 }),
@@ -113,30 +93,6 @@ fn more_buffers_than_slots_shared_buffers_and_pages() {
             }
         }
         check(&kernels_with(4), 300 + i as u64, config, Arrangement::ManyPages { pages: 6 }, true);
-    }
-}
-
-/// Every leaf of `lengths` in a guarded buffer of its own, at a random word offset.
-fn per_leaf(rng: &mut SplitMix64, lengths: &[u64], dtype: DType, guarded: &mut Vec<GuardedBuffer>) -> Vec<LeafBuffer> {
-    lengths
-        .iter()
-        .map(|&n| {
-            let at = below(rng, 10);
-            let mut b = GuardedBuffer::new(&gpu().device, &gpu().queue, at + n + below(rng, 10) + 1);
-            // 16-bit leaves fill whole words but the last one (odd lengths).
-            b.owned.push((at, (n * dtype.size()).div_ceil(4)));
-            let leaf = LeafBuffer::typed(&b.buffer, at * 4, n, dtype);
-            guarded.push(b);
-            leaf
-        })
-        .collect()
-}
-
-fn write(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
-    for (leaf, v) in leaves.iter().zip(values) {
-        let mut bytes = leaf.dtype.encode(v);
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
-        gpu().queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
     }
 }
 
@@ -155,19 +111,12 @@ fn hierarchies_over_one_buffer_per_leaf() {
     for (case, (k, kernels, dtype)) in cases.into_iter().enumerate() {
         let mut rng = SplitMix64::new(400 + case as u64);
         let count = 5 + below(&mut rng, 30) as usize;
-        let layout = layout(&mut rng, count);
+        let layout = odd_layout(&mut rng, count);
         let lengths = layout.lengths();
         let types = if dtype == DType::F32 { ElementTypes::default() } else { ElementTypes::all(dtype) };
         let lambdas: Vec<f64> = (0..k).map(|j| 0.7 / (j + 1) as f64).collect();
         let config = Config::hierarchy(&lambdas).ema(0.4).types(types);
-        let inits: Vec<Vec<Vec<f32>>> = (0..k)
-            .map(|_| {
-                normal_leaves(&mut rng, &lengths, 1.0)
-                    .into_iter()
-                    .map(|l| l.into_iter().map(|x| dtype.round(x)).collect())
-                    .collect()
-            })
-            .collect();
+        let inits = rounded_leaves(&mut rng, k, &lengths, dtype);
         let state = BloopState::new_hierarchy(
             &kernels,
             &gpu().queue,
@@ -197,9 +146,9 @@ fn hierarchies_over_one_buffer_per_leaf() {
                 })
                 .collect();
             for (leaves, v) in grads.iter().zip(&values) {
-                write(leaves, v);
+                write_leaves(leaves, v);
             }
-            write(&out, &lengths.iter().map(|&n| vec![f32::NAN; n as usize]).collect::<Vec<_>>());
+            write_leaves(&out, &lengths.iter().map(|&n| vec![f32::NAN; n as usize]).collect::<Vec<_>>());
             let mut encoder = gpu().device.create_command_encoder(&Default::default());
             state.record_step(&mut encoder, &bindings).unwrap();
             gpu().queue.submit([encoder.finish()]);
@@ -228,7 +177,7 @@ fn slots_stay_within_the_device_limits() {
     // dispatch per leaf, still right. At 16, four slots (4 + 3 per slot); on a device with
     // fewer (SwiftShader's 10), as many as its limit allows.
     let mut rng = SplitMix64::new(500);
-    let layout = layout(&mut rng, 9);
+    let layout = odd_layout(&mut rng, 9);
     let lengths = layout.lengths();
     let most = common::storage_buffer_limit().min(16);
     for (limit, slots) in [(8u32, 1usize), (most, (most as usize - 4) / 3)] {

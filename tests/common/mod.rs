@@ -465,3 +465,70 @@ pub fn state_on(
     let state = BloopState::new(kernels, &gpu.queue, layout, config, inits).unwrap();
     (state, reference)
 }
+
+/// `count` leaves of 1 to 6000 elements (some past one tile), never a multiple of 4.
+pub fn odd_layout(rng: &mut SplitMix64, count: usize) -> Layout {
+    let lengths: Vec<u64> = (0..count)
+        .map(|_| {
+            let n = if below(rng, 3) == 0 { 1 + below(rng, 16) } else { 1 + below(rng, 6000) };
+            n - (n % 4 == 0) as u64
+        })
+        .collect();
+    Layout::from_lengths(&lengths).unwrap()
+}
+
+/// Configs that between them reach every two-loss stage set: each method, `ratio_only` without
+/// the guard, the paper's order, mixing with and without the guard.
+pub fn varied_configs() -> [Config; 6] {
+    [
+        Config::new(Method::Bloop).ema(0.3).lambda(0.8),
+        Config::new(Method::Bloop).ema(0.3).lambda(0.8).ratio_only(true).guard(false),
+        Config::new(Method::DynamicBarrier).ema(0.6).lambda(2.0).order(bloop::Order::ProjectFirst),
+        Config::new(Method::PcGrad).ema(0.2).lambda(0.5),
+        Config::new(Method::Mixed).lambda(0.5),
+        Config::new(Method::Mixed).lambda(0.5).guard(false),
+    ]
+}
+
+/// Every leaf of `lengths` in a guarded buffer of its own, at a random word offset.
+pub fn per_leaf(
+    rng: &mut SplitMix64,
+    lengths: &[u64],
+    dtype: bloop::DType,
+    guarded: &mut Vec<GuardedBuffer>,
+) -> Vec<LeafBuffer> {
+    lengths
+        .iter()
+        .map(|&n| {
+            let at = below(rng, 10);
+            let mut b = GuardedBuffer::new(&gpu().device, &gpu().queue, at + n + below(rng, 10) + 1);
+            // 16-bit leaves fill whole words but the last one (odd lengths).
+            b.owned.push((at, (n * dtype.size()).div_ceil(4)));
+            let leaf = LeafBuffer::typed(&b.buffer, at * 4, n, dtype);
+            guarded.push(b);
+            leaf
+        })
+        .collect()
+}
+
+/// Writes `values` into `leaves`, each in its leaf's type (whole words: a 16-bit leaf's odd
+/// end is padded with zero).
+pub fn write_leaves(leaves: &[LeafBuffer], values: &[Vec<f32>]) {
+    for (leaf, v) in leaves.iter().zip(values) {
+        let mut bytes = leaf.dtype.encode(v);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        gpu().queue.write_buffer(&leaf.buffer, leaf.offset, &bytes);
+    }
+}
+
+/// `n` leaves' values of `lengths`, rounded to `dtype`.
+pub fn rounded_leaves(rng: &mut SplitMix64, n: usize, lengths: &[u64], dtype: bloop::DType) -> Vec<Vec<Vec<f32>>> {
+    (0..n)
+        .map(|_| {
+            normal_leaves(rng, lengths, 1.0)
+                .into_iter()
+                .map(|l| l.into_iter().map(|x| dtype.round(x)).collect())
+                .collect()
+        })
+        .collect()
+}
